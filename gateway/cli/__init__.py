@@ -1,0 +1,1 @@
+"""The `edgegate` command: one module per verb group, each exposing `register(subparsers)`."""

@@ -1,0 +1,72 @@
+"""The one exception tree of the gateway.
+
+    EdgegateError
+    ├── ConfigError            bad config.toml: names the file, the key, what is wrong and the fix
+    ├── PKIError               certificates and keys: unreadable, mismatched, expired, not a CA ...
+    ├── ProtocolError          a peer broke MQTT (framing, limits, illegal packet); carries a reason
+    │   └── PacketTooLarge     a packet's remaining length is over the configured maximum
+    ├── HubError               talking to the hub failed
+    │   ├── HubUnavailable     refused, timed out, blackholed, 5xx, bad server cert: go offline
+    │   └── HubRejected        the hub refused *us* (401/403): loud, but the cache is kept
+    └── StorageError           the gateway's database failed
+        └── OutboxFull         the outbox is at its bound; the message was not accepted
+
+Adapters translate foreign exceptions at the boundary and chain them (`raise ... from exc`).
+"""
+
+from __future__ import annotations
+
+
+class EdgegateError(Exception):
+    """Base of every error the gateway raises on purpose."""
+
+
+class ConfigError(EdgegateError):
+    """A configuration problem, reported before anything starts (exit status 2)."""
+
+    def __init__(self, file: str, key: str, problem: str, fix: str | None = None) -> None:
+        self.file = file
+        self.key = key
+        self.problem = problem
+        self.fix = fix
+        text = f"{file}: [{key}] {problem}"
+        if fix:
+            text += f" (fix: {fix})"
+        super().__init__(text)
+
+
+class PKIError(EdgegateError):
+    """A certificate or key is unusable for the role it was given."""
+
+
+class ProtocolError(EdgegateError):
+    """A peer violated the MQTT protocol or one of our limits."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+        super().__init__(f"{reason}: {detail}")
+
+
+class PacketTooLarge(ProtocolError):
+    """A packet announced a remaining length above the configured maximum."""
+
+
+class HubError(EdgegateError):
+    """Talking to the hub failed."""
+
+
+class HubUnavailable(HubError):
+    """The hub cannot be reached or trusted right now; the gateway goes offline."""
+
+
+class HubRejected(HubError):
+    """The hub refused the gateway's own identity (401/403)."""
+
+
+class StorageError(EdgegateError):
+    """The gateway's database failed."""
+
+
+class OutboxFull(StorageError):
+    """The outbox is at its configured bound; the message was not accepted."""

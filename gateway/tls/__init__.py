@@ -1,0 +1,1 @@
+"""TLS for the gateway: the one place that builds SSL contexts, and TLS driven over memory buffers."""

@@ -1,0 +1,120 @@
+"""TLS over memory buffers (sans-IO): bytes from the network in, plaintext out, and back.
+
+Nothing here touches a socket or the event loop; `gateway.frontdoor.connection` moves the bytes.
+"""
+
+from __future__ import annotations
+
+from OpenSSL import SSL
+
+from gateway.records import PeerIdentity
+from gateway.tls.contexts import VerifyRecord
+
+# OpenSSL hands out at most one TLS record (16 KiB of plaintext) per read.
+_READ_CHUNK = 16384
+
+
+class TLSFailed(Exception):
+    """The TLS layer failed: handshake error, garbage instead of TLS, or a broken record."""
+
+
+class TLSSession:
+    """One server-side TLS connection driven through memory BIOs."""
+
+    __slots__ = ("_conn", "_verify", "closed", "handshake_done")
+
+    def __init__(self, ctx: SSL.Context) -> None:
+        self._conn = SSL.Connection(ctx, None)
+        self._verify = VerifyRecord()
+        self._conn.set_app_data(self._verify)
+        self._conn.set_accept_state()
+        self.handshake_done = False
+        self.closed = False
+
+    def receive(self, data: bytes) -> None:
+        """Feed ciphertext that arrived from the network."""
+        self._conn.bio_write(data)
+
+    def advance_handshake(self) -> bool:
+        """Drive the handshake with what has arrived; True once it is complete."""
+        if self.handshake_done:
+            return True
+        try:
+            self._conn.do_handshake()
+        except SSL.WantReadError:
+            return False
+        except SSL.Error as exc:
+            raise TLSFailed(_describe(exc)) from exc
+        self.handshake_done = True
+        return True
+
+    def read(self) -> bytes:
+        """All plaintext decrypted so far (b"" if none); sets `closed` on the peer's close_notify."""
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunks.append(self._conn.recv(_READ_CHUNK))
+            except SSL.WantReadError:
+                break
+            except SSL.ZeroReturnError:
+                self.closed = True
+                break
+            except SSL.Error as exc:
+                raise TLSFailed(_describe(exc)) from exc
+        return b"".join(chunks)
+
+    def write(self, data: bytes) -> None:
+        """Encrypt plaintext; the ciphertext waits in `outgoing()`."""
+        try:
+            self._conn.sendall(data)
+        except SSL.Error as exc:
+            raise TLSFailed(_describe(exc)) from exc
+
+    def outgoing(self) -> bytes:
+        """Ciphertext ready for the network (b"" if none)."""
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunks.append(self._conn.bio_read(65536))
+            except SSL.WantReadError:
+                break
+        return b"".join(chunks)
+
+    def close(self) -> None:
+        """Queue a close_notify alert (sent with the next `outgoing()`)."""
+        try:
+            self._conn.shutdown()
+        except SSL.Error:
+            pass
+
+    def peer_identity(self, remote: tuple[str, int]) -> PeerIdentity:
+        """The peer's certificate chain as sent (leaf first) and its thumbprints."""
+        from gateway.pki import thumbprint_sha1, thumbprint_sha256
+
+        leaf = self._conn.get_peer_certificate(as_cryptography=True)
+        if leaf is None:
+            return PeerIdentity(chain=(), sha256=None, sha1=None, openssl_verdict=0, remote=remote)
+        # On the server side OpenSSL's peer chain excludes the leaf; keep what the client sent, in order.
+        rest = self._conn.get_peer_cert_chain(as_cryptography=True) or []
+        chain = (leaf, *[c for c in rest if c != leaf])
+        return PeerIdentity(
+            chain=chain,
+            sha256=thumbprint_sha256(leaf),
+            sha1=thumbprint_sha1(leaf),
+            openssl_verdict=self._verify.error,
+            remote=remote,
+        )
+
+    @property
+    def protocol_version(self) -> str:
+        return str(self._conn.get_protocol_version_name())
+
+
+def _describe(exc: SSL.Error) -> str:
+    parts = []
+    for arg in exc.args:
+        if isinstance(arg, list):
+            parts.extend(str(item[2]) for item in arg if isinstance(item, tuple) and len(item) == 3)
+        else:
+            parts.append(str(arg))
+    return "; ".join(p for p in parts if p) or exc.__class__.__name__
