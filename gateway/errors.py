@@ -29,7 +29,8 @@ class ConfigError(EdgegateError):
         self.key = key
         self.problem = problem
         self.fix = fix
-        text = f"{file}: [{key}] {problem}"
+        # An empty key means the file as a whole (missing, unreadable, TOML syntax).
+        text = f"{file}: [{key}] {problem}" if key else f"{file}: {problem}"
         if fix:
             text += f" (fix: {fix})"
         super().__init__(text)
