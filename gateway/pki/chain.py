@@ -1,0 +1,98 @@
+"""Chain verification with `cryptography.x509.verification`: never hand-rolled, always a verdict."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
+
+from cryptography import x509
+from cryptography.x509 import verification as v
+from cryptography.x509.oid import ExtendedKeyUsageOID
+
+
+@dataclass(frozen=True, slots=True)
+class ChainVerdict:
+    ok: bool
+    reason: str  # "ok" or a stable code
+    detail: str
+    chain: tuple[x509.Certificate, ...] = ()
+
+
+def _client_eku(_policy: v.Policy, _cert: x509.Certificate, eku: x509.ExtendedKeyUsage | None) -> None:
+    if eku is not None and ExtendedKeyUsageOID.CLIENT_AUTH not in eku:
+        raise ValueError("extendedKeyUsage is present but does not include clientAuth")
+
+
+# Device certificates (certGen.sh's and most vendors') carry no SAN: identity is the CN. The webpki
+# end-entity defaults would demand a SAN, so devices get a policy that permits any extension but still
+# insists that an EKU, if present, allows client authentication. CA checks keep the webpki defaults
+# (basicConstraints CA:TRUE, path length, keyCertSign).
+DEVICE_LEAF_POLICY = v.ExtensionPolicy.permit_all().may_be_present(
+    x509.ExtendedKeyUsage, v.Criticality.AGNOSTIC, _client_eku
+)
+
+
+def classify_error(message: str) -> str:
+    """A stable reason code for a cryptography VerificationError message."""
+    text = message.lower()
+    for needle, code in _ERROR_CODES:
+        if needle in text:
+            return code
+    return "chain_invalid"
+
+
+_ERROR_CODES: tuple[tuple[str, str], ...] = (
+    ("basicconstraints.ca must be asserted", "issuer_not_ca"),
+    ("path length constraint", "path_length_exceeded"),
+    ("clientauth", "eku_not_client_auth"),
+    ("required eku not found", "eku_mismatch"),
+    ("not valid yet", "not_yet_valid"),
+    ("cert is not valid at validation time", "expired_or_not_yet_valid"),
+    ("expired", "expired"),
+    ("signature does not match", "chain_untrusted"),
+    ("all candidates exhausted", "chain_incomplete"),
+    ("leaf certificate has no matching subjectAltName", "hostname_mismatch"),
+    ("no matching subjectaltname", "hostname_mismatch"),
+)
+
+
+def verify_chain(
+    leaf: x509.Certificate,
+    intermediates: Sequence[x509.Certificate],
+    roots: Sequence[x509.Certificate],
+    *,
+    now: datetime,
+    purpose: Literal["server", "client"],
+    hostname: str | None = None,
+) -> ChainVerdict:
+    """Does `leaf` chain to one of `roots` at `now`? For servers, also: is it for `hostname`?"""
+    if not roots:
+        return ChainVerdict(False, "no_trust_anchor", "no trusted root certificates were given")
+    builder = v.PolicyBuilder().store(v.Store(list(roots))).time(now)
+    verify: Callable[[], Sequence[x509.Certificate]]
+    try:
+        if purpose == "server":
+            if hostname is None:
+                raise ValueError("a server chain needs the hostname it must be valid for")
+            subject = _subject(hostname)
+            server_verifier = builder.build_server_verifier(subject)
+            verify = lambda: server_verifier.verify(leaf, list(intermediates))  # noqa: E731
+        else:
+            client_verifier = builder.extension_policies(
+                ca_policy=v.ExtensionPolicy.webpki_defaults_ca(), ee_policy=DEVICE_LEAF_POLICY
+            ).build_client_verifier()
+            verify = lambda: client_verifier.verify(leaf, list(intermediates)).chain  # noqa: E731
+        chain = tuple(verify())
+    except v.VerificationError as exc:
+        return ChainVerdict(False, classify_error(str(exc)), str(exc))
+    return ChainVerdict(True, "ok", "chain verified", chain)
+
+
+def _subject(hostname: str) -> v.Subject:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(hostname))
+    except ValueError:
+        return x509.DNSName(hostname)
