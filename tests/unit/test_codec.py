@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -137,9 +139,7 @@ def test_framer_never_crashes_and_never_buffers_past_the_limit(data: bytes) -> N
         while (packet := framer.next_packet()) is not None:
             assert len(packet.raw) <= 256
             for decode in (codec.decode_connect, codec.decode_publish, codec.decode_subscribe):
-                try:
+                with contextlib.suppress(ProtocolError):
                     decode(packet)
-                except ProtocolError:
-                    pass
     except ProtocolError:
         pass

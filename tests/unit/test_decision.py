@@ -78,7 +78,7 @@ def test_malformed_client_id_gets_identifier_rejected() -> None:
 def test_every_reason_has_code_sentence_and_counter() -> None:
     for reason in Reason:
         assert reason.connack_code in (0, 1, 2, 3, 4, 5)
-        assert reason.sentence and reason.sentence[0].islower() or reason is Reason.OK
+        assert (reason.sentence and reason.sentence[0].islower()) or reason is Reason.OK
         assert reason.value in reason.counter
     assert Reason.OK.connack_code == 0
     assert all(r.connack_code != 0 for r in Reason if r is not Reason.OK)
