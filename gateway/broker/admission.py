@@ -9,7 +9,7 @@ open (or take over) an amqtt session.
 from __future__ import annotations
 
 import secrets
-from typing import ClassVar
+from dataclasses import dataclass, field
 
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import Session
@@ -38,12 +38,16 @@ class AdmissionTokens:
 class FrontDoorAuthPlugin(BaseAuthPlugin):
     """amqtt auth plugin: admits exactly the sessions the front door minted a token for."""
 
-    tokens: ClassVar[AdmissionTokens] = AdmissionTokens()
+    @dataclass
+    class Config:
+        # The broker's own token book, passed in the broker config (one per gateway, not per process).
+        tokens: AdmissionTokens = field(default_factory=AdmissionTokens)
 
     async def authenticate(self, *, session: Session) -> bool:
         password = session.password
         token = password.decode() if isinstance(password, bytes | bytearray) else password
-        admitted = self.tokens.redeem(token, session.client_id)
+        config = self.context.config
+        admitted = isinstance(config, FrontDoorAuthPlugin.Config) and config.tokens.redeem(token, session.client_id)
         # The token has done its job; keep it out of amqtt's session table.
         session.password = None
         return admitted

@@ -14,7 +14,7 @@ from gateway.broker.link import LISTENER_NAME
 SESSION_EXPIRY_SECONDS = 48 * 3600
 
 
-def broker_config() -> dict[str, Any]:
+def broker_config(tokens: AdmissionTokens) -> dict[str, Any]:
     """amqtt configuration: one external listener (ours), no built-in socket, no per-packet plugins."""
     return {
         "listeners": {
@@ -25,11 +25,10 @@ def broker_config() -> dict[str, Any]:
         "timeout_disconnect_delay": 0,
         "session_expiry_interval": SESSION_EXPIRY_SECONDS,
         # Only our admission check: amqtt's default event/packet loggers cost work on every packet.
-        "plugins": {f"{FrontDoorAuthPlugin.__module__}.{FrontDoorAuthPlugin.__qualname__}": {}},
+        "plugins": {f"{FrontDoorAuthPlugin.__module__}.{FrontDoorAuthPlugin.__qualname__}": {"tokens": tokens}},
     }
 
 
 def build_broker(tokens: AdmissionTokens) -> Broker:
     """A broker that admits only sessions the front door minted `tokens` for."""
-    FrontDoorAuthPlugin.tokens = tokens
-    return Broker(broker_config())
+    return Broker(broker_config(tokens))

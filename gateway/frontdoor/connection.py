@@ -23,7 +23,7 @@ from gateway.broker.link import BrokerReader, BrokerWriter
 from gateway.errors import OutboxFull, PacketTooLarge, ProtocolError
 from gateway.frontdoor.states import PRE_ADMISSION, ConnState, advance
 from gateway.mqtt import codec
-from gateway.mqtt.packets import Connect, PacketType
+from gateway.mqtt.packets import ConnackCode, Connect, PacketType
 from gateway.records import InboundMessage
 from gateway.tls.session import TLSFailed, TLSSession
 
@@ -151,7 +151,13 @@ class DeviceConnection(asyncio.Protocol):
     def _on_connect(self, packet: codec.RawPacket) -> None:
         if packet.type != PacketType.CONNECT:
             raise ProtocolError("connect_expected", f"first packet was type {packet.type}, not CONNECT")
-        self.connect = codec.decode_connect(packet)
+        try:
+            self.connect = codec.decode_connect(packet)
+        except codec.UnsupportedProtocol as exc:
+            self.door.counters.inc("edgegate_protocol_violations_total", reason=exc.reason)
+            self._send(codec.encode_connack(ConnackCode.UNACCEPTABLE_PROTOCOL))
+            self._close(exc.detail, abnormal=False)
+            return
         self.state = advance(self.state, ConnState.AUTHENTICATING)
         self.door.spawn(self._admit(self.connect))
 
@@ -172,6 +178,9 @@ class DeviceConnection(asyncio.Protocol):
         if not decision.ok:
             self._send(codec.encode_connack(decision.reason.connack_code))
             self._close(f"rejected: {decision.reason.value}", abnormal=False)
+            return
+        await door.forget_clean_session(decision.device_id, connect.clean_session)
+        if self.state is not ConnState.AUTHENTICATING:
             return
         self._go_online(decision.device_id, connect)
 
@@ -225,7 +234,8 @@ class DeviceConnection(asyncio.Protocol):
         door = self.door
         if publish.qos == 2:
             raise ProtocolError("qos2_refused", "QoS 2 publishes are not supported (edgeHub refuses them too)")
-        assert self.topics is not None and self.device_id is not None
+        assert self.topics is not None
+        assert self.device_id is not None
         decision = self.topics.classify_publish(publish.topic)
         if not decision.allowed:
             door.counters.inc("edgegate_publish_denied_total", reason=decision.reason)
@@ -291,7 +301,8 @@ class DeviceConnection(asyncio.Protocol):
 
     def _on_subscribe(self, packet: codec.RawPacket) -> None:
         subscribe = codec.decode_subscribe(packet)
-        assert self.topics is not None and self._broker_reader is not None
+        assert self.topics is not None
+        assert self._broker_reader is not None
         mask = [self.topics.authorize_subscribe(flt) for flt, _qos in subscribe.filters]
         denied = mask.count(False)
         if denied:

@@ -166,7 +166,8 @@ class FrontDoor:
         )
 
     def publish_will(self, conn: DeviceConnection, connect: Connect) -> None:
-        assert connect.will is not None and conn.device_id is not None
+        assert connect.will is not None
+        assert conn.device_id is not None
         verdict = DeviceTopics.for_device(conn.device_id).classify_publish(connect.will.topic)
         message = InboundMessage(
             device_id=conn.device_id,
@@ -182,6 +183,19 @@ class FrontDoor:
             self.counters.inc("edgegate_wills_published_total")
         except OutboxFull:
             self.counters.inc("edgegate_outbox_refused_total", qos="will")
+
+    async def forget_clean_session(self, device_id: str, clean_session: bool) -> None:
+        """Drop a leftover clean_session=1 session before a clean_session=0 CONNECT can resume it.
+
+        amqtt 0.12.1 keeps a clean session after its connection ends (MQTT-3.1.2-6 says it ends with
+        it), and a later clean_session=0 CONNECT inherits its clean flag, so nothing is ever queued for
+        the device while it is away. A clean_session=1 CONNECT is handled by amqtt itself.
+        """
+        if clean_session:
+            return
+        entry = self.broker._sessions.get(device_id)
+        if entry is not None and entry[0].clean_session:
+            await self.broker._delete_session(device_id)
 
     async def attach_to_broker(self, reader: BrokerReader, writer: BrokerWriter) -> None:
         try:

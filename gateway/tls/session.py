@@ -5,6 +5,8 @@ Nothing here touches a socket or the event loop; `gateway.frontdoor.connection` 
 
 from __future__ import annotations
 
+import contextlib
+
 from OpenSSL import SSL
 
 from gateway.records import PeerIdentity
@@ -82,10 +84,8 @@ class TLSSession:
 
     def close(self) -> None:
         """Queue a close_notify alert (sent with the next `outgoing()`)."""
-        try:
+        with contextlib.suppress(SSL.Error):
             self._conn.shutdown()
-        except SSL.Error:
-            pass
 
     def peer_identity(self, remote: tuple[str, int]) -> PeerIdentity:
         """The peer's certificate chain as sent (leaf first) and its thumbprints."""
@@ -111,7 +111,7 @@ class TLSSession:
 
 
 def _describe(exc: SSL.Error) -> str:
-    parts = []
+    parts: list[str] = []
     for arg in exc.args:
         if isinstance(arg, list):
             parts.extend(str(item[2]) for item in arg if isinstance(item, tuple) and len(item) == 3)

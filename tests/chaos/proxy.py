@@ -149,9 +149,7 @@ async def _serve(args: argparse.Namespace) -> None:
     control_port = control_server.sockets[0].getsockname()[1]
     ready = {"port": proxy.listen_port, "control_port": control_port}
     if args.ready_file:
-        tmp = Path(args.ready_file + ".tmp")
-        tmp.write_text(json.dumps(ready))
-        tmp.replace(args.ready_file)
+        _write_ready(Path(args.ready_file), ready)
     print(json.dumps(ready), flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -160,6 +158,13 @@ async def _serve(args: argparse.Namespace) -> None:
     await stop.wait()
     await proxy.unlisten()
     control_server.close()
+
+
+
+def _write_ready(path: Path, ready: dict[str, int]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(ready))
+    tmp.replace(path)
 
 
 def main() -> None:

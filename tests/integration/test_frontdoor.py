@@ -1,0 +1,340 @@
+"""The front door with real TLS and real clients: paho, raw sockets, openssl s_client, mosquitto_pub/sub."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import ssl
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from gateway.frontdoor.server import FrontDoorLimits
+from gateway.mqtt import codec
+from gateway.pki import IssuedCert, self_signed_device_cert
+from tests import certmatrix
+from tests.clients import DeviceFiles, PahoDevice
+from tests.frontdoor_harness import HOSTNAME, DictDirectory, FrontDoorThread
+
+pytestmark = pytest.mark.integration
+
+NOW = datetime.now(UTC)
+MATRIX = certmatrix.build(NOW)
+A = self_signed_device_cert("sensor-a", now=NOW)
+B = self_signed_device_cert("sensor-b", now=NOW)
+LIMITS = FrontDoorLimits(max_connections=20, max_packet_size=4096, handshake_timeout=1.0)
+
+
+def wait_for(cond: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoorThread]:
+    records = [certmatrix.ss_record("sensor-a", A.thumbprint_sha256),
+               certmatrix.ss_record("sensor-b", B.thumbprint_sha256)]
+    directory = DictDirectory(certmatrix.GATEWAY_ID, MATRIX.anchors, records)
+    with FrontDoorThread(tmp_path_factory.mktemp("gw"), directory, limits=LIMITS) as gateway:
+        yield gateway
+
+
+@pytest.fixture
+def files(tmp_path: Path) -> Callable[[IssuedCert, str], DeviceFiles]:
+    return lambda issued, name: DeviceFiles.write(issued, tmp_path, name)
+
+
+def device(gw: FrontDoorThread, files: DeviceFiles | None, client_id: str, **kw: object) -> PahoDevice:
+    return PahoDevice(gw.port, gw.pki.root_path, client_id, files, **kw)  # type: ignore[arg-type]
+
+
+def tls_socket(gw: FrontDoorThread, files: DeviceFiles | None) -> ssl.SSLSocket:
+    ctx = ssl.create_default_context(cafile=str(gw.pki.root_path))
+    ctx.check_hostname = False
+    if files:
+        ctx.load_cert_chain(str(files.cert), str(files.key))
+    raw = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+    return ctx.wrap_socket(raw, server_hostname=HOSTNAME)
+
+
+def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
+    """Everything the gateway sends until it closes; and how long that took."""
+    start = time.monotonic()
+    sock.settimeout(timeout)
+    data = b""
+    try:
+        while chunk := sock.recv(4096):
+            data += chunk
+    except (ConnectionResetError, ssl.SSLError):
+        pass
+    return data, time.monotonic() - start
+
+
+def c2d(gw: FrontDoorThread, device_id: str, payload: bytes, qos: int = 1) -> None:
+    topic = f"devices/{device_id}/messages/devicebound/note"
+    asyncio.run_coroutine_threadsafe(gw.broker.internal_message_broadcast(topic, payload, qos), gw.loop).result(5)
+
+
+# ---- the trust picture, witnessed by openssl -----------------------------------------------------
+
+
+def s_client(gw: FrontDoorThread, verify_hostname: str, files: DeviceFiles) -> str:
+    cmd = ["openssl", "s_client", "-connect", f"127.0.0.1:{gw.port}", "-servername", HOSTNAME,
+           "-verify_hostname", verify_hostname, "-CAfile", str(gw.pki.root_path),
+           "-cert", str(files.cert), "-key", str(files.key), "-showcerts"]
+    done = subprocess.run(cmd, input=b"", capture_output=True, timeout=20)
+    return done.stdout.decode() + done.stderr.decode()  # depth lines go to stderr
+
+
+def test_openssl_sees_the_seed_chain_and_verifies_the_hostname(gw: FrontDoorThread, files: Callable) -> None:
+    out = s_client(gw, HOSTNAME, files(A, "a"))
+    assert "depth=3 CN = Gateway Private Root" in out
+    assert "depth=2 CN = Gateway Intermediate" in out
+    assert "depth=1 CN = Edge CA" in out
+    assert f"depth=0 CN = {HOSTNAME}" in out
+    assert "Verify return code: 0 (ok)" in out
+
+
+def test_openssl_with_another_hostname_fails_verification(gw: FrontDoorThread, files: Callable) -> None:
+    out = s_client(gw, "other.local", files(A, "a"))
+    assert "Verify return code: 62 (hostname mismatch)" in out
+
+
+# ---- what never reaches the broker ---------------------------------------------------------------
+
+
+def test_garbage_instead_of_tls_is_closed_and_counted(gw: FrontDoorThread) -> None:
+    before = gw.door.counters.get("edgegate_tls_failures_total", stage="handshake")  # type: ignore[union-attr]
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * 3)
+        _, took = read_until_closed(sock, 5)
+    assert took < 2
+    wait_for(lambda: gw.door.counters.get("edgegate_tls_failures_total", stage="handshake") == before + 1)  # type: ignore[union-attr]
+
+
+def test_tls_then_garbage_instead_of_connect_is_closed(gw: FrontDoorThread, files: Callable) -> None:
+    with tls_socket(gw, files(A, "a")) as sock:
+        sock.sendall(b"\x00\xff" * 50)
+        data, took = read_until_closed(sock, 5)
+    assert data == b""
+    assert took < 2
+
+
+def test_silent_tcp_connection_is_closed_at_the_handshake_timeout(gw: FrontDoorThread) -> None:
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        _, took = read_until_closed(sock, 5)
+    assert 0.8 < took < 3
+
+
+def test_connect_never_sent_is_closed_at_the_timeout(gw: FrontDoorThread, files: Callable) -> None:
+    with tls_socket(gw, files(A, "a")) as sock:
+        _, took = read_until_closed(sock, 5)
+    assert 0.5 < took < 3
+
+
+def test_unsupported_protocol_gets_connack_1(gw: FrontDoorThread, files: Callable) -> None:
+    mqtt5 = b"\x10\x10\x00\x04MQTT\x05\x02\x00\x3c\x00\x00\x00\x03abc"
+    with tls_socket(gw, files(A, "a")) as sock:
+        sock.sendall(mqtt5)
+        data, _ = read_until_closed(sock, 5)
+    assert data == codec.encode_connack(1)
+
+
+# ---- per-packet rules ----------------------------------------------------------------------------
+
+
+def test_publish_own_telemetry_delivered_other_device_dropped(gw: FrontDoorThread, files: Callable) -> None:
+    dev = device(gw, files(A, "a"), "sensor-a")
+    assert dev.connect() == 0
+    try:
+        assert dev.publish("devices/sensor-a/messages/events/unit=C", b"21.5")
+        assert dev.publish("devices/sensor-b/messages/events/", b"forged")  # acked (3.1.1), not delivered
+        assert dev.publish("devices/sensor-a/messages/events/", b"after")
+    finally:
+        dev.close()
+    mine = [m for m in gw.sink.messages if m.device_id == "sensor-a"]
+    assert [m.payload for m in mine][-2:] == [b"21.5", b"after"]
+    assert mine[-2].properties == (("unit", "C"),)
+    assert all(m.payload != b"forged" for m in gw.sink.messages)
+    assert gw.door.counters.get("edgegate_publish_denied_total", reason="other_device") >= 1  # type: ignore[union-attr]
+
+
+def test_subscribe_outside_own_topics_gets_0x80(gw: FrontDoorThread, files: Callable) -> None:
+    dev = device(gw, files(A, "a"), "sensor-a")
+    assert dev.connect() == 0
+    try:
+        assert dev.subscribe("#") == [0x80]
+        assert dev.subscribe("devices/sensor-b/messages/devicebound/#") == [0x80]
+        assert dev.subscribe("devices/sensor-a/messages/devicebound/#", qos=1) == [1]
+        dev.client.subscribe([("devices/sensor-b/messages/devicebound/#", 1),
+                              ("devices/sensor-a/messages/devicebound/#", 2)])
+        assert dev.subacks.get(timeout=5) == [0x80, 1]  # QoS 2 requested, 1 granted
+        c2d(gw, "sensor-b", b"not for a")
+        c2d(gw, "sensor-a", b"for a")
+        msg = dev.messages.get(timeout=5)
+        assert (msg.topic, msg.payload) == ("devices/sensor-a/messages/devicebound/note", b"for a")
+        assert dev.messages.empty()
+    finally:
+        dev.close()
+
+
+def test_qos2_publish_disconnects(gw: FrontDoorThread, files: Callable) -> None:
+    dev = device(gw, files(A, "a"), "sensor-a")
+    assert dev.connect() == 0
+    try:
+        dev.client.publish("devices/sensor-a/messages/events/", b"x", qos=2)
+        assert dev.disconnected.wait(5)
+    finally:
+        dev.close()
+
+
+def test_oversized_packet_disconnects(gw: FrontDoorThread, files: Callable) -> None:
+    dev = device(gw, files(A, "a"), "sensor-a")
+    assert dev.connect() == 0
+    try:
+        dev.client.publish("devices/sensor-a/messages/events/", b"x" * 5000, qos=0)
+        assert dev.disconnected.wait(5)
+    finally:
+        dev.close()
+    assert gw.door.counters.get("edgegate_protocol_violations_total", reason="packet_too_large") >= 1  # type: ignore[union-attr]
+
+
+def test_failed_outbox_commit_sends_no_puback(gw: FrontDoorThread, files: Callable) -> None:
+    dev = device(gw, files(A, "a"), "sensor-a")
+    assert dev.connect() == 0
+    gw.sink.fail = True
+    try:
+        info = dev.client.publish("devices/sensor-a/messages/events/", b"x", qos=1)
+        assert dev.disconnected.wait(5)
+        assert not info.is_published()
+    finally:
+        gw.sink.fail = False
+        dev.close()
+
+
+# ---- sessions ------------------------------------------------------------------------------------
+
+
+def test_keepalive_is_enforced_and_the_will_is_published(gw: FrontDoorThread, files: Callable) -> None:
+    will_topic = b"devices/sensor-a/messages/events"
+    body = (b"\x00\x04MQTT\x04" + bytes([0x02 | 0x04 | 0x08]) + (1).to_bytes(2, "big")  # clean, will QoS 1
+            + b"\x00\x08sensor-a" + len(will_topic).to_bytes(2, "big") + will_topic + b"\x00\x04gone")
+    connect = b"\x10" + bytes([len(body)]) + body
+    with tls_socket(gw, files(A, "a")) as sock:
+        sock.sendall(connect)
+        data, took = read_until_closed(sock, 6)
+    assert data.startswith(codec.encode_connack(0))
+    assert 1.3 < took < 3.5  # 1.5 x keep-alive of 1 s
+    wait_for(lambda: any(m.payload == b"gone" for m in gw.sink.messages), what="will message")
+
+
+def test_second_authenticated_connection_takes_over(gw: FrontDoorThread, files: Callable) -> None:
+    first = device(gw, files(A, "a"), "sensor-a")
+    second = device(gw, files(A, "a2"), "sensor-a")
+    assert first.connect() == 0
+    try:
+        assert second.connect() == 0
+        assert first.disconnected.wait(5)
+        assert second.publish("devices/sensor-a/messages/events/", b"from second")
+    finally:
+        first.client.loop_stop()
+        second.close()
+
+
+def test_unauthenticated_connect_leaves_the_live_session_alone(gw: FrontDoorThread, files: Callable) -> None:
+    owner = device(gw, files(A, "a"), "sensor-a")
+    assert owner.connect() == 0
+    try:
+        assert owner.subscribe("devices/sensor-a/messages/devicebound/#") == [1]
+        for attacker_files in (None, files(B, "b")):
+            attacker = device(gw, attacker_files, "sensor-a")  # clean_session=1, same client id
+            assert attacker.connect() == 5
+            attacker.close()
+        assert not owner.disconnected.is_set()
+        c2d(gw, "sensor-a", b"still yours")
+        assert owner.messages.get(timeout=5).payload == b"still yours"
+    finally:
+        owner.close()
+
+
+def test_persistent_session_cannot_be_resumed_with_another_devices_cert(gw: FrontDoorThread,
+                                                                       files: Callable) -> None:
+    owner = device(gw, files(A, "a"), "sensor-a", clean_session=False)
+    assert owner.connect() == 0
+    assert owner.subscribe("devices/sensor-a/messages/devicebound/#") == [1]
+    owner.close()
+    time.sleep(0.2)
+    c2d(gw, "sensor-a", b"queued while away")
+    thief = device(gw, files(B, "b"), "sensor-a", clean_session=False)
+    assert thief.connect() == 5
+    thief.close()
+    assert thief.messages.empty()
+    back = device(gw, files(A, "a"), "sensor-a", clean_session=False)
+    assert back.connect() == 0
+    try:
+        assert back.messages.get(timeout=5).payload == b"queued while away"
+    finally:
+        back.close()
+
+
+def test_max_connections(tmp_path: Path, files: Callable) -> None:
+    directory = DictDirectory(certmatrix.GATEWAY_ID, MATRIX.anchors, [])
+    with FrontDoorThread(tmp_path / "gw", directory, limits=FrontDoorLimits(max_connections=2)) as small:
+        held = [socket.create_connection(("127.0.0.1", small.port)) for _ in range(2)]
+        wait_for(lambda: len(small.door.connections) == 2)  # type: ignore[union-attr]
+        with socket.create_connection(("127.0.0.1", small.port), timeout=5) as extra:
+            _, took = read_until_closed(extra, 5)
+        assert took < 1
+        assert small.door.counters.get("edgegate_connections_refused_total", reason="max_connections") == 1  # type: ignore[union-attr]
+        for sock in held:
+            sock.close()
+
+
+def test_server_cert_hot_swap_keeps_sessions(gw: FrontDoorThread, files: Callable, tmp_path: Path) -> None:
+    dev = device(gw, files(A, "a"), "sensor-a")
+    assert dev.connect() == 0
+    try:
+        renewed = gw.pki.edge_ca.issue_server_cert(HOSTNAME)
+        chain = renewed.fullchain_pem().write_to_path(tmp_path / "renewed.pem")
+        key = renewed.private_key_pem.write_to_path(tmp_path / "renewed.key", private=True)
+        gw.call(gw.contexts.reload, chain, key)
+        with tls_socket(gw, files(B, "b")) as sock:
+            presented = sock.getpeercert(binary_form=True)
+        from cryptography import x509
+        assert x509.load_der_x509_certificate(presented).serial_number == renewed.cert.serial_number
+        assert not dev.disconnected.is_set()
+        assert dev.publish("devices/sensor-a/messages/events/", b"still here")
+    finally:
+        dev.close()
+
+
+# ---- outside witnesses ---------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
+def test_mosquitto_pub_and_sub_as_witnesses(gw: FrontDoorThread, files: Callable) -> None:
+    f = files(B, "b")
+    common = ["-h", "127.0.0.1", "-p", str(gw.port), "--cafile", str(gw.pki.root_path), "--cert", str(f.cert),
+              "--key", str(f.key), "--insecure", "-i", "sensor-b", "-q", "1"]
+    subprocess.run(["mosquitto_pub", *common, "-t", "devices/sensor-b/messages/events/", "-m", "from mosquitto"],
+                   check=True, timeout=10)
+    wait_for(lambda: any(m.payload == b"from mosquitto" for m in gw.sink.messages))
+    sub = subprocess.Popen(["mosquitto_sub", *common, "-t", "devices/sensor-b/messages/devicebound/#", "-C", "1",
+                            "-W", "10"], stdout=subprocess.PIPE)
+    wait_for(lambda: "sensor-b" in gw.door.online)  # type: ignore[union-attr]
+    time.sleep(0.3)  # the SUBSCRIBE follows the CONNACK
+    c2d(gw, "sensor-b", b"hello sub")
+    out, _ = sub.communicate(timeout=15)
+    assert out.strip() == b"hello sub"
+    denied = subprocess.run(["mosquitto_sub", *common, "-t", "#", "-C", "1", "-W", "3"], capture_output=True,
+                            timeout=10)
+    assert b"All subscription requests were denied" in denied.stderr
