@@ -1,0 +1,1 @@
+"""The durable outbox: device messages stored before their PUBACK, forwarded to the hub in order."""

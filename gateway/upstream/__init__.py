@@ -1,0 +1,1 @@
+"""Upstream: device messages out to the hub, cloud-to-device messages in from it."""
