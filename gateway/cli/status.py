@@ -1,0 +1,186 @@
+"""`edgegate status -c config.toml [--json]`: hub online/offline and since when, last sync and its result,
+cache size and age, connected devices and outbox depth.
+
+Reads the database (works while the gateway is stopped) and `state_dir/status.json`, which the running
+gateway rewrites every few seconds; a status.json older than STATUS_STALE_AFTER means it is not running.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from gateway.cache.freshness import cache_usable
+from gateway.cache.records import CacheSummary
+from gateway.cache.repository import CacheRepository
+from gateway.config import load_config
+from gateway.errors import StorageError
+from gateway.store.db import current_revision, database_exists, head_revision, open_engine, redacted
+from gateway.sync.status_file import STATUS_FILE_NAME, read_status
+
+# The gateway writes status.json every few seconds; this much silence means it is not running.
+STATUS_STALE_AFTER = timedelta(seconds=60)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser("status", help="hub online/offline, last sync, cache, connected devices, outbox")
+    parser.add_argument("-c", "--config", type=Path, required=True, help="path to config.toml")
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of text")
+    parser.set_defaults(func=_status)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z") if value is not None else None
+
+
+def _parse_time(value: object) -> datetime | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def build_report(
+    *,
+    database: str,
+    revision: str | None,
+    head: str,
+    summary: CacheSummary | None,
+    live: dict[str, Any] | None,
+    now: datetime,
+    offline_trust: timedelta | None,
+) -> dict[str, Any]:
+    """The status as one JSON-able dict, from what the database and status.json say (pure)."""
+    written = _parse_time(live.get("written_at")) if live else None
+    running = written is not None and now - written <= STATUS_STALE_AFTER
+    report: dict[str, Any] = {
+        "database": {"url": database, "revision": revision, "head": head, "up_to_date": revision == head},
+        "gateway": {
+            "running": running,
+            "pid": live.get("pid") if live else None,
+            "status_written_at": _iso(written),
+        },
+        "connected_devices": live.get("connected_devices") if running and live else None,
+        "outbox_depth": live.get("outbox_depth") if running and live else None,
+    }
+    if summary is None:
+        return report
+    status = summary.status
+    sync = live.get("sync") if running and live else None
+    state = sync.get("state") if isinstance(sync, dict) else None
+    report["hub"] = {
+        # The running gateway knows best; the database keeps what it last saw.
+        "state": state or ("online" if status.online else "offline"),
+        "as_of_last_run": state is None,
+        "online_since": _iso(status.online_since),
+        "offline_since": _iso(status.offline_since),
+        "last_success_at": _iso(status.last_success_at),
+        "last_attempt_at": _iso(status.last_attempt_at),
+        "last_full_sync_at": _iso(status.last_full_sync_at),
+        "last_error": status.last_error,
+    }
+    report["cache"] = {
+        "devices": summary.devices,
+        "enabled": summary.enabled,
+        "registered_cas": summary.cas,
+        "sequence": summary.sequence,
+        "oldest_entry_at": _iso(summary.oldest_fetched_at),
+        "newest_entry_at": _iso(summary.newest_fetched_at),
+        "offline_trust_seconds": None if offline_trust is None else offline_trust.total_seconds(),
+        "usable": cache_usable(status.last_success_at, now, offline_trust),
+    }
+    return report
+
+
+def _ago(value: str | None, now: datetime) -> str:
+    when = _parse_time(value)
+    if when is None:
+        return "never"
+    seconds = int((now - when).total_seconds())
+    if seconds < 0:
+        return f"{value} (in the future: is the clock right?)"
+    span = f"{seconds}s" if seconds < 120 else f"{seconds // 60}m" if seconds < 7200 else f"{seconds // 3600}h"
+    return f"{value} ({span} ago)"
+
+
+def render_text(report: dict[str, Any], now: datetime) -> str:
+    """The report as aligned lines for a terminal (pure)."""
+    db, gw = report["database"], report["gateway"]
+    lines = []
+    if gw["running"]:
+        lines.append(f"gateway      running (pid {gw['pid']}, status written {_ago(gw['status_written_at'], now)})")
+    else:
+        lines.append(f"gateway      not running (last status {_ago(gw['status_written_at'], now)})")
+    version = "newest" if db["up_to_date"] else f"newest is {db['head']}: run `edgegate db upgrade`"
+    lines.append(f"database     {db['url']} at {db['revision'] or 'no schema'} ({version})")
+    hub, cache = report.get("hub"), report.get("cache")
+    if hub is not None and cache is not None:
+        note = " (as of the last run)" if hub["as_of_last_run"] else ""
+        since = hub["online_since"] if hub["state"] == "online" else hub["offline_since"]
+        if hub["last_attempt_at"] is None:
+            lines.append(f"hub          never reached{note}")
+        else:
+            lines.append(f"hub          {hub['state']}{note} since {_ago(since, now)}")
+            result = "ok" if hub["last_error"] is None else f"failed: {hub['last_error']}"
+            lines.append(f"last sync    {_ago(hub['last_attempt_at'], now)}: {result}")
+        lines.append(f"last success {_ago(hub['last_success_at'], now)}")
+        lines.append(f"full sync    {_ago(hub['last_full_sync_at'], now)}")
+        trust = cache["offline_trust_seconds"]
+        trust_text = "forever" if trust is None else f"{trust:g}s"
+        usable = "usable" if cache["usable"] else "TOO OLD: devices are refused until the hub is back"
+        lines.append(
+            f"cache        {cache['devices']} devices ({cache['enabled']} enabled), "
+            f"{cache['registered_cas']} registered CAs, cursor {cache['sequence']}"
+        )
+        lines.append(f"             oldest entry {_ago(cache['oldest_entry_at'], now)}")
+        lines.append(f"             offline trust {trust_text}: {usable}")
+    if report["connected_devices"] is not None:
+        lines.append(f"devices      {report['connected_devices']} connected")
+    if report["outbox_depth"] is not None:
+        lines.append(f"outbox       {report['outbox_depth']} messages waiting")
+    return "\n".join(lines)
+
+
+def _status(args: argparse.Namespace) -> int:
+    config = load_config(args.config)
+    url = config.storage.url
+    now = datetime.now(UTC)
+    live = read_status(config.state_dir / STATUS_FILE_NAME)
+    head = head_revision()
+    revision: str | None = None
+    summary: CacheSummary | None = None
+    try:
+        if database_exists(url):
+            engine = open_engine(url)
+            try:
+                revision = current_revision(engine)
+                if revision is not None:
+                    summary = CacheRepository(engine).summary()
+            finally:
+                engine.dispose()
+    except StorageError as exc:
+        print(f"edgegate: {exc}", file=sys.stderr)
+        return 1
+    report = build_report(
+        database=redacted(url),
+        revision=revision,
+        head=head,
+        summary=summary,
+        live=live,
+        now=now,
+        offline_trust=config.sync.offline_trust,
+    )
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        print(render_text(report, now))
+        if summary is None:
+            print(f"no device cache yet: run `edgegate db upgrade -c {args.config}`, then `edgegate run`")
+    return 0

@@ -1,0 +1,242 @@
+"""The hub API client (device scope, change feed, single devices, registered CAs) over mutual TLS.
+
+Every failure leaves this module as one of two errors, with a sentence that says what happened:
+`HubUnavailable` (refused, timed out, blackholed, 5xx, a hub certificate we cannot trust, a malformed
+answer): the gateway goes offline and keeps serving its cache; `HubRejected` (401/403 or a TLS alert
+about our identity certificate): the hub refused *us*, which an operator must fix.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import quote
+
+import aiohttp
+
+from gateway.cache.records import RegisteredCA
+from gateway.errors import HubRejected, HubUnavailable
+from gateway.records import DeviceRecord
+from gateway.sync.wire import ChangePage, ScopePage, parse_cas, parse_change_page, parse_device, parse_scope_page
+from gateway.tls.contexts import build_hub_client_context
+
+T = TypeVar("T")
+
+# The hub caps a long poll at 120 s; our default stays under the ~60 s idle timeouts of common middleboxes.
+DEFAULT_REQUEST_TIMEOUT = 10.0
+DEFAULT_CONNECT_TIMEOUT = 5.0
+# A sync request, a long poll and a few single-device fetches at once.
+MAX_CONNECTIONS = 8
+# OpenSSL's names for the alerts a server sends when it does not accept the client certificate.
+_IDENTITY_ALERTS = ("certificate required", "bad certificate", "unknown ca", "certificate unknown",
+                    "certificate revoked", "certificate expired", "access denied")
+
+
+class HubClient:
+    """Talks to one hub as one gateway. Create inside the event loop; `close()` when done."""
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        hostname: str,
+        gateway_id: str,
+        ssl_context: ssl.SSLContext,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.hostname = hostname
+        self.gateway_id = gateway_id
+        self.request_timeout = request_timeout
+        self.connect_timeout = connect_timeout
+        self._base = f"{self.url}/gateways/{quote(gateway_id, safe='')}"
+        self._ssl = ssl_context
+        self._session: aiohttp.ClientSession | None = None
+
+    @classmethod
+    def from_files(
+        cls,
+        *,
+        url: str,
+        hostname: str,
+        gateway_id: str,
+        trust_bundle_cert: Path,
+        identity_cert: Path,
+        identity_pk: Path,
+        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> HubClient:
+        """A client presenting `identity_cert` and trusting the hub only if it chains to `trust_bundle_cert`."""
+        return cls(
+            url=url,
+            hostname=hostname,
+            gateway_id=gateway_id,
+            ssl_context=build_hub_client_context(trust_bundle_cert, identity_cert, identity_pk),
+            request_timeout=request_timeout,
+            connect_timeout=connect_timeout,
+        )
+
+    # -- the API -----------------------------------------------------------------------------------
+
+    async def scope_page(self, after: str | None, limit: int) -> ScopePage:
+        """One page of this gateway's device scope, in device id order."""
+        params: dict[str, str] = {"limit": str(limit)} | ({"after": after} if after is not None else {})
+        return _parsed(parse_scope_page, await self._get("/devices", params), "device scope page")
+
+    async def changes(self, since: int, limit: int) -> ChangePage:
+        """Changes after `since` (at most `limit` devices), answered at once."""
+        params = {"since": str(since), "limit": str(limit)}
+        body = await self._get("/changes", params, reset_ok=True)
+        return _reset_page(since) if body is None else _parsed(parse_change_page, body, "change page")
+
+    async def wait_changes(self, since: int, limit: int, wait: float) -> ChangePage:
+        """Like `changes`, but the hub holds the request up to `wait` seconds until there is a change."""
+        params = {"since": str(since), "limit": str(limit), "timeout": f"{wait:g}"}
+        body = await self._get("/changes/wait", params, reset_ok=True, extra_time=wait)
+        return _reset_page(since) if body is None else _parsed(parse_change_page, body, "change page")
+
+    async def device(self, device_id: str) -> DeviceRecord | None:
+        """One device of this gateway's scope; None if the hub says it is not (404)."""
+        body = await self._get(f"/devices/{quote(device_id, safe='')}", {}, missing_ok=True)
+        return None if body is None else _parsed(parse_device, body, f"device {device_id}")
+
+    async def cas(self) -> tuple[RegisteredCA, ...]:
+        """The CA certificates registered in the hub."""
+        return _parsed(parse_cas, await self._get("/cas", {}), "CA list")
+
+    async def post_messages(self, messages: list[dict[str, Any]]) -> None:
+        """Hand a batch of device messages to the hub (idempotent by message_id)."""
+        await self._get("/messages", {}, method="POST", payload={"messages": messages})
+
+    async def wait_c2d(self, after: int, wait: float) -> tuple[list[dict[str, Any]], int]:
+        """Cloud-to-device messages after cursor `after`, long-polled up to `wait` seconds."""
+        params = {"after": str(after), "timeout": f"{wait:g}"}
+        body = await self._get("/c2d/wait", params, extra_time=wait)
+        messages = body.get("messages") if isinstance(body, dict) else None
+        cursor = body.get("cursor") if isinstance(body, dict) else None
+        if not isinstance(messages, list) or not isinstance(cursor, int):
+            raise HubUnavailable(f"the hub at {self.url} answered /c2d/wait with an unexpected shape")
+        return messages, cursor
+
+    async def ack_c2d(self, cursor: int) -> None:
+        """Tell the hub every cloud-to-device message up to `cursor` reached the broker."""
+        await self._get("/c2d/ack", {}, method="POST", payload={"cursor": cursor})
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # -- HTTP and error mapping --------------------------------------------------------------------
+
+    def _client_session(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=MAX_CONNECTIONS),
+                headers={"Accept": "application/json"},
+            )
+        return self._session
+
+    async def _get(
+        self,
+        path: str,
+        params: dict[str, str],
+        *,
+        missing_ok: bool = False,
+        reset_ok: bool = False,
+        extra_time: float = 0.0,
+        method: str = "GET",
+        payload: Any = None,
+    ) -> Any:
+        timeout = aiohttp.ClientTimeout(total=self.request_timeout + extra_time, sock_connect=self.connect_timeout)
+        where = f"{self.url} ({self.hostname})"
+        try:
+            async with self._client_session().request(
+                method, self._base + path, params=params, json=payload, timeout=timeout, server_hostname=self.hostname
+            ) as response:
+                status = response.status
+                raw = await response.read()
+        except aiohttp.ClientConnectorCertificateError as exc:
+            raise HubUnavailable(
+                f"the hub at {where} presented a certificate we do not trust: {_verify_message(exc)}"
+            ) from exc
+        except (aiohttp.ClientSSLError, ssl.SSLError, aiohttp.ClientOSError) as exc:
+            alert = _identity_alert(exc)
+            if alert is not None:
+                raise HubRejected(
+                    f"the hub at {where} refused the identity certificate of gateway {self.gateway_id} "
+                    f"in the TLS handshake ({alert})"
+                ) from exc
+            raise HubUnavailable(f"cannot talk to the hub at {where}: {_describe(exc)}") from exc
+        except TimeoutError as exc:
+            raise HubUnavailable(
+                f"the hub at {where} did not answer within {timeout.total:g}s (down or blackholed?)"
+            ) from exc
+        except aiohttp.ClientError as exc:
+            raise HubUnavailable(f"cannot talk to the hub at {where}: {_describe(exc)}") from exc
+        body = _json(raw)
+        if status == 200:
+            if body is None:
+                raise HubUnavailable(f"the hub at {where} answered {path} with something that is not JSON")
+            return body
+        reason, message = _reason(body)
+        if status in (401, 403):
+            raise HubRejected(
+                f"the hub at {where} refused gateway {self.gateway_id} ({status} {reason}): {message}"
+            )
+        if status == 404 and missing_ok:
+            return None
+        if status == 409 and reset_ok and reason == "sequence_ahead":
+            return None
+        raise HubUnavailable(f"the hub at {where} answered {path} with {status} {reason}: {message}")
+
+
+def _json(raw: bytes) -> Any:
+    try:
+        return json.loads(raw)
+    except ValueError:
+        return None
+
+
+def _reason(body: Any) -> tuple[str, str]:
+    if isinstance(body, dict):
+        return str(body.get("reason") or "no_reason"), str(body.get("message") or "")
+    return "no_reason", ""
+
+
+def _parsed(parse: Callable[[Any], T], body: Any, what: str) -> T:
+    try:
+        return parse(body)
+    except ValueError as exc:
+        raise HubUnavailable(f"the hub sent a malformed {what}: {exc}") from exc
+
+
+def _reset_page(since: int) -> ChangePage:
+    return ChangePage((), since, False, reset=True)
+
+
+def _verify_message(exc: aiohttp.ClientConnectorCertificateError) -> str:
+    error = exc.certificate_error
+    return str(getattr(error, "verify_message", None) or error)
+
+
+def _identity_alert(exc: BaseException) -> str | None:
+    """The TLS alert text if the hub's TLS layer turned down our certificate, else None."""
+    text = " ".join(str(e).lower() for e in (exc, exc.__cause__, getattr(exc, "os_error", None)) if e)
+    return next((alert for alert in _IDENTITY_ALERTS if alert in text), None)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ConnectionRefusedError):
+        return "connection refused (nothing listens there: hub down?)"
+    if isinstance(exc, aiohttp.ClientOSError) and exc.errno == errno.ECONNRESET:
+        # A TLS 1.3 server that does not trust the client certificate often just drops the connection.
+        return "connection reset by the hub (if this persists, check that the hub trusts our identity certificate)"
+    if isinstance(exc, aiohttp.ServerDisconnectedError):
+        return "the connection was closed before an answer"
+    return f"{exc.__class__.__name__}: {exc}"
