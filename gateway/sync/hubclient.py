@@ -86,37 +86,37 @@ class HubClient:
     async def scope_page(self, after: str | None, limit: int) -> ScopePage:
         """One page of this gateway's device scope, in device id order."""
         params: dict[str, str] = {"limit": str(limit)} | ({"after": after} if after is not None else {})
-        return _parsed(parse_scope_page, await self._get("/devices", params), "device scope page")
+        return _parsed(parse_scope_page, await self._request("/devices", params), "device scope page")
 
     async def changes(self, since: int, limit: int) -> ChangePage:
         """Changes after `since` (at most `limit` devices), answered at once."""
         params = {"since": str(since), "limit": str(limit)}
-        body = await self._get("/changes", params, reset_ok=True)
+        body = await self._request("/changes", params, reset_ok=True)
         return _reset_page(since) if body is None else _parsed(parse_change_page, body, "change page")
 
     async def wait_changes(self, since: int, limit: int, wait: float) -> ChangePage:
         """Like `changes`, but the hub holds the request up to `wait` seconds until there is a change."""
         params = {"since": str(since), "limit": str(limit), "timeout": f"{wait:g}"}
-        body = await self._get("/changes/wait", params, reset_ok=True, extra_time=wait)
+        body = await self._request("/changes/wait", params, reset_ok=True, extra_time=wait)
         return _reset_page(since) if body is None else _parsed(parse_change_page, body, "change page")
 
     async def device(self, device_id: str) -> DeviceRecord | None:
         """One device of this gateway's scope; None if the hub says it is not (404)."""
-        body = await self._get(f"/devices/{quote(device_id, safe='')}", {}, missing_ok=True)
+        body = await self._request(f"/devices/{quote(device_id, safe='')}", {}, missing_ok=True)
         return None if body is None else _parsed(parse_device, body, f"device {device_id}")
 
     async def cas(self) -> tuple[RegisteredCA, ...]:
         """The CA certificates registered in the hub."""
-        return _parsed(parse_cas, await self._get("/cas", {}), "CA list")
+        return _parsed(parse_cas, await self._request("/cas", {}), "CA list")
 
     async def post_messages(self, messages: list[dict[str, Any]]) -> None:
         """Hand a batch of device messages to the hub (idempotent by message_id)."""
-        await self._get("/messages", {}, method="POST", payload={"messages": messages})
+        await self._request("/messages", {}, method="POST", payload={"messages": messages})
 
     async def wait_c2d(self, after: int, wait: float) -> tuple[list[dict[str, Any]], int]:
         """Cloud-to-device messages after cursor `after`, long-polled up to `wait` seconds."""
         params = {"after": str(after), "timeout": f"{wait:g}"}
-        body = await self._get("/c2d/wait", params, extra_time=wait)
+        body = await self._request("/c2d/wait", params, extra_time=wait)
         messages = body.get("messages") if isinstance(body, dict) else None
         cursor = body.get("cursor") if isinstance(body, dict) else None
         if not isinstance(messages, list) or not isinstance(cursor, int):
@@ -125,7 +125,7 @@ class HubClient:
 
     async def ack_c2d(self, cursor: int) -> None:
         """Tell the hub every cloud-to-device message up to `cursor` reached the broker."""
-        await self._get("/c2d/ack", {}, method="POST", payload={"cursor": cursor})
+        await self._request("/c2d/ack", {}, method="POST", payload={"cursor": cursor})
 
     async def close(self) -> None:
         if self._session is not None:
@@ -142,7 +142,7 @@ class HubClient:
             )
         return self._session
 
-    async def _get(
+    async def _request(
         self,
         path: str,
         params: dict[str, str],
