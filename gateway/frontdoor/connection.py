@@ -77,7 +77,7 @@ class DeviceConnection(asyncio.Protocol):
         self.peer = (str(peername[0]), int(peername[1])) if peername else ("", 0)
         if not self.door.take_slot(self):
             self.door.counters.inc("edgegate_connections_refused_total", reason="max_connections")
-            transport.abort()
+            self.transport.abort()
             self.state = ConnState.CLOSED
             return
         self.tls = TLSSession(self.door.contexts.current)
