@@ -1,0 +1,1 @@
+"""Child devices: the TempSensor, a paho-mqtt client that publishes readings through the gateway."""
