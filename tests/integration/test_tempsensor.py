@@ -101,7 +101,7 @@ def test_fleet_and_cloud_to_device(stack: tuple[HubProcess, GatewayProcess], tmp
             assert event["device"] == "fleet-3"
             assert event["payload"] == "calibrate"
             break
-    out, _ = proc.communicate(timeout=60)
+    proc.communicate(timeout=60)
     assert proc.returncode == 0
     for i in range(5):
         assert len(hub.admin.messages(f"fleet-{i}")["messages"]) >= 1
