@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, PKIError, StorageError
 
 # Each verb group lives in its own module and adds its sub-commands with `register(subparsers)`.
 VERB_MODULES = (
@@ -51,6 +51,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"edgegate: configuration error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
+    except PKIError as exc:
+        # Unusable certificates or keys are configuration problems too: nothing has started.
+        print(f"edgegate: certificate error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    except StorageError as exc:
+        print(f"edgegate: database error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     return int(code or 0)
