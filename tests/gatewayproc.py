@@ -79,6 +79,18 @@ class GatewayProcess:
             time.sleep(0.05)
         self.port = int(json.loads(ready.read_text())["port"])
 
+    def wait_synced(self, timeout: float = 20) -> None:
+        """Until status.json says the hub is online (the first full sync is done)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if self.status().get("sync", {}).get("state") == "online":  # type: ignore[union-attr]
+                    return
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"the gateway did not sync with the hub:\n{self.log()[-3000:]}")
+
     @property
     def root(self) -> Path:
         """The trust bundle children use (the quickstart root)."""

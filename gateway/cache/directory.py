@@ -97,7 +97,10 @@ class DeviceDirectory:
         the cache, so the device's next attempt finds it.
         """
         record = self.lookup(device_id)
-        if record is not None or self._fetcher is None or not self._status.online:
+        # Ask the hub unless it is known to be down: right after start the first sync may still be
+        # running, and a device registered a moment ago must get in on its first try.
+        known_offline = not self._status.online and self._status.offline_since is not None
+        if record is not None or self._fetcher is None or known_offline:
             return record
         task = self._inflight.get(device_id) or self._start_fetch(device_id)
         if task is None:

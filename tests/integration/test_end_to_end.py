@@ -52,6 +52,7 @@ def hub(tmp_path: Path) -> Iterator[HubProcess]:
 @pytest.fixture
 def gateway(tmp_path: Path, hub: HubProcess) -> Iterator[GatewayProcess]:
     with GatewayProcess.start(tmp_path / "gw", hub) as gw:
+        gw.wait_synced()
         yield gw
 
 

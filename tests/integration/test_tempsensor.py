@@ -25,6 +25,7 @@ TEMPSENSOR = [sys.executable, "-m", "devices.cli"]
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[HubProcess, GatewayProcess]]:
     tmp = tmp_path_factory.mktemp("stack")
     with HubProcess.start(tmp / "hub") as hub, GatewayProcess.start(tmp / "gw", hub) as gw:
+        gw.wait_synced()
         yield hub, gw
 
 

@@ -261,12 +261,15 @@ async def test_a_hit_never_asks_the_hub_and_offline_misses_do_not_either(setup: 
     directory = setup.directory()
     await directory.apply(CacheChanges(fetched_at=T0, upserts=(dev("d1"),), sequence=1, full=True))
     setup.hub.devices["d2"] = dev("d2", 2)
-    assert await directory.lookup_or_fetch("d1") == dev("d1")
-    assert await directory.lookup_or_fetch("d2") is None  # offline (never synced): no fetch
-    assert setup.hub.calls == []
-    await online(directory)
+    setup.hub.devices["d3"] = dev("d3", 3)
     assert await directory.lookup_or_fetch("d1") == dev("d1")
     assert setup.hub.calls == []
+    # Not synced yet, not known to be offline (just started): a device registered a moment ago gets in.
+    assert await directory.lookup_or_fetch("d2") == dev("d2", 2)
+    assert setup.hub.calls == ["d2"]
+    await directory.set_status(SyncStatus(online=False, offline_since=T0))
+    assert await directory.lookup_or_fetch("d3") is None  # known offline: no fetch, no wait
+    assert setup.hub.calls == ["d2"]
 
 
 async def test_a_miss_while_online_fetches_once_and_caches_it(setup: Setup) -> None:
