@@ -78,6 +78,8 @@ class GatewayProcess:
                 raise RuntimeError(f"edgegate run did not start:\n{self.log()[-3000:]}")
             time.sleep(0.05)
         self.port = int(json.loads(ready.read_text())["port"])
+        # A restart must come back on the same port, as a real gateway does: devices reconnect there.
+        self.config_path.write_text(self.config_path.read_text().replace("port = 0\n", f"port = {self.port}\n", 1))
 
     def wait_synced(self, timeout: float = 20) -> None:
         """Until status.json says the hub is online (the first full sync is done)."""
