@@ -110,6 +110,9 @@ class FrontDoorThread:
             self.loop.call_soon_threadsafe(self._stop.set)
         self._thread.join(15)
 
+    def thread_alive(self) -> bool:
+        return self._thread.is_alive() and self._error is None
+
     def call(self, fn: Any, *args: Any) -> Any:
         """Run `fn(*args)` on the gateway's loop and return its result."""
         async def run() -> Any:

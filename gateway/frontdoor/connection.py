@@ -210,8 +210,11 @@ class DeviceConnection(asyncio.Protocol):
         writer = BrokerWriter(self._send_from_broker, self._drain_waiter, self._broker_closed, self.peer)
         self._broker_task = door.spawn(door.attach_to_broker(self._broker_reader, writer))
         early, self._early = self._early, []
-        for packet in early:
-            self._on_packet(packet)
+        try:
+            for packet in early:
+                self._on_packet(packet)
+        except ProtocolError as exc:  # PacketTooLarge included
+            self._protocol_violation(exc.reason, exc.detail)
 
     def _on_packet(self, packet: codec.RawPacket) -> None:
         kind = packet.type

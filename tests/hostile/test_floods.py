@@ -1,0 +1,106 @@
+"""Slowloris and connection floods against the real front door, with real devices as witnesses."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from gateway.frontdoor.server import FrontDoorLimits
+from gateway.pki import self_signed_device_cert
+from tests import certmatrix
+from tests.clients import DeviceFiles, PahoDevice
+from tests.frontdoor_harness import HOSTNAME, DictDirectory, FrontDoorThread
+from tests.hubproc import REPO
+
+pytestmark = pytest.mark.hostile
+
+DEVICES = {f"real-{i}": self_signed_device_cert(f"real-{i}") for i in range(10)}
+INTRUDER = self_signed_device_cert("intruder")
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FrontDoorThread]:
+    records = [certmatrix.ss_record(d, c.thumbprint_sha256) for d, c in DEVICES.items()]
+    directory = DictDirectory(certmatrix.GATEWAY_ID, certmatrix.build().anchors, records)
+    limits = FrontDoorLimits(max_connections=5000, handshake_timeout=2.0)
+    with FrontDoorThread(tmp_path_factory.mktemp("flood"), directory, limits=limits) as gateway:
+        yield gateway
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, DeviceFiles]:
+    d = tmp_path_factory.mktemp("flood-certs")
+    out = {name: DeviceFiles.write(c, d, name) for name, c in DEVICES.items()}
+    out["intruder"] = DeviceFiles.write(INTRUDER, d, "intruder")
+    return out
+
+
+def test_slowloris_is_closed_at_the_timeout_and_real_devices_get_in(gw: FrontDoorThread,
+                                                                    files: dict[str, DeviceFiles]) -> None:
+    silent = [socket.create_connection(("127.0.0.1", gw.port)) for _ in range(300)]
+    ctx = ssl.create_default_context(cafile=str(gw.pki.root_path))
+    ctx.check_hostname = False
+    no_connect = [ctx.wrap_socket(socket.create_connection(("127.0.0.1", gw.port)), server_hostname=HOSTNAME)
+                  for _ in range(50)]
+    try:
+        device = PahoDevice(gw.port, gw.pki.root_path, "real-0", files["real-0"])
+        assert device.connect() == 0
+        assert device.publish("devices/real-0/messages/events/", b"through the slowloris")
+        device.close()
+        deadline = time.monotonic() + 6
+        while len(gw.door.connections) > 0 and time.monotonic() < deadline:  # type: ignore[union-attr]
+            time.sleep(0.1)
+        assert len(gw.door.connections) == 0  # type: ignore[union-attr]
+        assert gw.door.counters.get("edgegate_timeouts_total", stage="handshake") >= 300  # type: ignore[union-attr]
+        assert gw.door.counters.get("edgegate_timeouts_total", stage="connect") >= 50  # type: ignore[union-attr]
+    finally:
+        for sock in [*silent, *no_connect]:
+            sock.close()
+
+
+def publish_rate(gw: FrontDoorThread, files: dict[str, DeviceFiles], per_device: int) -> float:
+    lines = b"\n".join(b'{"t":21.5,"seq":%d}' % n for n in range(per_device)) + b"\n"
+    procs = []
+    start = time.monotonic()
+    for name in DEVICES:
+        f = files[name]
+        procs.append(subprocess.Popen(
+            ["mosquitto_pub", "-h", "127.0.0.1", "-p", str(gw.port), "--cafile", str(gw.pki.root_path), "--cert",
+             str(f.cert), "--key", str(f.key), "--insecure", "-i", name, "-q", "1", "-t",
+             f"devices/{name}/messages/events/", "-l"], stdin=subprocess.PIPE, stderr=subprocess.PIPE))
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(lines)
+        proc.stdin.close()
+    for proc in procs:
+        assert proc.wait(120) == 0, proc.stderr.read() if proc.stderr else ""
+    return len(DEVICES) * per_device / (time.monotonic() - start)
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
+def test_unauthenticated_flood_costs_real_devices_less_than_half(gw: FrontDoorThread,
+                                                                 files: dict[str, DeviceFiles]) -> None:
+    baseline = publish_rate(gw, files, 1000)
+    flood = subprocess.Popen([sys.executable, "-m", "tests.hostile.flood", str(gw.port), str(gw.pki.root_path),
+                              str(files["intruder"].cert), str(files["intruder"].key), "--concurrency", "20"],
+                             cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert flood.stdout is not None
+    assert flood.stdout.readline().strip() == "started"
+    time.sleep(1.0)
+    try:
+        during = publish_rate(gw, files, 1000)
+        time.sleep(2.0)  # the flood goes on past the measurement, to well over 1,000 connections
+    finally:
+        out, _ = flood.communicate("", timeout=60)
+    made, refused = (int(x) for x in out.split())
+    print(f"baseline {baseline:.0f} msg/s, during a flood of {made} unauthenticated connections {during:.0f} msg/s")
+    assert made >= 1000
+    assert refused >= 900
+    assert during >= 0.5 * baseline
