@@ -69,6 +69,8 @@ def build_report(
         },
         "connected_devices": live.get("connected_devices") if running and live else None,
         "outbox_depth": live.get("outbox_depth") if running and live else None,
+        "devices": live.get("devices") if running and live else None,
+        "forwarder": live.get("outbox") if running and live else None,
     }
     if summary is None:
         return report
@@ -142,9 +144,14 @@ def render_text(report: dict[str, Any], now: datetime) -> str:
         lines.append(f"             oldest entry {_ago(cache['oldest_entry_at'], now)}")
         lines.append(f"             offline trust {trust_text}: {usable}")
     if report["connected_devices"] is not None:
-        lines.append(f"devices      {report['connected_devices']} connected")
+        names = report.get("devices") or []
+        shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
+        lines.append(f"devices      {report['connected_devices']} connected" + (f": {shown}" if names else ""))
     if report["outbox_depth"] is not None:
-        lines.append(f"outbox       {report['outbox_depth']} messages waiting")
+        forwarder = report.get("forwarder") or {}
+        state = forwarder.get("state", "?")
+        error = f"; last error: {forwarder['last_error']}" if forwarder.get("last_error") else ""
+        lines.append(f"outbox       {report['outbox_depth']} messages waiting, forwarder {state}{error}")
     return "\n".join(lines)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import shutil
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -188,3 +189,22 @@ def test_cloud_to_device_reaches_a_connected_device(gateway: GatewayProcess, hub
         assert msg.topic.startswith("devices/c2d-1/messages/devicebound/")
     finally:
         dev.close()
+
+
+def test_edgegate_status_shows_hub_cache_devices_and_outbox(gateway: GatewayProcess, hub: HubProcess,
+                                                            tmp_path: Path) -> None:
+    dev = sensor(gateway, tmp_path, "status-1")
+    assert dev.connect() == 0
+    try:
+        wait_for(lambda: "status-1" in gateway.status().get("devices", []), what="status.json to list the device")
+        done = subprocess.run([sys.executable, "-m", "gateway.cli.main", "status", "-c", str(gateway.config_path)],
+                              capture_output=True, text=True, timeout=30)
+    finally:
+        dev.close()
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    assert "gateway      running" in out
+    assert "hub          online" in out
+    assert "devices      1 connected: status-1" in out
+    assert "outbox       0 messages waiting, forwarder" in out
+    assert "oldest entry" in out
