@@ -1,30 +1,49 @@
 """The outbox's bounds, as a pure decision over in-memory counts.
 
-Policy when full: refuse the *new* message (the device gets no PUBACK and keeps it; QoS 0 is dropped
-and counted), never evict an acknowledged one. Expired messages (time-to-live) are the only ones that
-leave without reaching the hub, and they are counted.
+Policy when full: refuse the *new* message, never evict an acknowledged one. `Outbox.submit` raises
+`OutboxFull` synchronously; a QoS 1 publisher gets no PUBACK and keeps the message (the front door
+disconnects it to push back), a QoS 0 message is dropped by the front door and counted there. Each
+refusal is counted by the bound that refused it. Expired messages (time-to-live) are the only ones
+that leave without reaching the hub, and they are counted too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Bound(StrEnum):
+    """Which limit refused a message (the counter label and the log reason)."""
+
+    MAX_MESSAGES = "max_messages"
+    MAX_BYTES = "max_bytes"
+    PER_DEVICE_MAX_MESSAGES = "per_device_max_messages"
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxLimits:
     time_to_live: float = 7200.0  # seconds; edgeHub's timeToLiveSecs in its deployment templates
     max_messages: int = 1_000_000
-    max_bytes: int = 1024**3
-    per_device_max_messages: int = 100_000
+    max_bytes: int = 1024**3  # payload bytes
+    per_device_max_messages: int = 100_000  # one chatty device cannot fill the outbox for all others
 
 
-def refusal(limits: OutboxLimits, messages: int, size: int, device_messages: int, payload: int) -> str | None:
-    """Why one more message of `payload` bytes does not fit, or None if it does."""
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    bound: Bound
+    message: str
+
+
+def refusal(limits: OutboxLimits, messages: int, size: int, device_messages: int, payload: int) -> Refusal | None:
+    """Why one more message of `payload` bytes does not fit next to the current counts, or None if it does."""
     if messages + 1 > limits.max_messages:
-        return f"outbox holds {messages} messages (max_messages {limits.max_messages})"
+        return Refusal(Bound.MAX_MESSAGES, f"outbox holds {messages} messages (max_messages {limits.max_messages})")
     if size + payload > limits.max_bytes:
-        return f"outbox holds {size} bytes (max_bytes {limits.max_bytes})"
+        return Refusal(Bound.MAX_BYTES,
+                       f"outbox holds {size} payload bytes, {payload} more would pass max_bytes {limits.max_bytes}")
     if device_messages + 1 > limits.per_device_max_messages:
-        quota = limits.per_device_max_messages
-        return f"device has {device_messages} queued messages (per_device_max_messages {quota})"
+        return Refusal(Bound.PER_DEVICE_MAX_MESSAGES,
+                       f"device has {device_messages} queued messages "
+                       f"(per_device_max_messages {limits.per_device_max_messages})")
     return None

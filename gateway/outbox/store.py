@@ -1,10 +1,17 @@
 """The outbox: accepted device messages, durably stored before their PUBACK and removed only once the
 hub has them (or their time-to-live is over).
 
-Writes use group commit: `submit` only queues; one writer task commits everything queued so far in a
-single transaction on the database thread and then resolves every waiting future at once. A commit
-costs one fsync whatever the batch size, so durability does not cost a transaction per message.
-Bounds are checked in memory (O(1)) against counts loaded at start and kept in step with the table.
+- Durable: `submit` queues, the group committer (committer.py) commits, and only then does the
+  returned future resolve; the front door sends PUBACK on that. On SQLite the outbox commits with
+  `synchronous=FULL`: in WAL mode NORMAL survives a crash of the process but not a power cut, and an
+  acknowledged message must survive both (bench/outbox_bench.py measures what FULL costs).
+- Ordered: `seq` is the global arrival order and never reused; per-device FIFO follows from it.
+- Bounded, refuse-new: see bounds.py. Counts (messages, payload bytes, per device) live in memory,
+  loaded once at `open`, so the check in `submit` is O(1) and never reads the database.
+- Time-to-live: messages older than `limits.time_to_live` are never handed out again, and a sweep
+  deletes and counts them (`edgegate_outbox_expired_total`).
+
+All SQL runs on one database thread; the event loop never waits on a query or an fsync.
 """
 
 from __future__ import annotations
@@ -17,28 +24,34 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Engine, Table, delete, event, func, insert, select
 
 from gateway.errors import OutboxFull, StorageError
 from gateway.metrics import Counters
 from gateway.outbox.bounds import OutboxLimits, refusal
+from gateway.outbox.committer import MAX_BATCH, GroupCommitter
 from gateway.outbox.tables import OutboxRow
 from gateway.records import InboundMessage
 from gateway.store.db import DatabaseThread, storage_errors
 
 log = logging.getLogger("edgegate.outbox")
 
-# Messages per transaction. Past a few hundred the fsync is already amortized; the cap keeps one
-# transaction's memory and lock time small on a Pi.
-MAX_BATCH = 1024
+# edgeHub sweeps expired messages every 1800 s; a sweep here is one indexed range delete, so it can
+# run often and keep the counts (and the bounds) close to what will really be sent.
+EXPIRE_EVERY = 60.0
+# Rows deleted per expiry transaction: a large expiry never holds the database thread for long.
+EXPIRE_CHUNK = 5000
 
 _TABLE: Table = OutboxRow.__table__  # type: ignore[assignment]  # declarative tables are Tables
+_C = _TABLE.c
 
 
 @dataclass(frozen=True, slots=True)
 class QueuedMessage:
+    """One stored message, as the forwarder reads it."""
+
     seq: int
     message_id: str
     device_id: str
@@ -47,65 +60,83 @@ class QueuedMessage:
     properties: dict[str, str]
     payload: bytes
     qos: int
-    enqueued_at: float
+    enqueued_at: float  # seconds since the epoch, UTC
 
 
-def _full_sync(dbapi_connection: Any, _record: Any) -> None:
-    # An acknowledged message must survive power loss, not only a crash: the outbox commits with
-    # synchronous=FULL (one fsync per group commit), the cache keeps NORMAL.
-    if dbapi_connection.__class__.__module__.startswith("sqlite3"):
+def _sqlite_synchronous(level: str) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute(f"PRAGMA synchronous={level}")
         cursor.close()
+
+    return on_connect
 
 
 class Outbox:
-    """Implements the front door's MessageSink; the forwarder reads it with `peek` and `remove`."""
+    """The front door's MessageSink; the forwarder reads it with `peek` and `remove`.
 
-    def __init__(self, engine: Engine, limits: OutboxLimits, *, counters: Counters | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
-        self.engine, self.limits, self.clock = engine, limits, clock
+    Give it an engine of its own (`open_engine(url)`): on SQLite its connections are switched to
+    `synchronous=FULL` (or `sqlite_synchronous`). `await open()` before use, `await close()` after.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        limits: OutboxLimits | None = None,
+        *,
+        counters: Counters | None = None,
+        clock: Callable[[], float] = time.time,
+        sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        max_batch: int = MAX_BATCH,
+        expire_every: float = EXPIRE_EVERY,
+    ) -> None:
+        self.engine, self.limits, self.clock = engine, limits or OutboxLimits(), clock
         self.counters = counters or Counters()
+        self.expire_every = expire_every
         if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _full_sync)
+            event.listen(engine, "connect", _sqlite_synchronous(sqlite_synchronous))
         self._db = DatabaseThread("edgegate-outbox")
-        self._pending: list[tuple[dict[str, Any], asyncio.Future[None] | None]] = []
-        self._wake = asyncio.Event()
-        self.committed = asyncio.Event()  # set after each commit; the forwarder clears it
-        self._writer: asyncio.Task[None] | None = None
+        self._committer: GroupCommitter[dict[str, Any]] = GroupCommitter(
+            self._insert, self._db, committed=self._on_committed, failed=self._on_failed, max_batch=max_batch
+        )
+        self._listeners: list[Callable[[], None]] = []
+        self._sweeper: asyncio.Task[None] | None = None
         self.messages = 0
         self.bytes = 0
         self._per_device: Counter[str] = Counter()
 
     async def open(self) -> None:
-        """Load the counts of what survived the last run, and start the writer."""
+        """Load the counts of what survived the last run; start the writer and the expiry sweep."""
         self.messages, self.bytes, self._per_device = await self._db.run(self._load_counts)
         if self.messages:
             log.info("outbox holds %d messages (%d bytes) from before the restart", self.messages, self.bytes)
-            self.committed.set()
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self._committer.start()
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="outbox-expiry")
 
     async def close(self) -> None:
-        """Commit what is queued, then stop."""
-        if self._writer is not None:
-            while self._pending:
-                self._wake.set()
-                await asyncio.sleep(0.01)
-            self._writer.cancel()
+        """Commit what is queued, stop the sweep, release the database thread."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
+        await self._committer.close()
         self._db.close()
+
+    def on_commit(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after every commit (the forwarder's wake-up)."""
+        self._listeners.append(listener)
 
     # ---- the front door's side -----------------------------------------------------------------
 
     def submit(self, message: InboundMessage) -> asyncio.Future[None]:
-        """Queue `message`; the future resolves once it is committed. Raises OutboxFull when it does not fit."""
+        """Queue `message`; the future resolves once it is committed (or fails with the commit's error).
+
+        Raises OutboxFull at once, with nothing stored, when a bound would be exceeded.
+        """
         size = len(message.payload)
-        why = refusal(self.limits, self.messages, self.bytes, self._per_device[message.device_id], size)
-        if why is not None:
-            self.counters.inc("edgegate_outbox_refused_total", bound=why.split(" (")[-1].split(" ")[0])
-            raise OutboxFull(why)
-        self.messages += 1
-        self.bytes += size
-        self._per_device[message.device_id] += 1
+        refused = refusal(self.limits, self.messages, self.bytes, self._per_device[message.device_id], size)
+        if refused is not None:
+            self.counters.inc("edgegate_outbox_full_total", bound=refused.bound.value)
+            raise OutboxFull(refused.message)
         row = {
             "message_id": uuid.uuid4().hex,
             "device_id": message.device_id,
@@ -117,83 +148,100 @@ class Outbox:
             "enqueued_at": message.received_at,
             "expires_at": message.received_at + self.limits.time_to_live,
         }
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pending.append((row, fut))
-        self._wake.set()
-        return fut
+        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if message.qos == 0:
+            # Nobody waits for a QoS 0 commit; a failure is logged and counted by the writer already.
+            committed.add_done_callback(_consume_outcome)
+        self._committer.put(row, committed)
+        self.messages += 1
+        self.bytes += size
+        self._per_device[message.device_id] += 1
+        return committed
 
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch, self._pending = self._pending[:MAX_BATCH], self._pending[MAX_BATCH:]
-                rows = [row for row, _ in batch]
-                try:
-                    await self._db.run(self._insert, rows)
-                except StorageError as exc:
-                    log.error("outbox commit of %d messages failed; they get no PUBACK: %s", len(rows), exc)
-                    self._forget(rows)
-                    for _, fut in batch:
-                        if fut is not None and not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                self.counters.inc("edgegate_outbox_committed_total", amount=len(rows))
-                for _, fut in batch:
-                    if fut is not None and not fut.done():
-                        fut.set_result(None)
-                self.committed.set()
+    def _on_committed(self, rows: list[dict[str, Any]]) -> None:
+        self.counters.inc("edgegate_outbox_committed_total", amount=len(rows))
+        for listener in self._listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("outbox commit listener %r failed", listener)
 
-    def _forget(self, rows: Sequence[dict[str, Any]]) -> None:
+    def _on_failed(self, rows: list[dict[str, Any]], exc: Exception) -> None:
+        self.counters.inc("edgegate_outbox_commit_failed_total", amount=len(rows))
+        log.error("outbox commit of %d messages failed; none of them is acknowledged: %s", len(rows), exc)
         for row in rows:
-            self.messages -= 1
-            self.bytes -= len(row["payload"])
-            self._per_device[row["device_id"]] -= 1
+            self._uncount(row["device_id"], len(row["payload"]))
+
+    def _uncount(self, device_id: str, size: int, count: int = 1) -> None:
+        self.messages -= count
+        self.bytes -= size
+        left = self._per_device[device_id] - count
+        if left > 0:
+            self._per_device[device_id] = left
+        else:
+            del self._per_device[device_id]
 
     # ---- the forwarder's side ------------------------------------------------------------------
 
-    async def peek(self, limit: int) -> list[QueuedMessage]:
-        """The oldest `limit` unexpired messages, in arrival order."""
-        return await self._db.run(self._select, limit, self.clock())
+    async def peek(self, limit: int, after: int = 0, max_bytes: int | None = None) -> list[QueuedMessage]:
+        """The oldest unexpired messages with seq > `after`, in arrival order: at most `limit`, and no more
+        payload bytes than `max_bytes` (but always the first one)."""
+        rows = await self._db.run(self._select, limit, after, self.clock())
+        if max_bytes is None:
+            return rows
+        size = 0
+        for index, row in enumerate(rows):
+            size += len(row.payload)
+            if size > max_bytes and index:
+                return rows[:index]
+        return rows
 
-    async def remove(self, messages: Sequence[QueuedMessage]) -> None:
-        """Forget messages the hub has stored."""
+    async def remove(self, messages: Sequence[QueuedMessage]) -> int:
+        """Forget messages the hub has stored; returns how many were still here (expiry may have won)."""
         if not messages:
-            return
-        await self._db.run(self._delete, [m.seq for m in messages])
+            return 0
+        gone = set(await self._db.run(self._delete, [m.seq for m in messages]))
         for m in messages:
-            self.messages -= 1
-            self.bytes -= len(m.payload)
-            self._per_device[m.device_id] -= 1
-            if not self._per_device[m.device_id]:
-                del self._per_device[m.device_id]
+            if m.seq in gone:
+                self._uncount(m.device_id, len(m.payload))
+        return len(gone)
 
     async def expire(self) -> int:
-        """Drop messages past their time-to-live; returns how many (each counted and logged in total)."""
-        gone = await self._db.run(self._delete_expired, self.clock())
-        total = 0
-        for device_id, (count, size) in gone.items():
-            total += count
-            self.messages -= count
-            self.bytes -= size
-            self._per_device[device_id] -= count
+        """Delete messages past their time-to-live; returns how many (counted, and logged in total)."""
+        now, total = self.clock(), 0
+        while True:
+            gone = await self._db.run(self._delete_expired, now, EXPIRE_CHUNK)
+            for device_id, size in gone:
+                self._uncount(device_id, size)
+            total += len(gone)
+            if len(gone) < EXPIRE_CHUNK:
+                break
         if total:
             self.counters.inc("edgegate_outbox_expired_total", amount=total)
-            log.warning("outbox: %d messages expired before reaching the hub (time_to_live %.0fs)",
+            log.warning("outbox: %d messages expired before reaching the hub (time_to_live %gs)",
                         total, self.limits.time_to_live)
         return total
 
     def depth(self) -> dict[str, int]:
+        """Messages, payload bytes and devices waiting (committed or being committed)."""
         return {"messages": self.messages, "bytes": self.bytes, "devices": len(self._per_device)}
+
+    async def _sweep_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.expire_every)
+            try:
+                await self.expire()
+            except StorageError as exc:
+                log.error("outbox expiry sweep failed; retrying in %gs: %s", self.expire_every, exc)
 
     # ---- SQL, on the database thread ------------------------------------------------------------
 
     def _load_counts(self) -> tuple[int, int, Counter[str]]:
+        query = select(_C.device_id, func.count(), func.coalesce(func.sum(func.length(_C.payload)), 0)).group_by(
+            _C.device_id
+        )
         with storage_errors("reading the outbox", self.engine.url), self.engine.connect() as conn:
-            rows = conn.execute(
-                select(OutboxRow.device_id, func.count(), func.coalesce(func.sum(func.length(OutboxRow.payload)), 0))
-                .group_by(OutboxRow.device_id)
-            ).all()
+            rows = conn.execute(query).all()
         per_device = Counter({str(r[0]): int(r[1]) for r in rows})
         return sum(per_device.values()), sum(int(r[2]) for r in rows), per_device
 
@@ -201,25 +249,35 @@ class Outbox:
         with storage_errors("committing to the outbox", self.engine.url), self.engine.begin() as conn:
             conn.execute(insert(_TABLE), rows)
 
-    def _select(self, limit: int, now: float) -> list[QueuedMessage]:
-        query = select(_TABLE).where(OutboxRow.expires_at > now).order_by(OutboxRow.seq).limit(limit)
+    def _select(self, limit: int, after: int, now: float) -> list[QueuedMessage]:
+        query = (
+            select(_C.seq, _C.message_id, _C.device_id, _C.kind, _C.topic, _C.properties, _C.payload, _C.qos,
+                   _C.enqueued_at)
+            .where(_C.seq > after, _C.expires_at > now)
+            .order_by(_C.seq)
+            .limit(limit)
+        )
         with storage_errors("reading the outbox", self.engine.url), self.engine.connect() as conn:
             return [
-                QueuedMessage(r.seq, r.message_id, r.device_id, r.kind, r.topic, json.loads(r.properties),
-                              bytes(r.payload), r.qos, r.enqueued_at)
+                QueuedMessage(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), bytes(r[6]), r[7], r[8])
                 for r in conn.execute(query)
             ]
 
-    def _delete(self, seqs: list[int]) -> None:
+    def _delete(self, seqs: list[int]) -> list[int]:
         with storage_errors("removing delivered messages", self.engine.url), self.engine.begin() as conn:
-            conn.execute(delete(_TABLE).where(OutboxRow.seq.in_(seqs)))
+            return list(conn.execute(delete(_TABLE).where(_C.seq.in_(seqs)).returning(_C.seq)).scalars())
 
-    def _delete_expired(self, now: float) -> dict[str, tuple[int, int]]:
+    def _delete_expired(self, now: float, limit: int) -> list[tuple[str, int]]:
+        doomed = select(_C.seq).where(_C.expires_at <= now).order_by(_C.expires_at).limit(limit)
         with storage_errors("expiring outbox messages", self.engine.url), self.engine.begin() as conn:
-            rows = conn.execute(
-                select(OutboxRow.device_id, func.count(), func.coalesce(func.sum(func.length(OutboxRow.payload)), 0))
-                .where(OutboxRow.expires_at <= now).group_by(OutboxRow.device_id)
-            ).all()
-            if rows:
-                conn.execute(delete(_TABLE).where(OutboxRow.expires_at <= now))
-        return {str(r[0]): (int(r[1]), int(r[2])) for r in rows}
+            result = conn.execute(
+                delete(_TABLE).where(_C.seq.in_(doomed)).returning(
+                    _C.device_id, func.length(_C.payload)
+                )
+            )
+            return [(str(r[0]), int(r[1])) for r in result]
+
+
+def _consume_outcome(future: asyncio.Future[None]) -> None:
+    if not future.cancelled():
+        future.exception()

@@ -31,12 +31,12 @@ def upgrade() -> None:
         sa.Column("expires_at", sa.Float(), nullable=False),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_outbox")),
         sa.UniqueConstraint("message_id", name=op.f("uq_outbox_message_id")),
+        # seq is never reused (the forwarder's cursor relies on it); PostgreSQL's BIGSERIAL never is.
+        sqlite_autoincrement=True,
     )
     op.create_index("ix_outbox_expires_at", "outbox", ["expires_at"])
-    op.create_index("ix_outbox_device_id", "outbox", ["device_id"])
 
 
 def downgrade() -> None:
-    op.drop_index("ix_outbox_device_id", table_name="outbox")
     op.drop_index("ix_outbox_expires_at", table_name="outbox")
     op.drop_table("outbox")

@@ -1,0 +1,348 @@
+"""Store-and-forward against a real hub-mock process over real mutual TLS: outages in the middle of a
+stream (hub down, 503, blackholed) lose nothing and duplicate nothing at the hub, per-device order holds;
+a failed delete after the hub's 2xx only causes a resend the hub drops; a hub that refuses us, a hub we
+cannot trust and a hub with the wrong name all keep every message. SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, text
+
+from gateway.metrics import Counters
+from gateway.outbox.bounds import OutboxLimits
+from gateway.outbox.store import Outbox
+from gateway.pki import CA, self_signed_device_cert
+from gateway.records import InboundMessage
+from gateway.store.db import open_engine, upgrade
+from gateway.sync.hubclient import HubClient
+from gateway.upstream.forwarder import Forwarder, ForwarderState
+from tests.hubproc import HubProcess
+from tests.unit.test_cache_repository import database_url  # noqa: F401 - the SQLite/PostgreSQL fixture
+
+pytestmark = pytest.mark.integration
+
+HOSTNAME = "hub.local"
+# Short timeouts and back-off keep outage tests in seconds; production defaults are in forwarder.py.
+FAST = {"backoff_base": 0.05, "backoff_cap": 0.3, "request_timeout": 1.0, "batch": 50}
+
+
+@dataclass
+class Identity:
+    gateway_id: str
+    cert: Path
+    key: Path
+    pem: str
+
+
+def new_identity(directory: Path) -> Identity:
+    gateway_id = f"gw-{uuid.uuid4().hex[:8]}"
+    issued = self_signed_device_cert(gateway_id)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert = issued.fullchain_pem().write_to_path(directory / f"{gateway_id}.pem")
+    key = issued.private_key_pem.write_to_path(directory / f"{gateway_id}.key", private=True)
+    return Identity(gateway_id, cert, key, issued.cert_pem.bytes.decode())
+
+
+async def wait_until(condition: Callable[[], bool], within: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} not met within {within}s"
+        await asyncio.sleep(0.02)
+
+
+@pytest.fixture(scope="module")
+def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HubProcess]:
+    with HubProcess.start(tmp_path_factory.mktemp("hub") / "hub", hostname=HOSTNAME) as process:
+        yield process
+
+
+@pytest.fixture
+def clear_faults(hub: HubProcess) -> Iterator[None]:
+    yield
+    hub.admin.fault("clear")
+
+
+@dataclass
+class Side:
+    """One gateway's store-and-forward half: its identity, database, outbox and forwarder."""
+
+    hub: HubProcess
+    identity: Identity
+    engine: Engine
+    outbox: Outbox
+    forwarder: Forwarder
+    task: asyncio.Task[None] | None = None
+
+    def devices(self, n: int) -> list[str]:
+        return [f"{self.identity.gateway_id}-sensor-{i}" for i in range(n)]
+
+    async def submit(self, devices: list[str], start: int, count: int) -> None:
+        """Messages start..start+count-1 of every device, interleaved, all committed."""
+        futures = [
+            self.outbox.submit(InboundMessage(d, "telemetry", f"devices/{d}/messages/events/", str(n).encode(), 1,
+                                              (("n", str(n)),), time.time()))
+            for n in range(start, start + count) for d in devices
+        ]
+        await asyncio.gather(*futures)
+
+    def start(self) -> None:
+        self.task = asyncio.get_running_loop().create_task(self.forwarder.run())
+
+    async def at_hub(self, device: str) -> list[dict[str, Any]]:
+        page = await asyncio.to_thread(self.hub.admin.messages, device, limit=10_000)
+        return list(page["messages"])
+
+    async def count_at_hub(self, devices: list[str]) -> int:
+        return sum([len(await self.at_hub(d)) for d in devices])
+
+    async def assert_exactly_once_in_order(self, devices: list[str], count: int) -> None:
+        for device in devices:
+            messages = await self.at_hub(device)
+            numbers = [int(base64.b64decode(m["payload_b64"])) for m in messages]
+            assert numbers == list(range(count)), f"{device}: {numbers[:20]}..."
+            assert [m["properties"] for m in messages[:2]] == [{"n": "0"}, {"n": "1"}]
+            assert len({m["message_id"] for m in messages}) == count
+
+
+@pytest.fixture
+async def sides(hub: HubProcess, tmp_path: Path,
+                database_url: str) -> AsyncIterator[Callable[..., Awaitable[Side]]]:  # noqa: F811
+    made: list[Side] = []
+
+    async def make(*, register: bool = True, trust_root: Path | None = None, hostname: str = HOSTNAME,
+                   wrap: Callable[[HubClient, Engine], Any] | None = None) -> Side:
+        identity = new_identity(tmp_path / "ids")
+        # Unregistered: the hub's TLS layer still trusts the cert (registered for a decoy gateway id), so
+        # the hub answers 401 unknown_gateway instead of dropping the handshake.
+        registered_as = identity.gateway_id if register else f"{identity.gateway_id}-decoy"
+        await asyncio.to_thread(hub.admin.add_gateway, registered_as, cert_pem=identity.pem)
+        upgrade(database_url)
+        with open_engine(database_url).begin() as conn:  # PostgreSQL schemas are per test; SQLite files too
+            conn.execute(text("DELETE FROM outbox"))
+        engine = open_engine(database_url)
+        outbox = Outbox(engine, OutboxLimits(), counters=Counters())
+        await outbox.open()
+        options: dict[str, Any] = dict(FAST)
+        if wrap is None:
+            forwarder = Forwarder.from_files(
+                outbox, url=hub.api_url, hostname=hostname, gateway_id=identity.gateway_id,
+                trust_bundle_cert=trust_root or hub.hub_root, identity_cert=identity.cert, identity_pk=identity.key,
+                **options,
+            )
+        else:
+            client = HubClient.from_files(
+                url=hub.api_url, hostname=hostname, gateway_id=identity.gateway_id,
+                trust_bundle_cert=trust_root or hub.hub_root, identity_cert=identity.cert,
+                identity_pk=identity.key, request_timeout=options.pop("request_timeout"),
+            )
+            forwarder = Forwarder(outbox, wrap(client, engine), **options)
+        side = Side(hub, identity, engine, outbox, forwarder)
+        made.append(side)
+        return side
+
+    yield make
+    for side in made:
+        if side.task is not None:
+            side.task.cancel()
+            await asyncio.gather(side.task, return_exceptions=True)
+        await side.forwarder.close()
+        await side.forwarder.uplink.close()  # a wrapped client is not the forwarder's to close
+        await side.outbox.close()
+        side.engine.dispose()
+
+
+# -- the hub goes away in the middle of a stream ------------------------------------------------------
+
+
+async def test_hub_down_mid_stream_every_message_arrives_once_in_order(
+    sides: Callable[..., Awaitable[Side]], hub: HubProcess, clear_faults: None
+) -> None:
+    side = await sides()
+    devices = side.devices(3)
+    side.start()
+    await side.submit(devices, 0, 100)
+    await wait_until(lambda: side.outbox.messages == 0, what="first third forwarded")
+    assert side.forwarder.status()["state"] == "connected"
+
+    await asyncio.to_thread(hub.admin.fault, "down")
+    await side.submit(devices, 100, 100)
+    await wait_until(lambda: side.forwarder.state is ForwarderState.RETRYING, what="forwarder retrying")
+    await asyncio.sleep(0.5)  # a few failed attempts: nothing may leave the outbox meanwhile
+    status = side.forwarder.status()
+    assert status["queue"]["messages"] == 300
+    assert status["last_error"]
+    assert await side.count_at_hub(devices) == 300
+
+    await asyncio.to_thread(hub.admin.fault, "up")
+    await side.submit(devices, 200, 100)  # more arrive while the backlog drains
+    await wait_until(lambda: side.outbox.messages == 0, what="backlog drained")
+    await side.assert_exactly_once_in_order(devices, 300)
+    assert side.forwarder.state is ForwarderState.CONNECTED
+    assert side.forwarder.forwarded == 900
+
+
+@pytest.mark.parametrize(("fault", "value"), [("error", 503), ("blackhole", None)])
+async def test_failing_or_silent_hub_keeps_everything_until_it_recovers(
+    sides: Callable[..., Awaitable[Side]], hub: HubProcess, clear_faults: None, fault: str, value: int | None
+) -> None:
+    side = await sides()
+    devices = side.devices(3)
+    await asyncio.to_thread(hub.admin.fault, fault, value)
+    side.start()
+    await side.submit(devices, 0, 40)
+    await wait_until(lambda: side.forwarder.state is ForwarderState.RETRYING, what="forwarder retrying")
+    assert side.outbox.messages == 120
+    await asyncio.to_thread(hub.admin.fault, "clear")
+    await wait_until(lambda: side.outbox.messages == 0, what="backlog drained")
+    await side.assert_exactly_once_in_order(devices, 40)
+
+
+# -- at least once here, exactly once at the hub ----------------------------------------------------------
+
+
+class DeleteFailsOnce:
+    """The real hub client, but right after the first 2xx the outbox table vanishes for a moment: the
+    crash-between-2xx-and-delete case, made with a real storage failure."""
+
+    def __init__(self, client: HubClient, engine: Engine) -> None:
+        self.client, self.engine = client, engine
+        self.posted: list[str] = []
+        self.state = "armed"
+
+    def _rename(self, old: str, new: str) -> None:
+        with self.engine.begin() as conn:
+            conn.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
+
+    def _restore(self) -> None:
+        self._rename("outbox_away", "outbox")
+        self.state = "restored"
+
+    async def post_messages(self, messages: list[dict[str, Any]]) -> None:
+        await self.client.post_messages(messages)
+        self.posted += [m["message_id"] for m in messages]
+        if self.state == "armed":
+            self._rename("outbox", "outbox_away")
+            self.state = "away"
+            asyncio.get_running_loop().call_later(0.3, self._restore)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def test_a_failed_delete_after_the_hubs_2xx_resends_and_the_hub_keeps_one_copy(
+    sides: Callable[..., Awaitable[Side]],
+) -> None:
+    uplinks: list[DeleteFailsOnce] = []
+    side = await sides(wrap=lambda client, engine: uplinks.append(DeleteFailsOnce(client, engine)) or uplinks[-1])
+    devices = side.devices(3)
+    await side.submit(devices, 0, 100)
+    side.start()
+    await wait_until(lambda: side.outbox.messages == 0, what="drained")
+    (uplink,) = uplinks
+    assert uplink.state == "restored"
+    assert len(uplink.posted) > len(set(uplink.posted)) == 300  # some were sent twice ...
+    await side.assert_exactly_once_in_order(devices, 100)  # ... and stored once
+
+
+class CountingUplink:
+    """The real hub client, counting the messages of each POST."""
+
+    def __init__(self, client: HubClient, _engine: Engine) -> None:
+        self.client = client
+        self.posts: list[int] = []
+
+    async def post_messages(self, messages: list[dict[str, Any]]) -> None:
+        await self.client.post_messages(messages)
+        self.posts.append(len(messages))
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def test_big_messages_go_in_smaller_posts(sides: Callable[..., Awaitable[Side]]) -> None:
+    uplinks: list[CountingUplink] = []
+    side = await sides(wrap=lambda client, engine: uplinks.append(CountingUplink(client, engine)) or uplinks[-1])
+    side.forwarder.batch_bytes = 600_000  # two messages of 256 KiB per POST
+    (device,) = side.devices(1)
+    big = [InboundMessage(device, "telemetry", f"devices/{device}/messages/events/", bytes([n]) * 256 * 1024, 1, (),
+                          time.time()) for n in range(5)]
+    await asyncio.gather(*(side.outbox.submit(m) for m in big))
+    side.start()
+    await wait_until(lambda: side.outbox.messages == 0, what="drained")
+    assert uplinks[0].posts == [2, 2, 1]
+    stored = await side.at_hub(device)
+    assert [base64.b64decode(m["payload_b64"])[:1] for m in stored] == [bytes([n]) for n in range(5)]
+
+
+# -- low latency when online ------------------------------------------------------------------------------
+
+
+async def test_an_idle_forwarder_sends_a_new_message_at_once(sides: Callable[..., Awaitable[Side]]) -> None:
+    side = await sides()
+    (device,) = side.devices(1)
+    side.start()
+    await side.submit([device], 0, 1)
+    await wait_until(lambda: side.outbox.messages == 0, what="first message")
+    await asyncio.sleep(0.3)  # the forwarder is idle, waiting for a commit
+    started = time.monotonic()
+    await side.submit([device], 1, 1)
+    await wait_until(lambda: side.outbox.messages == 0, within=2.0, what="second message")
+    assert time.monotonic() - started < 0.5
+    assert len(await side.at_hub(device)) == 2
+
+
+# -- the hub refuses us, or is not the hub ----------------------------------------------------------------
+
+
+async def test_a_hub_that_refuses_our_identity_keeps_everything_until_we_are_registered(
+    sides: Callable[..., Awaitable[Side]], hub: HubProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    side = await sides(register=False)
+    devices = side.devices(2)
+    await side.submit(devices, 0, 30)
+    side.start()
+    await wait_until(lambda: side.forwarder.state is ForwarderState.REJECTED, what="forwarder rejected")
+    status = side.forwarder.status()
+    assert "401 unknown_gateway" in status["last_error"]
+    assert status["queue"]["messages"] == 60
+    assert any(r.levelname == "ERROR" and "REFUSES THIS GATEWAY" in r.getMessage() for r in caplog.records)
+    assert await side.count_at_hub(devices) == 0
+
+    await asyncio.to_thread(hub.admin.add_gateway, side.identity.gateway_id, cert_pem=side.identity.pem)
+    await wait_until(lambda: side.outbox.messages == 0, what="drained once registered")
+    await side.assert_exactly_once_in_order(devices, 30)
+
+
+@pytest.mark.parametrize("mismatch", ["untrusted root", "wrong hostname"])
+async def test_a_hub_we_cannot_verify_gets_nothing(sides: Callable[..., Awaitable[Side]], tmp_path: Path,
+                                                   mismatch: str) -> None:
+    if mismatch == "untrusted root":
+        other = CA.create_root("not the hub's root").cert_pem.write_to_path(tmp_path / "other-root.pem")
+        side = await sides(trust_root=other)
+    else:
+        side = await sides(hostname="not-the-hub.local")
+    devices = side.devices(2)
+    await side.submit(devices, 0, 10)
+    side.start()
+    await wait_until(lambda: side.forwarder.state is ForwarderState.RETRYING, what="forwarder retrying")
+    assert "certificate" in str(side.forwarder.last_error)
+    assert side.outbox.messages == 20
+    assert await side.count_at_hub(devices) == 0
+
+
+async def test_the_positive_control_for_the_tls_checks_delivers(sides: Callable[..., Awaitable[Side]]) -> None:
+    side = await sides()  # the same set-up as above with the right root and name
+    devices = side.devices(2)
+    await side.submit(devices, 0, 10)
+    side.start()
+    await wait_until(lambda: side.outbox.messages == 0, what="drained")
+    await side.assert_exactly_once_in_order(devices, 10)

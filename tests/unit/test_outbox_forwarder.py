@@ -1,0 +1,53 @@
+"""The forwarder's pure parts: the hub's JSON for a stored message (checked by the hub's own parser) and
+the retry schedule."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from gateway.outbox.store import QueuedMessage
+from gateway.sync.backoff import next_backoff
+from gateway.upstream.forwarder import BACKOFF_BASE, BACKOFF_CAP, wire_message
+from hub_mock.ingest import parse_batch
+
+STORED = QueuedMessage(7, "0123456789abcdef0123456789abcdef", "sensor-1", "telemetry",
+                       "devices/sensor-1/messages/events/a=1", {"a": "1"}, b"\x00\xffhello", 1,
+                       datetime(2027, 1, 15, 8, 0, 0, 250_000, tzinfo=UTC).timestamp())
+
+
+def test_wire_message_is_the_hub_api_shape() -> None:
+    wire = wire_message(STORED)
+    assert wire == {
+        "message_id": "0123456789abcdef0123456789abcdef",
+        "device_id": "sensor-1",
+        "enqueued_time": "2027-01-15T08:00:00.250000Z",
+        "properties": {"a": "1"},
+        "payload_b64": "AP9oZWxsbw==",
+    }
+
+
+def test_the_hub_reads_back_what_was_stored() -> None:
+    (telemetry,) = parse_batch({"messages": [wire_message(STORED)]})
+    assert telemetry.message_id == STORED.message_id
+    assert telemetry.device_id == STORED.device_id
+    assert telemetry.enqueued_time == datetime(2027, 1, 15, 8, 0, 0, 250_000, tzinfo=UTC)
+    assert telemetry.properties == STORED.properties
+    assert telemetry.payload == STORED.payload
+
+
+@pytest.mark.parametrize(
+    ("attempt", "jitter", "seconds"),
+    [
+        (0, 0.0, 0.25),  # first retry: half the 0.5 s ceiling ...
+        (0, 1.0, 0.5),  # ... up to the whole ceiling
+        (1, 0.5, 0.75),
+        (5, 1.0, 16.0),
+        (6, 0.0, 15.0),  # the ceiling reached the 30 s cap
+        (6, 1.0, 30.0),
+        (1000, 1.0, 30.0),  # never beyond the cap, however long the outage
+    ],
+)
+def test_retry_schedule(attempt: int, jitter: float, seconds: float) -> None:
+    assert next_backoff(attempt, jitter, base=BACKOFF_BASE, cap=BACKOFF_CAP) == pytest.approx(seconds)
