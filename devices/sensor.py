@@ -1,64 +1,82 @@
-"""One TempSensor: connects to the gateway over TLS with its device certificate and publishes readings
-at QoS 1, counting a reading as sent only when its PUBACK arrives. paho resends what was not
-acknowledged after a reconnect, so every acknowledged reading is one the gateway stored."""
+"""One TempSensor: dials the gateway over TLS with its device certificate and publishes readings at
+QoS 1, counting a reading as sent only when its PUBACK arrives.
+
+The sensor drives paho's network loop itself, on its own thread, so that every way a connection
+ends passes through one place that explains it in words and decides whether, and after how long, to
+dial again. Unacknowledged readings stay in paho's session and paho republishes them (same packet
+id, same seq) after each reconnect: every acknowledged reading is one the gateway accepted.
+"""
 
 from __future__ import annotations
 
-import json
+import enum
 import random
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TextIO
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
+from devices.backoff import next_backoff
 from devices.diagnose import diagnose
-from devices.probe import presented_chain
+from devices.events import Events
+from devices.failures import (
+    REFUSALS,
+    Explanation,
+    Reason,
+    connack_refusal,
+    connection_lost,
+    socket_failure,
+    tls_failure,
+    verification_failure,
+)
+from devices.probe import device_verdict, presented_chain
 from devices.readings import Reading, first_reading, next_reading
+from devices.tls import DeviceTLSContext
 from gateway.pki import load_certs
-from gateway.sync.backoff import next_backoff
 
 API_VERSION = "2021-04-12"
+KEEPALIVE = 60
+# Readings published and not yet acknowledged (paho's max_inflight). No new reading is taken while
+# the window is full, so a gateway that stops acknowledging slows the sensor instead of growing a queue.
+WINDOW = 10
+CONNECT_TIMEOUT = 5.0  # TCP connect, and then the TLS handshake: paho's default
+# edgeHub gives a client 60 s to send CONNECT; a gateway that has finished the TLS handshake answers
+# one in milliseconds, so ten seconds of silence means it is stuck.
+CONNACK_TIMEOUT = 10.0
+BACKOFF_BASE = 1.0
+BACKOFF_CAP = 30.0
+LOOP_TICK = 0.2  # longest the sensor waits on the socket before looking at the clock and `stop`
 
-# CONNACK codes (MQTT 3.1.1), in words. paho 2 reports them as MQTT 5 reason codes.
-REFUSALS = {
-    132: "unacceptable protocol version",
-    133: "identifier rejected: the client id is not a valid device id",
-    136: "server unavailable: the gateway cannot vouch for devices right now (hub unreachable too long)",
-    134: "bad username or password",
-    135: "not authorized: the gateway does not recognise this device's certificate",
+# paho 2 reports an MQTT 3.1.1 CONNACK as an MQTT 5 reason code; its docs say to compare by name.
+_V311_CONNACK = {
+    "Unsupported protocol version": 1,
+    "Client identifier not valid": 2,
+    "Server unavailable": 3,
+    "Bad user name or password": 4,
+    "Not authorized": 5,
 }
-FATAL = {133, 135}
 
 
-class GatewayNameContext(ssl.SSLContext):
-    """Verifies (and sends as SNI) the gateway's hostname even when the socket dials an address.
-
-    paho passes the host it dials as `server_hostname`; with `--connect-address` that is an IP or
-    another name, and the check must still be against the name the device was told to trust.
-    """
-
-    gateway_hostname: str = ""
-
-    def wrap_socket(self, sock: Any, *args: Any, **kwargs: Any) -> ssl.SSLSocket:
-        kwargs["server_hostname"] = self.gateway_hostname
-        return super().wrap_socket(sock, *args, **kwargs)
+class Exit(enum.IntEnum):
+    OK = 0  # --count readings acknowledged, or stopped while running without --count
+    CONFIG = 1  # a file is missing, unreadable or does not fit (reported before dialling)
+    REFUSED = 3  # refused, or refusing the gateway, in a way retrying will not fix
+    STOPPED = 4  # SIGINT/SIGTERM before --count readings were acknowledged
 
 
-@dataclass
+@dataclass(frozen=True, slots=True)
 class SensorOptions:
     gateway_hostname: str
     port: int
     ca_file: Path
-    cert: Path
-    key: Path
     device_id: str
     interval: float = 1.0
     count: int = 0
@@ -66,144 +84,200 @@ class SensorOptions:
     connect_address: str | None = None
     retry_forever: bool = False
 
+    @property
+    def address(self) -> str:
+        return self.connect_address or self.gateway_hostname
 
-@dataclass
-class Events:
-    """Where a sensor reports what happens: human lines, or one JSON object per line."""
+    @property
+    def username(self) -> str:
+        return f"{self.gateway_hostname}/{self.device_id}/?api-version={API_VERSION}"
 
-    out: TextIO = sys.stdout
-    as_json: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def emit(self, device_id: str, event: str, text: str, **fields: Any) -> None:
-        with self.lock:
-            if self.as_json:
-                record = {"device": device_id, "event": event, "message": text, **fields}
-                print(json.dumps(record), file=self.out, flush=True)
-            else:
-                print(f"[{device_id}] {text}", file=self.out, flush=True)
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
 
 
 class TempSensor:
-    def __init__(self, options: SensorOptions, events: Events, clock: Callable[[], datetime] = lambda: datetime.now(UTC)
-                 ) -> None:
-        self.o, self.events, self.clock = options, events, clock
-        self.rand = random.Random()
+    def __init__(self, options: SensorOptions, context: DeviceTLSContext, events: Events, *,
+                 clock: Callable[[], datetime] = _utcnow, rand: random.Random | None = None) -> None:
+        self.o, self.context, self.events, self.clock = options, context, events, clock
+        self.rand = rand or random.Random()
+        self.roots = load_certs(options.ca_file)
+        self.topic = f"devices/{options.device_id}/messages/events/"
+        self.c2d_filter = f"devices/{options.device_id}/messages/devicebound/#"
         self.acked: list[int] = []
-        self._inflight: dict[int, Reading] = {}
-        self._lock = threading.Lock()
-        self._connected = threading.Event()
-        self.fatal: str | None = None
+        self._pending: dict[int, Reading] = {}  # packet id -> reading awaiting its PUBACK
+        self._last: Reading | None = None
+        self._next_due = 0.0
+        self._connack: int | None = None  # this session's CONNACK (MQTT 3.1.1 code); None until it arrives
         self.client = self._client()
 
     def _client(self) -> mqtt.Client:
-        o = self.o
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=o.device_id, clean_session=False,
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.o.device_id, clean_session=False,
                              protocol=mqtt.MQTTv311)
-        ctx = GatewayNameContext(ssl.PROTOCOL_TLS_CLIENT)
-        ctx.gateway_hostname = o.gateway_hostname
-        ctx.load_verify_locations(cafile=str(o.ca_file))
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(o.cert), str(o.key))
-        client.tls_set_context(ctx)
-        client.username_pw_set(f"{o.gateway_hostname}/{o.device_id}/?api-version={API_VERSION}")
-        client.reconnect_delay_set(1, 60)
+        client.tls_set_context(self.context)
+        client.username_pw_set(self.o.username)
+        client.max_inflight_messages_set(WINDOW)
+        client.connect_timeout = CONNECT_TIMEOUT
         client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_publish = self._on_publish
         client.on_message = self._on_message
         return client
 
-    # ---- paho callbacks (paho's thread) -------------------------------------------------------
+    def _emit(self, event: str, message: str, **fields: object) -> None:
+        self.events.emit(self.o.device_id, event, message, **fields)
 
-    def _on_connect(self, client: mqtt.Client, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        code = int(rc.value)
-        if code == 0:
-            self.events.emit(self.o.device_id, "connected", f"connected to {self.o.gateway_hostname}:{self.o.port}")
-            client.subscribe(f"devices/{self.o.device_id}/messages/devicebound/#", qos=1)
-            self._connected.set()
-            return
-        why = REFUSALS.get(code, f"refused with code {code}")
-        self.events.emit(self.o.device_id, "refused", f"the gateway refused the connection: {why}", code=code)
-        if code in FATAL and not self.o.retry_forever:
-            self.fatal = why
-            client.disconnect()
+    # ---- the sensor's life: sessions, and backoff between them ----------------------------------
 
-    def _on_disconnect(self, _c: Any, _u: Any, _f: Any, rc: Any, _p: Any) -> None:
-        self._connected.clear()
-        if self.fatal is None and int(rc.value) != 0:
-            self.events.emit(self.o.device_id, "disconnected", f"disconnected ({rc}); reconnecting with backoff")
-
-    def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
-        with self._lock:
-            reading = self._inflight.pop(mid, None)
-        if reading is not None:
-            self.acked.append(reading.seq)
-            self.events.emit(self.o.device_id, "acked", f"reading {reading.seq} acknowledged: "
-                             f"{reading.temperature} °C, {reading.humidity} %", seq=reading.seq)
-
-    def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
-        text = msg.payload.decode(errors="replace")
-        self.events.emit(self.o.device_id, "c2d", f"cloud-to-device message on {msg.topic}: {text}",
-                         topic=msg.topic, payload=text)
-
-    # ---- the sensor's own loop -------------------------------------------------------------------
-
-    def connect(self) -> bool:
-        """Connect, retrying with backoff; explains TLS failures. False on a fatal problem."""
-        o = self.o
-        address = o.connect_address or o.gateway_hostname
+    def run(self, stop: threading.Event) -> Exit:
+        """Publish until `count` readings are acknowledged (0: until `stop`); returns the exit status."""
         attempt = 0
         while True:
-            try:
-                self._connect_tls(address)
-                self.client.loop_start()
-                return True
-            except ssl.SSLCertVerificationError:
-                why = self._explain(address)
-                self.events.emit(o.device_id, "tls_failed", f"cannot trust the gateway: {why}", reason=why)
-                if not o.retry_forever:
-                    self.fatal = why
-                    return False
-            except OSError as exc:
-                self.events.emit(o.device_id, "unreachable", f"cannot reach {address}:{o.port}: {exc}")
-            wait = next_backoff(attempt, self.rand.random(), base=1.0, cap=60.0)
+            why = self._session(stop)
+            if why is None:
+                return self._result()
+            if self._connack == 0:
+                attempt = 0  # it was up: this is a new outage, not one more failure of the last one
+            self._report(why)
+            if why.fatal and not self.o.retry_forever:
+                self._emit("gave_up", "giving up: retrying will not fix this (--retry-forever keeps trying)",
+                           reason=why.reason.value)
+                return Exit.REFUSED
+            wait = next_backoff(attempt, BACKOFF_BASE, BACKOFF_CAP, self.rand.random())
             attempt += 1
-            self.events.emit(o.device_id, "retry", f"retrying in {wait:.1f}s", wait=wait)
-            time.sleep(wait)
+            self._emit("retry", f"dialling again in {wait:.1f} s (failures in a row: {attempt})", wait=round(wait, 3),
+                       failures=attempt)
+            if stop.wait(wait):
+                return self._result()
 
-    def _connect_tls(self, address: str) -> None:
-        self.client.connect(address, self.o.port, keepalive=60)
+    def _report(self, why: Explanation) -> None:
+        if why.reason in REFUSALS:
+            event, text = "refused", f"the gateway refused the connection: {why}"
+        elif why.reason in (Reason.CONNECTION_LOST, Reason.NO_CONNACK):
+            event, text = "disconnected", str(why)
+        else:
+            event, text = "connect_failed", f"cannot connect: {why}"
+        self._emit(event, text, reason=why.reason.value, fatal=why.fatal)
 
-    def _explain(self, address: str) -> str:
+    def _session(self, stop: threading.Event) -> Explanation | None:
+        """One connection, from dialling to its end. None when done or stopped, else why it ended."""
+        self._connack = None
+        self.context.last_error = None
         try:
-            chain = presented_chain(address, self.o.port, self.o.gateway_hostname)
+            self.client.connect(self.o.address, self.o.port, keepalive=KEEPALIVE)
+        except ssl.SSLCertVerificationError as exc:
+            return self._distrust(exc)
+        except ssl.SSLError as exc:
+            return self._hung_up(tls_failure(exc.reason, str(exc)))
         except OSError as exc:
-            return f"the handshake failed and the gateway's chain could not be fetched: {exc}"
-        return diagnose(self.o.gateway_hostname, chain, load_certs(self.o.ca_file), self.clock())
-
-    def run(self, stop: threading.Event) -> int:
-        """Publish until `count` readings are acknowledged (0: until stopped). Returns the exit status."""
-        if not self.connect():
-            return 3
-        o = self.o
-        reading = first_reading(self.clock(), self.rand.random())
-        topic = f"devices/{o.device_id}/messages/events/"
-        published = 0
-        while not stop.is_set() and self.fatal is None and (o.count == 0 or published < o.count):
-            if not self._connected.wait(0.5):
-                continue
-            with self._lock:
-                info = self.client.publish(topic, reading.to_json(), qos=o.qos)
-                self._inflight[info.mid] = reading
-            published += 1
-            reading = next_reading(reading, self.clock(), self.rand.uniform(-1, 1), self.rand.uniform(-1, 1))
-            stop.wait(o.interval)
-        deadline = time.monotonic() + 30
-        while o.count and len(self.acked) < o.count and self.fatal is None and time.monotonic() < deadline:
-            time.sleep(0.05)
+            return socket_failure(exc, self.o.address, self.o.port, CONNECT_TIMEOUT)
+        connack_deadline = time.monotonic() + CONNACK_TIMEOUT
+        while not stop.is_set():
+            if self._finished():
+                self.client.disconnect()
+                self._emit("done", f"all {self.o.count} readings acknowledged", acked=len(self.acked))
+                return None
+            rc = self.client.loop(self._loop_timeout())
+            if self._connack is not None and self._connack != 0:
+                return connack_refusal(self._connack, self.o.device_id, self.o.username)
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                lost = connection_lost(self._connack == 0, self.context.last_error, mqtt.error_string(rc))
+                return lost if self._connack == 0 else self._hung_up(lost)
+            if self._connack is None and time.monotonic() > connack_deadline:
+                self.client.disconnect()
+                return Explanation(Reason.NO_CONNACK, f"the gateway finished the TLS handshake but sent no CONNACK "
+                                                      f"within {CONNACK_TIMEOUT:g} s")
+            if self._connack == 0:
+                self._take_reading()
         self.client.disconnect()
-        self.client.loop_stop()
-        if self.fatal is not None:
-            return 3
-        return 0 if not o.count or len(self.acked) >= o.count else 1
+        return None
+
+    def _distrust(self, exc: ssl.SSLCertVerificationError) -> Explanation:
+        """This device refused the gateway's certificate: fetch what the gateway sends and say why."""
+        hostname = self.o.gateway_hostname
+        try:
+            chain = presented_chain(self.o.address, self.o.port, hostname, CONNECT_TIMEOUT)
+        except OSError as probe_exc:
+            return verification_failure(exc.verify_code, exc.verify_message, hostname,
+                                        f"the gateway's chain could not be fetched to say more: {probe_exc}")
+        found = diagnose(hostname, chain, self.roots, self.clock())
+        if found.reason is Reason.GATEWAY_TRUSTED:
+            return verification_failure(exc.verify_code, exc.verify_message, hostname,
+                                        "yet the chain it sent to a second connection verifies here")
+        return found
+
+    def _hung_up(self, first: Explanation) -> Explanation:
+        """The gateway ended the handshake, or the connection before CONNACK, without saying why: ask
+        again on a connection that cannot lose the gateway's TLS alert."""
+        if first.reason not in (Reason.TLS_FAILED, Reason.CONNECTION_LOST):
+            return first
+        alert = device_verdict(self.o.address, self.o.port, self.context)
+        second = tls_failure(alert.reason, str(alert)) if alert is not None else first
+        return second if second.reason is not Reason.TLS_FAILED else first
+
+    # ---- readings --------------------------------------------------------------------------------
+
+    def _taken(self) -> int:
+        return self._last.seq if self._last is not None else 0
+
+    def _finished(self) -> bool:
+        return self.o.count > 0 and self._taken() >= self.o.count and not self._pending
+
+    def _result(self) -> Exit:
+        return Exit.OK if self.o.count == 0 or self._finished() else Exit.STOPPED
+
+    def _can_take(self) -> bool:
+        return len(self._pending) < WINDOW and (self.o.count == 0 or self._taken() < self.o.count)
+
+    def _loop_timeout(self) -> float:
+        if self._connack == 0 and self._can_take():
+            return min(LOOP_TICK, max(0.0, self._next_due - time.monotonic()))
+        return LOOP_TICK
+
+    def _take_reading(self) -> None:
+        now = time.monotonic()
+        if now < self._next_due or not self._can_take():
+            return
+        self._next_due = now + self.o.interval  # from now, not from the last due time: no burst after an outage
+        self._last = (first_reading(self.clock(), self.rand.random()) if self._last is None else
+                      next_reading(self._last, self.clock(), self.rand.uniform(-1, 1), self.rand.uniform(-1, 1)))
+        info = self.client.publish(self.topic, self._last.to_json(), qos=self.o.qos)
+        if self.o.qos:
+            self._pending[info.mid] = self._last
+        elif info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+            self._emit("sent", f"reading {self._last.seq} sent (QoS 0: not acknowledged)", seq=self._last.seq)
+
+    # ---- paho callbacks (run inside client.connect/loop/publish, on this sensor's thread) -------
+
+    def _on_connect(self, client: mqtt.Client, _userdata: object, flags: mqtt.ConnectFlags, reason: ReasonCode,
+                    _properties: Properties | None) -> None:
+        if reason.is_failure:
+            self._connack = _V311_CONNACK.get(reason.getName(), reason.value)
+            return
+        self._connack = 0
+        via = f" via {self.o.address}" if self.o.address != self.o.gateway_hostname else ""
+        self._emit("connected", f"connected to {self.o.gateway_hostname}:{self.o.port}{via}",
+                   session_present=flags.session_present, pending=len(self._pending))
+        client.subscribe(self.c2d_filter, qos=1)
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, reasons: list[ReasonCode],
+                      _properties: Properties | None) -> None:
+        if any(r.is_failure for r in reasons):
+            self._emit("subscribe_refused", f"the gateway refused the subscription to {self.c2d_filter}: "
+                                            "cloud-to-device messages will not arrive")
+        else:
+            self._emit("subscribed", f"listening for cloud-to-device messages on {self.c2d_filter}")
+
+    def _on_publish(self, _client: mqtt.Client, _userdata: object, mid: int, _reason: ReasonCode,
+                    _properties: Properties) -> None:
+        reading = self._pending.pop(mid, None)
+        if reading is None:
+            return
+        self.acked.append(reading.seq)
+        self._emit("acked", f"reading {reading.seq} acknowledged: {reading.temperature} °C, {reading.humidity} %",
+                   seq=reading.seq, temperature=reading.temperature, humidity=reading.humidity)
+
+    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        text = msg.payload.decode(errors="replace")
+        self._emit("c2d", f"cloud-to-device message on {msg.topic}: {text}", topic=msg.topic, payload=text)
