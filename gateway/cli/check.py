@@ -1,17 +1,26 @@
-"""`edgegate check -c config.toml [--json]`: one ✔/⚠/✖ line per check; exit 1 on any ✖."""
+"""`edgegate check -c config.toml [--json]`: one ✔/⚠/✖ line per check, like `iotedge check`; exit 1 on any ✖.
+
+This module does the looking (files, DNS, the hub, the database); `gateway.checks` does the judging.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from gateway import checks
-from gateway.checks import CheckResult, Status
-from gateway.config import Config, load_config
+from gateway.checks import CheckResult, HubProbe, Status
+from gateway.config import Config, HubConfig, load_config
 from gateway.errors import ConfigError, EdgegateError
-from gateway.pki import load_certs
+from gateway.pki import CA, is_self_signed, load_certs
+from gateway.store.db import database_exists, migration_status, redacted
+from gateway.tls.contexts import build_hub_client_context
+
+HUB_TIMEOUT = 3.0  # seconds for connect + handshake + first answer: a check, not a retry loop
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,48 +31,129 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run_checks(path: Path, now: datetime) -> list[CheckResult]:
+    """Every check for the config at `path`; a config that does not load is the only result."""
     try:
         config = load_config(path)
     except ConfigError as exc:
-        return [checks.fail("config.toml parses", str(exc))]
-    results = [checks.ok("config.toml parses", str(config.source))]
+        return [checks.config_broken(str(exc))]
+    results = [checks.config_parses(config.source)]
+    results += _files(config)
     results += _certificates(config, now)
-    results.append(checks.hostname_resolves(config.hostname))
-    results.append(checks.hub_reachable(config))
-    results.append(checks.database(config.storage.url))
+    results.append(_resolve(config.hostname))
+    results.append(checks.hub_not_configured() if config.hub is None
+                   else checks.hub_reachable(config.hub, probe_hub(config.hub, HUB_TIMEOUT)))
+    results.append(_database(config.storage.url))
     return results
+
+
+# ---- files -------------------------------------------------------------------------------------
+
+
+def _quickstart_paths(config: Config) -> tuple[Path, Path, Path]:
+    """Where `ensure_quickstart_edge_ca` keeps the Edge CA (cert, key) and the local root."""
+    pki = config.state_dir / "pki"
+    return pki / "edge-ca.pem", pki / "edge-ca.key", pki / "quickstart-root.pem"
+
+
+def _server_paths(config: Config) -> tuple[Path, Path]:
+    """Where `ensure_server_cert` keeps the server chain and key."""
+    server = config.state_dir / "pki" / "server"
+    return server / "server.pem", server / "server.key"
+
+
+def _files(config: Config) -> list[CheckResult]:
+    named: list[tuple[str, Path | None]] = [("trust_bundle_cert", config.trust_bundle_cert),
+                                           ("edge_ca.cert", config.edge_ca.cert), ("edge_ca.pk", config.edge_ca.pk)]
+    if config.hub is not None:
+        named += [("hub.identity_cert", config.hub.identity_cert), ("hub.identity_pk", config.hub.identity_pk),
+                  ("hub.trust_bundle_cert", config.hub.trust_bundle_cert)]
+    present = [(what, path, path.exists()) for what, path in named if path is not None]
+    keys = [path for what, path in named if path is not None and what.endswith("pk")]
+    # The gateway's own keys in state_dir are checked too: config.toml does not name them.
+    keys += [config.state_dir / "pki" / "quickstart-root.key", _quickstart_paths(config)[1], _server_paths(config)[1]]
+    modes = [(path, path.stat().st_mode) for path in keys if path.exists()]
+    return [checks.files_exist(present), checks.key_file_modes(modes)]
+
+
+# ---- certificates ------------------------------------------------------------------------------
+
+
+def _edge_ca_paths(config: Config) -> tuple[Path, Path, Path]:
+    """(Edge CA cert, its key, the trust bundle): provided in config.toml, or the quickstart files."""
+    edge_ca = config.edge_ca
+    if edge_ca.cert is not None and edge_ca.pk is not None and config.trust_bundle_cert is not None:
+        return edge_ca.cert, edge_ca.pk, config.trust_bundle_cert
+    return _quickstart_paths(config)
 
 
 def _certificates(config: Config, now: datetime) -> list[CheckResult]:
-    ec, hub = config.edge_ca, config.hub
-    files = [("trust bundle", config.trust_bundle_cert), ("Edge CA certificate", ec.cert), ("Edge CA key", ec.pk)]
-    if hub is not None:
-        files += [("hub identity certificate", hub.identity_cert), ("hub identity key", hub.identity_pk),
-                  ("hub root", hub.trust_bundle_cert)]
-    results = checks.files_exist(files)
-    if any(r.status is Status.FAIL for r in results):
-        return results
-    quickstart = ec.cert is None
-    pki = config.state_dir / "pki"
-    edge_path = ec.cert or pki / "edge-ca.pem"
-    bundle = config.trust_bundle_cert or pki / "quickstart-root.pem"
-    if not edge_path.exists():
-        results.append(checks.warn("Edge CA is valid", "quickstart Edge CA not created yet; `edgegate run` creates it"))
-        return results
+    quickstart = config.edge_ca.quickstart
+    edge_path, key_path, bundle_path = _edge_ca_paths(config)
+    if quickstart and not (edge_path.exists() and key_path.exists() and bundle_path.exists()):
+        return [checks.quickstart_not_created(edge_path)]
+    results: list[CheckResult] = []
     try:
-        edge = load_certs(edge_path)
-        results.append(checks.validity("Edge CA", edge[0], now, quickstart=quickstart))
-        server_path = config.state_dir / "pki" / "server" / "server.pem"
-        if server_path.exists():
-            server = load_certs(server_path)
-            results.append(checks.validity("server certificate", server[0], now))
-            results.append(checks.server_names(server[0], edge[0], config.hostname, config.alt_names, now))
-            results.append(checks.chain_to_bundle(server, load_certs(bundle), config.hostname, now))
+        edge_ca = CA.load(edge_path, key_path)
+        roots = load_certs(bundle_path)
+        results.append(checks.validity("Edge CA", edge_ca.cert, now, quickstart=quickstart))
+        results.append(checks.validity("trust bundle root", roots[0], now))
+        chain_path, server_key = _server_paths(config)
+        if chain_path.exists() and server_key.exists():
+            chain = load_certs(chain_path)
+            results.append(checks.validity("server certificate", chain[0], now))
+            results.append(checks.server_names(chain[0], edge_ca.cert, config.hostname, config.alt_names, now))
+            results.append(checks.chain_to_bundle(chain, roots, config.hostname, now))
         else:
-            results.append(checks.warn("server certificate", "not issued yet; `edgegate run` issues it"))
+            # Not issued yet: issue one in memory exactly as `edgegate run` would, and check that.
+            issued = edge_ca.issue_server_cert(config.hostname, *config.alt_names, now=now)
+            chain = [issued.cert, *(c for c in issued.chain if not is_self_signed(c))]
+            results.append(checks.chain_to_bundle(chain, roots, config.hostname, now, issued_in_memory=True))
     except EdgegateError as exc:
-        results.append(checks.fail("certificates load", str(exc)))
+        results.append(checks.certificates_unreadable(str(exc)))
     return results
+
+
+# ---- the outside world ---------------------------------------------------------------------------
+
+
+def _resolve(hostname: str) -> CheckResult:
+    try:
+        infos = socket.getaddrinfo(hostname, None)
+    except OSError as exc:
+        return checks.hostname_resolution(hostname, [], exc.strerror or str(exc))
+    return checks.hostname_resolution(hostname, sorted({str(info[4][0]) for info in infos}), None)
+
+
+def probe_hub(hub: HubConfig, timeout: float) -> HubProbe:
+    """Mutual TLS to hub.url, verifying the hub for hub.hostname; then one HTTP request, because with TLS
+    1.3 a hub that refuses the gateway's identity certificate says so only after the handshake."""
+    parts = urlsplit(hub.url)
+    address = (parts.hostname or hub.hostname, parts.port or 443)
+    request = f"HEAD / HTTP/1.1\r\nHost: {hub.hostname}\r\nConnection: close\r\n\r\n".encode()
+    try:
+        ctx = build_hub_client_context(hub.trust_bundle_cert, hub.identity_cert, hub.identity_pk)
+        with socket.create_connection(address, timeout=timeout) as raw, \
+                ctx.wrap_socket(raw, server_hostname=hub.hostname) as tls:
+            version = tls.version()
+            tls.sendall(request)
+            try:
+                tls.recv(1)
+            except TimeoutError:
+                return HubProbe(tls_version=version, detail=f"no HTTP answer within {timeout:g} s")
+    except (OSError, EdgegateError) as exc:
+        return checks.classify_hub_error(exc, timeout)
+    return HubProbe(tls_version=version)
+
+
+def _database(url: str) -> CheckResult:
+    try:
+        status = migration_status(url) if database_exists(url) else None
+    except EdgegateError as exc:
+        return checks.database(redacted(url), None, str(exc))
+    return checks.database(redacted(url), status, None)
+
+
+# ---- output ------------------------------------------------------------------------------------
 
 
 def _check(args: argparse.Namespace) -> int:

@@ -87,8 +87,35 @@ def verify_chain(
             verify = lambda: client_verifier.verify(leaf, list(intermediates)).chain  # noqa: E731
         chain = tuple(verify())
     except v.VerificationError as exc:
-        return ChainVerdict(False, classify_error(str(exc)), str(exc))
+        reason = classify_error(str(exc))
+        if reason == "expired_or_not_yet_valid":
+            reason = _which_validity_failure(leaf, [*intermediates, *roots], now)
+        return ChainVerdict(False, reason, str(exc))
     return ChainVerdict(True, "ok", "chain verified", chain)
+
+
+def _which_validity_failure(leaf: x509.Certificate, issuers: Sequence[x509.Certificate], now: datetime) -> str:
+    """cryptography says only "not valid at validation time": walk up from the leaf to say which way.
+
+    A clock that is behind (a Pi before NTP sync) shows as "not_yet_valid", and that must stay distinguishable
+    from a certificate that has really expired.
+    """
+    by_subject: dict[x509.Name, list[x509.Certificate]] = {}
+    for cert in issuers:
+        by_subject.setdefault(cert.subject, []).append(cert)
+    current = leaf
+    for _ in range(len(issuers) + 1):  # a path never repeats a certificate: this bounds cycles
+        if now < current.not_valid_before_utc:
+            return "not_yet_valid"
+        if now > current.not_valid_after_utc:
+            return "expired"
+        candidates = by_subject.get(current.issuer, [])
+        if not candidates:
+            break
+        # Prefer an issuer that is itself out of its window: that is the one the path builder tripped on.
+        outside = [c for c in candidates if not c.not_valid_before_utc <= now <= c.not_valid_after_utc]
+        current = (outside or candidates)[0]
+    return "expired_or_not_yet_valid"
 
 
 def _subject(hostname: str) -> v.Subject:
