@@ -28,6 +28,7 @@ from gateway.outbox.store import Outbox
 from gateway.pki import self_signed_device_cert
 from gateway.records import InboundMessage
 from gateway.store.db import open_engine, upgrade
+from gateway.sync.hubclient import HubClient
 from gateway.upstream.forwarder import Forwarder
 from tests.hubproc import HubProcess
 
@@ -88,8 +89,9 @@ async def drain(url: str, hub: HubProcess, work: Path, backlog: int, payload: by
     engine = open_engine(url)
     outbox = Outbox(engine, LIMITS)
     await outbox.open()
-    forwarder = Forwarder.from_files(outbox, url=hub.api_url, hostname=hub.hostname, gateway_id=gateway_id,
-                                     trust_bundle_cert=hub.hub_root, identity_cert=cert, identity_pk=key)
+    client = HubClient.from_files(url=hub.api_url, hostname=hub.hostname, gateway_id=gateway_id,
+                                  trust_bundle_cert=hub.hub_root, identity_cert=cert, identity_pk=key)
+    forwarder = Forwarder(outbox, client)
     started = time.perf_counter()
     task = asyncio.get_running_loop().create_task(forwarder.run())
     while True:  # polled: the forwarder has no "drained" event, and 10 ms is noise at this size
@@ -99,7 +101,7 @@ async def drain(url: str, hub: HubProcess, work: Path, backlog: int, payload: by
     took = time.perf_counter() - started
     task.cancel()
     await asyncio.gather(task, return_exceptions=True)
-    await forwarder.close()
+    await client.close()
     await outbox.close()
     engine.dispose()
     arrived = int(hub.admin.messages(limit=1)["total"]) - before

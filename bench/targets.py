@@ -10,6 +10,7 @@ import ssl
 import subprocess
 import sys
 import time
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def tls_ready(port: int, pki: BenchPKI, cert: Path, key: Path) -> bool:
 
 
 @dataclass
-class Target:
+class Target(ABC):
     """A started broker: its port, its process (for RSS) and how long it took to listen."""
 
     name: str
@@ -50,11 +51,13 @@ class Target:
     startup_s: float = 0.0
     extra: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
+    @abstractmethod
     def command(self) -> list[str]:
-        raise NotImplementedError
+        """The broker's argv (called just before it starts, with `port` chosen)."""
 
     def prepare(self, device_ids: list[str]) -> None:
         """Register the devices the load will use (only edgegate has a registry)."""
+        return
 
     def start(self) -> Target:
         self.port = free_port()
@@ -74,6 +77,7 @@ class Target:
 
     def prepare_env(self) -> None:
         """Anything to set up before the process starts."""
+        return
 
     def env(self) -> dict[str, str]:
         return dict(os.environ)

@@ -12,6 +12,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.cache.records import CacheSnapshot, CacheSummary, RegisteredCA, SyncStatus
 from gateway.cache.tables import SYNC_STATE_ID, cache_cas, cache_devices, cache_sync_state
+from gateway.errors import StorageError
 from gateway.records import AuthType, DeviceRecord
 from gateway.store.db import storage_errors
 
@@ -200,7 +201,8 @@ class CacheRepository:
             for chunk in _chunks(rows, WRITE_CHUNK):
                 conn.execute(returning, chunk).close()
         else:
-            raise NotImplementedError(f"no upsert for the {dialect} dialect")
+            # open_engine only hands out SQLite and PostgreSQL engines; anything else is a wiring bug.
+            raise StorageError(f"the device cache supports sqlite and postgresql, not {dialect}")
 
     @staticmethod
     def _replace_cas(conn: Connection, cas: Sequence[RegisteredCA]) -> None:

@@ -21,14 +21,12 @@ import random
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
-from pathlib import Path
 from typing import Any, Protocol
 
 from gateway.errors import HubError, HubRejected, StorageError
 from gateway.metrics import Counters
 from gateway.outbox.store import Outbox, QueuedMessage
 from gateway.sync.backoff import next_backoff
-from gateway.sync.hubclient import DEFAULT_REQUEST_TIMEOUT, HubClient
 
 log = logging.getLogger("edgegate.upstream")
 
@@ -102,33 +100,9 @@ class Forwarder:
         self.last_success: datetime | None = None
         self.forwarded = 0
         self._attempt = 0
-        self._owns_uplink = False
         self._wake = asyncio.Event()
         self._removing: asyncio.Task[int] | None = None
         outbox.on_commit(self.notify)
-
-    @classmethod
-    def from_files(
-        cls,
-        outbox: Outbox,
-        *,
-        url: str,
-        hostname: str,
-        gateway_id: str,
-        trust_bundle_cert: Path,
-        identity_cert: Path,
-        identity_pk: Path,
-        request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
-        **options: Any,
-    ) -> Forwarder:
-        """A forwarder with its own mutual-TLS hub client (closed by `close()`); `options` as for __init__."""
-        client = HubClient.from_files(
-            url=url, hostname=hostname, gateway_id=gateway_id, trust_bundle_cert=trust_bundle_cert,
-            identity_cert=identity_cert, identity_pk=identity_pk, request_timeout=request_timeout,
-        )
-        forwarder = cls(outbox, client, **options)
-        forwarder._owns_uplink = True
-        return forwarder
 
     def notify(self) -> None:
         """New messages are committed: stop idling (it does not cut a back-off short)."""
@@ -144,11 +118,6 @@ class Forwarder:
             "last_error": self.last_error,
             "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
         }
-
-    async def close(self) -> None:
-        """Close the hub client if this forwarder made it (`from_files`)."""
-        if self._owns_uplink:
-            await self.uplink.close()
 
     async def run(self) -> None:
         """Forward until cancelled; never raises for hub or storage failures (it backs off and retries)."""

@@ -132,19 +132,12 @@ async def sides(hub: HubProcess, tmp_path: Path,
         outbox = Outbox(engine, OutboxLimits(), counters=Counters())
         await outbox.open()
         options: dict[str, Any] = dict(FAST)
-        if wrap is None:
-            forwarder = Forwarder.from_files(
-                outbox, url=hub.api_url, hostname=hostname, gateway_id=identity.gateway_id,
-                trust_bundle_cert=trust_root or hub.hub_root, identity_cert=identity.cert, identity_pk=identity.key,
-                **options,
-            )
-        else:
-            client = HubClient.from_files(
-                url=hub.api_url, hostname=hostname, gateway_id=identity.gateway_id,
-                trust_bundle_cert=trust_root or hub.hub_root, identity_cert=identity.cert,
-                identity_pk=identity.key, request_timeout=options.pop("request_timeout"),
-            )
-            forwarder = Forwarder(outbox, wrap(client, engine), **options)
+        client = HubClient.from_files(
+            url=hub.api_url, hostname=hostname, gateway_id=identity.gateway_id,
+            trust_bundle_cert=trust_root or hub.hub_root, identity_cert=identity.cert,
+            identity_pk=identity.key, request_timeout=options.pop("request_timeout"),
+        )
+        forwarder = Forwarder(outbox, client if wrap is None else wrap(client, engine), **options)
         side = Side(hub, identity, engine, outbox, forwarder)
         made.append(side)
         return side
@@ -154,8 +147,7 @@ async def sides(hub: HubProcess, tmp_path: Path,
         if side.task is not None:
             side.task.cancel()
             await asyncio.gather(side.task, return_exceptions=True)
-        await side.forwarder.close()
-        await side.forwarder.uplink.close()  # a wrapped client is not the forwarder's to close
+        await side.forwarder.uplink.close()  # the hub client (or its test wrapper) belongs to the test
         await side.outbox.close()
         side.engine.dispose()
 
