@@ -7,6 +7,7 @@ from typing import Any
 from amqtt.broker import Broker
 
 from gateway.broker.admission import AdmissionTokens, FrontDoorAuthPlugin
+from gateway.broker import session_states, sparse_queue
 from gateway.broker.link import LISTENER_NAME
 
 # Persistent (clean_session=0) sessions and their queued cloud-to-device messages are kept this long
@@ -31,4 +32,6 @@ def broker_config(tokens: AdmissionTokens) -> dict[str, Any]:
 
 def build_broker(tokens: AdmissionTokens) -> Broker:
     """A broker that admits only sessions the front door minted `tokens` for."""
+    session_states.install()
+    sparse_queue.install()
     return Broker(broker_config(tokens))
