@@ -8,6 +8,8 @@ from __future__ import annotations
 import contextlib
 
 from OpenSSL import SSL
+from OpenSSL._util import ffi as _ffi
+from OpenSSL._util import lib as _lib
 
 from gateway.records import PeerIdentity
 from gateway.tls.contexts import VerifyRecord
@@ -48,6 +50,7 @@ class TLSSession:
         except SSL.Error as exc:
             raise TLSFailed(_describe(exc)) from exc
         self.handshake_done = True
+        _renew_memory_bios(self._conn)
         return True
 
     def read(self) -> bytes:
@@ -108,6 +111,30 @@ class TLSSession:
     @property
     def protocol_version(self) -> str:
         return str(self._conn.get_protocol_version_name())
+
+
+def _renew_memory_bios(conn: SSL.Connection) -> None:
+    """Give the connection fresh, empty memory BIOs, moving across any bytes still in the old ones.
+
+    A memory BIO keeps the capacity of the largest burst it ever held, and the biggest bursts are the
+    handshake flights (certificate chains both ways): 5.7 KiB per idle device connection that nothing
+    reads again (44 -> 38 KiB of native memory per server-side TLS 1.3 connection, 2,000 connections,
+    pyOpenSSL 26.4 / OpenSSL 4.0). pyOpenSSL has no call for this, so it reaches into its Connection;
+    `tests/unit/test_tls_session.py` fails if those internals move.
+    """
+    old_in, old_out = conn._into_ssl, conn._from_ssl  # noqa: SLF001
+    new_in, new_out = _lib.BIO_new(_lib.BIO_s_mem()), _lib.BIO_new(_lib.BIO_s_mem())
+    if new_in == _ffi.NULL or new_out == _ffi.NULL:
+        for bio in (new_in, new_out):
+            if bio != _ffi.NULL:
+                _lib.BIO_free(bio)
+        return  # out of memory: keep the old (working) BIOs
+    buf = _ffi.new("char[]", _READ_CHUNK)
+    for old, new in ((old_in, new_in), (old_out, new_out)):
+        while (n := _lib.BIO_read(old, buf, _READ_CHUNK)) > 0:
+            _lib.BIO_write(new, buf, n)
+    _lib.SSL_set_bio(conn._ssl, new_in, new_out)  # noqa: SLF001  (frees the old pair)
+    conn._into_ssl, conn._from_ssl = new_in, new_out  # noqa: SLF001
 
 
 def _describe(exc: SSL.Error) -> str:
