@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bench.authbench import auth_p99_ms
 from bench.edgegate_target import EdgegateTarget
-from bench.load import device_id, ensure_device_files, open_connections, publish_rate
+from bench.load import HeldConnections, device_id, ensure_device_files, open_connections, publish_rate
 from bench.pki import BenchPKI
 from bench.report import Figure, machine, table
 from bench.targets import AmqttTarget, MosquittoTarget, Target
@@ -25,16 +25,41 @@ TARGETS: dict[str, type[Target]] = {"edgegate": EdgegateTarget, "amqtt": AmqttTa
 
 
 class Sizes:
+    """How much load each figure gets. Connections are opened in stages and held: the fan-in figure
+    runs with `fanin` subscribed devices connected, RSS per connection is read at `mem_small` and at
+    `mem_large`, and the storm is `storm` devices arriving at once on top of the first `mem_small`."""
+
     def __init__(self, quick: bool) -> None:
         self.messages = 5_000 if quick else 50_000
-        self.idle = 200 if quick else 2_000  # connections held for RSS and admission rate
-        self.fanin = 100 if quick else 1_000  # subscribed devices during the fan-in figure
+        self.fanin = 100 if quick else 1_000
+        self.mem_small = 200 if quick else 2_000  # the front-door issue's figure
+        self.storm = 300 if quick else 5_000
+        self.mem_large = 600 if quick else 10_000  # the performance issue's figure
         self.backlog = 5_000 if quick else 100_000
         self.auth_devices = 100_000
+
+    @property
+    def devices(self) -> int:
+        return FIRST_IDLE + self.mem_large
+
+
+FIRST_IDLE = 20  # devices 0..19 publish; idle connections use the ids after them
 
 
 def measure(name: str, target: Target, s: Sizes, figs: dict[str, Figure], pki: BenchPKI) -> None:
     target.start()
+    held: list[HeldConnections] = []
+
+    def hold(count: int) -> HeldConnections:
+        first = FIRST_IDLE + sum(h.admitted + h.refused + h.failed for h in held)
+        held.append(open_connections(target, pki, first, count, subscribe=True))
+        return held[-1]
+
+    def rss_per_connection(base: int) -> float:
+        time.sleep(1.0)
+        admitted = sum(h.admitted for h in held)
+        return (target.rss() - base) / admitted / 1024 if admitted else 0.0
+
     try:
         time.sleep(1.0)
         figs["startup"].add(name, target.startup_s)
@@ -43,18 +68,24 @@ def measure(name: str, target: Target, s: Sizes, figs: dict[str, Figure], pki: B
         figs["qos0"].add(name, publish_rate(target, [0], s.messages, 0))
         figs["fanin10"].add(name, publish_rate(target, list(range(10)), s.messages, 1))
         base = target.rss()
-        held = open_connections(target, pki, 20, s.idle, subscribe=True)
-        try:
-            figs["admission"].add(name, held.admitted / held.seconds)
-            figs["refused"].add(name, held.refused + held.failed)
-            time.sleep(1.0)
-            figs["per_conn"].add(name, (target.rss() - base) / held.admitted / 1024 if held.admitted else 0)
-            figs["fanin"].add(name, publish_rate(target, list(range(10)), s.messages, 1))
-        finally:
-            held.close()
+        hold(s.fanin)
+        figs["fanin"].add(name, publish_rate(target, list(range(10)), s.messages, 1))
+        hold(s.mem_small - s.fanin)
+        figs["per_conn_small"].add(name, rss_per_connection(base))
+        storm = hold(s.storm)
+        figs["admission"].add(name, storm.admitted / storm.seconds)
+        figs["refused"].add(name, storm.refused + storm.failed)
+        hold(s.mem_large - s.mem_small - s.storm)
+        figs["per_conn_large"].add(name, rss_per_connection(base))
+        figs["rss_large"].add(name, target.rss() / 2**20)
+        for h in held:
+            h.close()
+        held.clear()
         if isinstance(target, EdgegateTarget):
             figs["drain"].add(name, drain_rate(target, s.backlog))
     finally:
+        for h in held:
+            h.close()
         target.stop()
 
 
@@ -97,11 +128,12 @@ def main() -> None:
         "qos1": Figure("QoS 1 ingest, 1 publisher", "msg/s", True),
         "qos0": Figure("QoS 0 ingest, 1 publisher", "msg/s", True),
         "fanin10": Figure("fan-in, 10 publishers, nothing else connected", "msg/s", True),
-        "fanin": Figure(f"fan-in, 10 publishers + {sizes.fanin if sizes.fanin == sizes.idle else sizes.idle} "
-                        "subscribed devices", "msg/s", True),
-        "admission": Figure(f"reconnect storm, {sizes.idle} devices (TLS + CONNECT)", "conn/s", True),
+        "fanin": Figure(f"fan-in, 10 publishers + {sizes.fanin:,} subscribed devices", "msg/s", True),
+        "per_conn_small": Figure(f"RSS per idle TLS connection at {sizes.mem_small:,}", "KiB", False),
+        "admission": Figure(f"reconnect storm, {sizes.storm:,} devices (TLS + CONNECT)", "conn/s", True),
         "refused": Figure("  of which refused or failed", "conns", False),
-        "per_conn": Figure(f"RSS per idle TLS connection at {sizes.idle}", "KiB", False),
+        "per_conn_large": Figure(f"RSS per idle TLS connection at {sizes.mem_large:,}", "KiB", False),
+        "rss_large": Figure(f"RSS with {sizes.mem_large:,} idle TLS connections", "MiB", False),
         "drain": Figure(f"backlog drain, {sizes.backlog:,} messages to the hub", "msg/s", True),
         "auth_ss": Figure("auth decision p99, thumbprint, 100k cached", "ms", False),
         "auth_ca": Figure("auth decision p99, CA chain, 100k cached", "ms", False),
@@ -109,9 +141,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="edgegate-bench-") as tmp:
         work = Path(tmp)
         pki = BenchPKI.create(work / "pki")
-        ensure_device_files(pki, 20 + sizes.idle)
+        ensure_device_files(pki, sizes.devices)
         pki.device_files("probe-0")
-        ids = [device_id(i) for i in range(20 + sizes.idle)] + ["probe-0"]
+        ids = [device_id(i) for i in range(sizes.devices)] + ["probe-0"]
         for run in range(runs):
             for name in names:
                 print(f"run {run + 1}/{runs}: {name} ...", flush=True)
