@@ -6,8 +6,8 @@ from typing import Any
 
 from amqtt.broker import Broker
 
-from gateway.broker.admission import AdmissionTokens, FrontDoorAuthPlugin
 from gateway.broker import session_states, sparse_queue
+from gateway.broker.admission import AdmissionTokens, FrontDoorAuthPlugin
 from gateway.broker.link import LISTENER_NAME
 
 # Persistent (clean_session=0) sessions and their queued cloud-to-device messages are kept this long

@@ -72,10 +72,10 @@ AMQTT_INIT_STATES = Session._init_states
 
 
 def _init_slim_states(session: Session) -> None:
-    session.transitions = SessionStates(session)  # type: ignore[assignment]
+    session.transitions = SessionStates(session)
 
 
 def install() -> None:
     """Make every amqtt Session built from now on use `SessionStates`. Idempotent."""
-    Session._init_states = _init_slim_states  # type: ignore[method-assign]
+    Session._init_states = _init_slim_states
 

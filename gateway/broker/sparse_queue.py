@@ -64,5 +64,5 @@ class SparseQueue(asyncio.Queue):  # type: ignore[type-arg]
 
 def install() -> None:
     """Make amqtt build its per-device queues as SparseQueue. Idempotent."""
-    amqtt.session.Queue = SparseQueue  # type: ignore[misc]
-    amqtt.mqtt.protocol.broker_handler.Queue = SparseQueue  # type: ignore[attr-defined]
+    amqtt.session.Queue = SparseQueue
+    amqtt.mqtt.protocol.broker_handler.Queue = SparseQueue

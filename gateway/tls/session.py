@@ -122,7 +122,7 @@ def _renew_memory_bios(conn: SSL.Connection) -> None:
     pyOpenSSL 26.4 / OpenSSL 4.0). pyOpenSSL has no call for this, so it reaches into its Connection;
     `tests/unit/test_tls_session.py` fails if those internals move.
     """
-    old_in, old_out = conn._into_ssl, conn._from_ssl  # noqa: SLF001
+    old_in, old_out = conn._into_ssl, conn._from_ssl
     new_in, new_out = _lib.BIO_new(_lib.BIO_s_mem()), _lib.BIO_new(_lib.BIO_s_mem())
     if new_in == _ffi.NULL or new_out == _ffi.NULL:
         for bio in (new_in, new_out):
@@ -133,8 +133,8 @@ def _renew_memory_bios(conn: SSL.Connection) -> None:
     for old, new in ((old_in, new_in), (old_out, new_out)):
         while (n := _lib.BIO_read(old, buf, _READ_CHUNK)) > 0:
             _lib.BIO_write(new, buf, n)
-    _lib.SSL_set_bio(conn._ssl, new_in, new_out)  # noqa: SLF001  (frees the old pair)
-    conn._into_ssl, conn._from_ssl = new_in, new_out  # noqa: SLF001
+    _lib.SSL_set_bio(conn._ssl, new_in, new_out)
+    conn._into_ssl, conn._from_ssl = new_in, new_out
 
 
 def _describe(exc: SSL.Error) -> str:

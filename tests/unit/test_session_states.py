@@ -80,7 +80,9 @@ def test_installed_sessions_use_the_slim_states() -> None:
     session = Session()
     assert isinstance(session.transitions, SessionStates)
     session.transitions.connect()
-    assert session.transitions.is_connected() and session.last_connect_time is not None
+    assert session.transitions.is_connected()
+    assert session.last_connect_time is not None
     session.transitions.disconnect()
-    assert session.transitions.state == "disconnected" and session.last_disconnect_time is not None
+    assert session.transitions.state == "disconnected"
+    assert session.last_disconnect_time is not None
     assert "state=disconnected" in repr(session)

@@ -89,7 +89,9 @@ def test_same_behaviour_as_asyncio_queue(scenario: Scenario, maxsize: int) -> No
 
 def test_nothing_is_allocated_until_used() -> None:
     q = SparseQueue()
-    assert q.empty() and q.qsize() == 0 and not q.full()
+    assert q.empty()
+    assert q.qsize() == 0
+    assert not q.full()
     assert not set(vars(q)) & {"_queue", "_getters", "_putters", "_finished"}
     q.put_nowait(1)
     assert "_queue" in vars(q)
@@ -104,5 +106,5 @@ def test_amqtt_builds_its_per_device_queues_sparse() -> None:
     session = Session()
     handler = asyncio.run(build())
     queues = [session.retained_messages, session.delivered_message_queue,
-              handler._pending_subscriptions, handler._pending_unsubscriptions]  # noqa: SLF001
+              handler._pending_subscriptions, handler._pending_unsubscriptions]
     assert all(isinstance(q, SparseQueue) for q in queues)

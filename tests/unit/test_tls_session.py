@@ -75,8 +75,9 @@ def test_the_handshake_bios_are_replaced(contexts) -> None:
     """Guards the reach into pyOpenSSL's internals: if they move, this fails, not a device."""
     server_ctx, client_ctx = contexts
     session = TLSSession(server_ctx)
-    before = (session._conn._into_ssl, session._conn._from_ssl)  # noqa: SLF001
+    before = (session._conn._into_ssl, session._conn._from_ssl)
     handshake(session, client_ctx, b"")
-    after = (session._conn._into_ssl, session._conn._from_ssl)  # noqa: SLF001
+    after = (session._conn._into_ssl, session._conn._from_ssl)
     assert session.handshake_done
-    assert after[0] != before[0] and after[1] != before[1]
+    assert after[0] != before[0]
+    assert after[1] != before[1]
