@@ -26,7 +26,8 @@ from gateway.outbox.store import Outbox
 from gateway.pki import load_certs
 from gateway.records import DeviceRecord
 from gateway.server_identity import ServerCertKeeper, describe_chain
-from gateway.store.db import DatabaseThread, open_engine, redacted, upgrade
+from gateway.store.db import DatabaseThread, open_engine, redacted
+from gateway.store.migrate import migrate
 from gateway.sync.hubclient import HubClient
 from gateway.sync.loop import RegistrySync
 from gateway.sync.status_file import STATUS_FILE_NAME, write_status
@@ -82,7 +83,7 @@ class Gateway:
         trust_bundle_path = config.trust_bundle_cert or self.keeper.edge.trust_bundle_path
 
         url = config.storage.url
-        revision = await asyncio.to_thread(upgrade, url)
+        revision = await asyncio.to_thread(migrate, url)
         log.info("database %s at migration %s", redacted(url), revision)
         self.engine = open_engine(url)
         repository = CacheRepository(self.engine)

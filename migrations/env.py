@@ -1,7 +1,7 @@
 """Alembic environment, configured in code by `gateway.store.db.alembic_config` (there is no alembic.ini).
 
 The engine arrives in `config.attributes["engine"]`; `gateway.store.models` imports every table module,
-so `Base.metadata` is complete for autogenerate.
+so its `metadata` is complete for autogenerate.
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, Integer, String, Table, Text
 
-from gateway.store.base import Base
+from gateway.store.base import metadata
 from gateway.store.types import UTCDateTime
 
 # IoT Hub's limits: device ids and CA names up to 128 characters; thumbprints are SHA-256 hex at most.
@@ -13,7 +13,7 @@ THUMBPRINT_LENGTH = 64
 
 cache_devices = Table(
     "cache_devices",
-    Base.metadata,
+    metadata,
     Column("device_id", String(ID_LENGTH), primary_key=True),
     Column("enabled", Boolean, nullable=False),
     Column("auth_type", String(32), nullable=False),
@@ -27,7 +27,7 @@ cache_devices = Table(
 
 cache_cas = Table(
     "cache_cas",
-    Base.metadata,
+    metadata,
     Column("name", String(ID_LENGTH), primary_key=True),
     Column("pem", Text, nullable=False),
     Column("thumbprint", String(THUMBPRINT_LENGTH), nullable=False),
@@ -37,7 +37,7 @@ SYNC_STATE_ID = 1
 
 cache_sync_state = Table(
     "cache_sync_state",
-    Base.metadata,
+    metadata,
     Column("id", Integer, primary_key=True),
     Column("sequence", BigInteger),  # change-feed cursor; None before the first full sync
     Column("online", Boolean, nullable=False),

@@ -32,7 +32,7 @@ from gateway.errors import OutboxFull, StorageError
 from gateway.metrics import Counters
 from gateway.outbox.bounds import OutboxLimits, refusal
 from gateway.outbox.committer import MAX_BATCH, GroupCommitter
-from gateway.outbox.tables import OutboxRow
+from gateway.outbox.tables import outbox
 from gateway.records import InboundMessage
 from gateway.store.db import DatabaseThread, open_engine, storage_errors
 
@@ -44,7 +44,7 @@ EXPIRE_EVERY = 60.0
 # Rows deleted per expiry transaction: a large expiry never holds the database thread for long.
 EXPIRE_CHUNK = 5000
 
-_TABLE: Table = OutboxRow.__table__  # type: ignore[assignment]  # declarative tables are Tables
+_TABLE: Table = outbox
 _C = _TABLE.c
 
 

@@ -1,4 +1,4 @@
-"""Imports every module that defines gateway tables, so `Base.metadata` holds all of them.
+"""Imports every module that defines gateway tables, so `metadata` holds all of them.
 
 Each feature owns its tables in its own `tables` module; a module that does not exist (yet) in this
 build is skipped, so migrations and tests see exactly the tables that ship.
@@ -10,7 +10,7 @@ import importlib
 
 from sqlalchemy import MetaData
 
-from gateway.store.base import Base
+from gateway.store import base
 
 TABLE_MODULES = ("gateway.cache.tables", "gateway.outbox.tables")
 
@@ -24,7 +24,7 @@ def load_table_modules() -> MetaData:
             # Only "this module is not part of the build" is skipped; a broken import inside it is not.
             if exc.name is None or not (name == exc.name or name.startswith(exc.name + ".")):
                 raise
-    return Base.metadata
+    return base.metadata
 
 
 # Importing this module is what makes the metadata complete (migrations/env.py relies on it).

@@ -1,0 +1,118 @@
+"""Bringing the database to the newest migration at start, without Alembic in the gateway process.
+
+Alembic, with Mako and Pygments under it, costs about 11 MiB of resident memory that the long-running
+gateway would keep for nothing. So `migrate` first compares the database's revision with the head of
+`migrations/versions`, both read with plain SQLAlchemy and `ast`; only when they differ (or either
+cannot be read that way) does it run `gateway.store.db.upgrade` in a short-lived child process, which
+answers one line of JSON on stdout, logs to the inherited stderr, and whose StorageError becomes ours.
+
+    python -m gateway.store.migrate LOG_LEVEL   (the database URL on stdin, never on the command line)
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from sqlalchemy import text
+from sqlalchemy.exc import SQLAlchemyError
+
+from gateway.errors import StorageError
+from gateway.store.db import MIGRATIONS_DIR, open_engine, redacted, upgrade
+
+# The child imports the same `gateway` package as this process, wherever it was imported from.
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def migrate(url: str) -> str:
+    """Bring the database at `url` to the newest migration; returns that revision."""
+    head = script_head()
+    if head is not None and database_revision(url) == head:
+        return head
+    return upgrade_in_child(url)
+
+
+def script_head(versions: Path = MIGRATIONS_DIR / "versions") -> str | None:
+    """The one head of the migration scripts (None: not exactly one, or a script not readable this way)."""
+    revisions: set[str] = set()
+    parents: set[str] = set()
+    for path in versions.glob("*.py"):
+        try:
+            constants = _literal_assignments(path)
+        except ValueError:  # not a literal: only Alembic can tell
+            return None
+        revision, down = constants.get("revision"), constants.get("down_revision")
+        if not isinstance(revision, str) or "down_revision" not in constants:
+            return None
+        revisions.add(revision)
+        parents.update([down] if isinstance(down, str) else down or ())  # type: ignore[arg-type]
+    heads = revisions - parents
+    return heads.pop() if len(heads) == 1 else None
+
+
+def _literal_assignments(path: Path) -> dict[str, object]:
+    """`revision` and `down_revision` as assigned at the top level of a migration script (ValueError: not literals)."""
+    found: dict[str, object] = {}
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1:
+            target, value = node.targets[0], node.value
+        elif isinstance(node, ast.AnnAssign) and node.value is not None:
+            target, value = node.target, node.value
+        else:
+            continue
+        if isinstance(target, ast.Name) and target.id in ("revision", "down_revision"):
+            found[target.id] = ast.literal_eval(value)
+    return found
+
+
+def database_revision(url: str) -> str | None:
+    """The one revision in the database's alembic_version table (None: none, several, or unreadable)."""
+    try:
+        engine = open_engine(url)
+    except StorageError:
+        return None
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except SQLAlchemyError:
+        return None
+    finally:
+        engine.dispose()
+    return rows[0] if len(rows) == 1 else None
+
+
+def upgrade_in_child(url: str) -> str:
+    """`upgrade(url)` in a child process; returns the revision the database is now at."""
+    level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
+    child = subprocess.run([sys.executable, "-m", "gateway.store.migrate", level], input=url, env=env,
+                           stdout=subprocess.PIPE, text=True, check=False)
+    try:
+        answer = json.loads(child.stdout)
+    except ValueError:
+        raise StorageError(f"migrating {redacted(url)} failed: the migration process exited with status "
+                           f"{child.returncode}") from None
+    if "error" in answer:
+        raise StorageError(answer["error"])
+    return str(answer["revision"])
+
+
+def main() -> int:
+    from gateway.logs import configure_logging
+
+    configure_logging(sys.argv[1] if len(sys.argv) > 1 else "WARNING")
+    try:
+        answer = {"revision": upgrade(sys.stdin.read())}
+    except StorageError as exc:
+        answer = {"error": str(exc)}
+    print(json.dumps(answer))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
