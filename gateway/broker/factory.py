@@ -8,6 +8,7 @@ from amqtt.broker import Broker
 
 from gateway.broker import session_states, sparse_queue
 from gateway.broker.admission import AdmissionTokens, FrontDoorAuthPlugin
+from gateway.broker.edge_broker import EdgeBroker
 from gateway.broker.link import LISTENER_NAME
 
 # Persistent (clean_session=0) sessions and their queued cloud-to-device messages are kept this long
@@ -34,4 +35,4 @@ def build_broker(tokens: AdmissionTokens) -> Broker:
     """A broker that admits only sessions the front door minted `tokens` for."""
     session_states.install()
     sparse_queue.install()
-    return Broker(broker_config(tokens))
+    return EdgeBroker(broker_config(tokens))

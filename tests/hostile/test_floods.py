@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import time
@@ -87,7 +88,8 @@ def publish_rate(gw: FrontDoorThread, files: dict[str, DeviceFiles], per_device:
 @pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
 def test_unauthenticated_flood_costs_real_devices_less_than_half(gw: FrontDoorThread,
                                                                  files: dict[str, DeviceFiles]) -> None:
-    baseline = publish_rate(gw, files, 1000)
+    # Medians of three: one 1,000-message run on 2 shared cores swings by a third on its own.
+    baseline = statistics.median(publish_rate(gw, files, 1000) for _ in range(3))
     flood = subprocess.Popen([sys.executable, "-m", "tests.hostile.flood", str(gw.port), str(gw.pki.root_path),
                               str(files["intruder"].cert), str(files["intruder"].key), "--concurrency", "20"],
                              cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -95,7 +97,7 @@ def test_unauthenticated_flood_costs_real_devices_less_than_half(gw: FrontDoorTh
     assert flood.stdout.readline().strip() == "started"
     time.sleep(1.0)
     try:
-        during = publish_rate(gw, files, 1000)
+        during = statistics.median(publish_rate(gw, files, 1000) for _ in range(3))
         time.sleep(2.0)  # the flood goes on past the measurement, to well over 1,000 connections
     finally:
         out, _ = flood.communicate("", timeout=60)

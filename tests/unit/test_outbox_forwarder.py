@@ -9,7 +9,7 @@ import pytest
 
 from gateway.outbox.store import QueuedMessage
 from gateway.sync.backoff import next_backoff
-from gateway.upstream.forwarder import BACKOFF_BASE, BACKOFF_CAP, wire_message
+from gateway.upstream.forwarder import BACKOFF_BASE, BACKOFF_CAP, leaves_room, wire_message
 from hub_mock.ingest import parse_batch
 
 STORED = QueuedMessage(7, "0123456789abcdef0123456789abcdef", "sensor-1", "telemetry",
@@ -51,3 +51,22 @@ def test_the_hub_reads_back_what_was_stored() -> None:
 )
 def test_retry_schedule(attempt: int, jitter: float, seconds: float) -> None:
     assert next_backoff(attempt, jitter, base=BACKOFF_BASE, cap=BACKOFF_CAP) == pytest.approx(seconds)
+
+
+def _batch(count: int, payload_bytes: int) -> list[QueuedMessage]:
+    return [QueuedMessage(i, f"{i:032x}", "sensor-1", "telemetry", "t", {}, b"x" * payload_bytes, 1, 0.0)
+            for i in range(count)]
+
+
+@pytest.mark.parametrize(
+    ("count", "payload_bytes", "room"),
+    [
+        (1, 100, True),  # a trickle: the next read lingers so the stream fills a POST
+        (499, 100, True),
+        (500, 100, False),  # full by count: a backlog drains without waiting
+        (10, 50_000, False),  # 500 KB: full by bytes (half the 1 MB limit)
+        (10, 40_000, True),
+    ],
+)
+def test_leaves_room(count: int, payload_bytes: int, room: bool) -> None:
+    assert leaves_room(_batch(count, payload_bytes), 500, 1_000_000) is room
