@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 from amqtt.session import Session
@@ -30,36 +32,32 @@ class Hooks:
         self.entered.append("disconnected")
 
 
-def amqtt_run(path: tuple[str, ...]) -> tuple[str, list[str], bool]:
-    hooks = Hooks()
+def amqtt_machine(hooks: Hooks) -> Any:
     AMQTT_INIT_STATES(hooks)  # type: ignore[arg-type]
-    machine = hooks.transitions  # type: ignore[attr-defined]
-    refused = False
-    for trigger in path:
-        try:
-            getattr(machine, trigger)()
-        except MachineError:
-            refused = True
-            break
-    return machine.state, hooks.entered, refused
+    return hooks.transitions  # type: ignore[attr-defined]
 
 
-def slim_run(path: tuple[str, ...]) -> tuple[str, list[str], bool]:
+def slim_states(hooks: Hooks) -> Any:
+    return SessionStates(hooks)  # type: ignore[arg-type]
+
+
+def run(build: Callable[[Hooks], Any], path: tuple[str, ...]) -> tuple[str, list[str], bool]:
+    """Fire `path` at a fresh state holder: the final state, the enter hooks run, whether one was refused."""
     hooks = Hooks()
-    states = SessionStates(hooks)  # type: ignore[arg-type]
+    holder = build(hooks)
     refused = False
     for trigger in path:
         try:
-            getattr(states, trigger)()
+            getattr(holder, trigger)()
         except MachineError:
             refused = True
             break
-    return states.state, hooks.entered, refused
+    return holder.state, hooks.entered, refused
 
 
 @pytest.mark.parametrize("path", [p for n in range(1, 5) for p in itertools.product(TRIGGERS, repeat=n)])
 def test_every_trigger_sequence_matches_amqtt(path: tuple[str, ...]) -> None:
-    assert slim_run(path) == amqtt_run(path)
+    assert run(slim_states, path) == run(amqtt_machine, path)
 
 
 @pytest.mark.parametrize(("trigger", "state", "expected"), [
