@@ -9,20 +9,30 @@ connection, so a reconnect storm costs fleet x fleet. Profiled with py-spy in a 
   formats the whole table whatever the log level;
 - 15.3 %: on every CONNECT, a retained-message lookup (and two debug f-strings) per filter in the
   broker. Nothing is ever retained here: device PUBLISHes and wills stop at the front door;
-- and on every session delete (a clean session reconnecting, a takeover), one `_del_subscription`
-  call per filter in the broker.
+- on every session delete (a clean session reconnecting, a takeover), one `_del_subscription`
+  call per filter in the broker;
+- and for every broadcast (each cloud-to-device message), a match and a debug line per filter in the
+  broker: 8.9 ms per message with 10,000 devices subscribed.
 
-`EdgeBroker` keeps amqtt's table as it is (the broadcast path reads it) and adds an index of each
-device's own filters, so deleting a session touches only its entries. `tests/unit/test_edge_broker.py`
-runs the same subscribe/unsubscribe/delete sequences on this broker and on amqtt's and compares tables.
+`EdgeBroker` keeps amqtt's table as it is and adds two indexes: each device's own filters, so deleting
+a session touches only its entries, and a trie of all filters (`FilterIndex`), so a broadcast visits only
+the filters that match its topic. Delivery to each matching session follows amqtt's own rules.
+`tests/unit/test_edge_broker.py` runs the same subscribe/unsubscribe/delete sequences on this broker and
+on amqtt's and compares the tables, the indexes and who receives a broadcast.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections import deque
 from typing import Any
 
 from amqtt.broker import Broker
-from amqtt.session import Session
+from amqtt.contexts import Action
+from amqtt.mqtt.constants import QOS_1, QOS_2
+from amqtt.session import OutgoingApplicationMessage, Session
+
+from gateway.broker.filter_index import FilterIndex
 
 
 class _Subscriptions(dict[str, list[tuple[Session, int]]]):
@@ -37,11 +47,13 @@ class EdgeBroker(Broker):
         super().__init__(config)
         self._subscriptions = _Subscriptions()
         self._filters_of: dict[str | None, set[str]] = {}  # client id -> the filters it holds
+        self._filter_index = FilterIndex()  # every filter in `_subscriptions`
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         granted: int = await super().add_subscription(subscription, session)
         if granted != 0x80:
             self._filters_of.setdefault(session.client_id, set()).add(subscription[0])
+            self._filter_index.add(subscription[0])
         return granted
 
     def _del_subscription(self, a_filter: str, session: Session) -> int:
@@ -58,8 +70,34 @@ class EdgeBroker(Broker):
         for a_filter in list(self._filters_of.get(session.client_id, ())):
             if self._del_subscription(a_filter, session) and not self._subscriptions.get(a_filter, True):
                 del self._subscriptions[a_filter]
+                self._filter_index.discard(a_filter)
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                           session: Session) -> None:
         if self._retained_messages:
             await super()._publish_retained_messages_for_subscription(subscription, session)
+
+    async def _run_broadcast(self, running_tasks: deque[asyncio.Task[OutgoingApplicationMessage]]) -> None:
+        # amqtt's version tries every filter in the broker; the index yields the matching ones.
+        broadcast = await self._broadcast_queue.get()
+        for a_filter in self._filter_index.matching(broadcast["topic"]):
+            for target_session, sub_qos in list(self._subscriptions.get(a_filter, ())):
+                await self._deliver(broadcast, target_session, sub_qos, running_tasks)
+
+    async def _deliver(self, broadcast: dict[str, Any], target: Session, sub_qos: int,
+                       running_tasks: deque[asyncio.Task[OutgoingApplicationMessage]]) -> None:
+        """One broadcast to one subscribed session, by amqtt 0.12.1's rules for it."""
+        topic = broadcast["topic"]
+        qos = broadcast.get("qos", sub_qos)
+        if not await self._topic_filtering(target, topic=topic, action=Action.RECEIVE):
+            return
+        connected = target.transitions.state == "connected"
+        if not connected:
+            # A persistent session (clean_session=0) keeps QoS 1/2 messages until it reconnects.
+            if not target.clean_session and qos in (QOS_1, QOS_2) and not target.is_anonymous:
+                await self._retain_broadcast_message(broadcast, qos, target)
+            return
+        handler = self._get_handler(target)
+        if handler is not None:
+            publish = handler.mqtt_publish(topic, broadcast["data"], qos, retain=False)
+            running_tasks.append(asyncio.ensure_future(publish))

@@ -4,6 +4,7 @@ subscribes, unsubscribes and session deletes; only the cost of getting there dif
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 
 from amqtt.broker import Broker
 from amqtt.session import Session
@@ -15,7 +16,8 @@ from gateway.broker.edge_broker import EdgeBroker
 from gateway.broker.factory import broker_config
 
 CLIENTS = ("dev-a", "dev-b", "dev-c")
-FILTERS = ("devices/dev-a/messages/devicebound/#", "$iothub/twin/res/#", "$iothub/methods/POST/#", "a/+/b", "#")
+FILTERS = ("devices/dev-a/messages/devicebound/#", "$iothub/twin/res/#", "$iothub/methods/POST/#", "a/+/b", "#",
+           "a/#")
 
 operation = st.one_of(
     st.tuples(st.just("subscribe"), st.sampled_from(CLIENTS), st.sampled_from(FILTERS), st.integers(0, 1)),
@@ -30,12 +32,35 @@ def table(broker: Broker) -> Table:
     return {f: [(s.client_id, q) for s, q in subs] for f, subs in broker._subscriptions.items()}
 
 
-async def run(broker_class: type[Broker], ops: list[tuple[str, str, str, int]]) -> tuple[Table, list[object]]:
+BROADCAST_TOPICS = ("devices/dev-a/messages/devicebound/x", "$iothub/twin/res/200", "$iothub/methods/POST/m",
+                    "a/x/b", "a/b")
+
+Delivered = dict[str, list[tuple[str, int]]]
+
+
+async def deliveries(broker: Broker, sessions: dict[str, Session]) -> Delivered:
+    """Broadcast on each topic; sessions are offline with clean_session=0, so what each would receive is
+    queued on it, observable without a connection."""
+    for topic in BROADCAST_TOPICS:
+        await broker.internal_message_broadcast(topic, b"payload", 1)
+        await broker._run_broadcast(deque())
+    delivered: Delivered = {}
+    for client_id, session in sessions.items():
+        queue = session.retained_messages
+        delivered[client_id] = [(m.topic, m.qos) for m in (queue.get_nowait() for _ in range(queue.qsize()))]
+    return delivered
+
+
+Op = tuple[str, str, str, int]
+
+
+async def run(broker_class: type[Broker], ops: list[Op]) -> tuple[Table, list[object], Delivered]:
     broker = broker_class(broker_config(AdmissionTokens()))
     sessions = {}
     for client_id in CLIENTS:
         sessions[client_id] = Session()
         sessions[client_id].client_id = client_id
+        sessions[client_id].clean_session = False
     results: list[object] = []
     for kind, client_id, a_filter, qos in ops:
         session = sessions[client_id]
@@ -45,7 +70,7 @@ async def run(broker_class: type[Broker], ops: list[tuple[str, str, str, int]]) 
             results.append(broker._del_subscription(a_filter, session))
         else:
             await broker._del_all_subscriptions(session)
-    return table(broker), results
+    return table(broker), results, await deliveries(broker, sessions)
 
 
 @settings(max_examples=300, deadline=None)
