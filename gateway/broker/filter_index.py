@@ -47,9 +47,6 @@ class FilterIndex:
                 break
             del path[depth - 1].children[levels[depth - 1]]
 
-    def clear(self) -> None:
-        self._root = _Node()
-
     def matching(self, topic: str) -> list[str]:
         """Every filter that matches `topic` (a topic name: no wildcards)."""
         levels = topic.split("/")

@@ -43,12 +43,12 @@ def handshake(session: TLSSession, client_ctx: SSL.Context, early_app_data: byte
     for _ in range(10):
         try:
             client.do_handshake()
+            client_done = True
         except SSL.WantReadError:
-            pass
-        else:
-            if early_app_data:
-                client.sendall(early_app_data)
-                early_app_data = b""
+            client_done = False  # waiting for the server's next flight
+        if client_done and early_app_data:
+            client.sendall(early_app_data)
+            early_app_data = b""
         session.receive(client_flight(client))
         if session.advance_handshake():
             break
