@@ -207,6 +207,22 @@ def classify_hub_error(exc: BaseException, timeout: float) -> HubProbe:
     return HubProbe(failure=HubFailure.TLS_FAILED, detail=f"{type(exc).__name__}: {exc}")
 
 
+def closed_after_handshake(tls_version: str | None, how: str) -> HubProbe:
+    """The hub completed the handshake, then closed without a byte of HTTP answer.
+
+    With TLS 1.3 the client's certificate is judged after the client's side of the handshake is done,
+    so a hub that refuses it may close before its alert is read: the probe then sees an EOF or a reset
+    where it expected an answer. That is the refusal, not a network fault.
+    """
+    if tls_version == "TLSv1.3":
+        return HubProbe(failure=HubFailure.IDENTITY_REJECTED,
+                        detail=f"the hub refused the gateway's identity certificate (it closed the connection "
+                               f"right after the TLS 1.3 handshake without answering: {how}); "
+                               "is hub.gateway_id registered with this certificate or its CA?")
+    return HubProbe(failure=HubFailure.TLS_FAILED,
+                    detail=f"the hub closed the connection without answering ({how})")
+
+
 def _verification_failure(code: int, message: str) -> HubProbe:
     if code == _HOSTNAME_MISMATCH:
         return HubProbe(failure=HubFailure.WRONG_HOSTNAME,

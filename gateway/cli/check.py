@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import ssl
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -135,11 +136,15 @@ def probe_hub(hub: HubConfig, timeout: float) -> HubProbe:
         with socket.create_connection(address, timeout=timeout) as raw, \
                 ctx.wrap_socket(raw, server_hostname=hub.hostname) as tls:
             version = tls.version()
-            tls.sendall(request)
             try:
-                tls.recv(1)
+                tls.sendall(request)
+                answer = tls.recv(1)
             except TimeoutError:
                 return HubProbe(tls_version=version, detail=f"no HTTP answer within {timeout:g} s")
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError) as exc:
+                return checks.closed_after_handshake(version, str(exc) or type(exc).__name__)
+            if not answer:
+                return checks.closed_after_handshake(version, "end of stream")
     except (OSError, EdgegateError) as exc:
         return checks.classify_hub_error(exc, timeout)
     return HubProbe(tls_version=version)
