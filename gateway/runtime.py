@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth.decision import AuthPolicy
-from gateway.broker.admission import AdmissionTokens
-from gateway.broker.factory import build_broker
+from gateway.broker.port import BrokerPort
 from gateway.cache.directory import DeviceDirectory
 from gateway.cache.repository import CacheRepository
 from gateway.config import Config
@@ -110,13 +109,12 @@ class Gateway:
                              counters=self.counters)
         await self.outbox.open()
 
-        self.tokens = AdmissionTokens()
-        self.broker = build_broker(self.tokens)
+        self.broker = BrokerPort()
         await self.broker.start()
         limits = config.limits
         self.door = FrontDoor(
             contexts=self.keeper.contexts, directory=CacheDirectory(self.directory, gateway_id, config),
-            sink=self.outbox, broker=self.broker, tokens=self.tokens, counters=self.counters, clock=self.clock,
+            sink=self.outbox, port=self.broker, counters=self.counters, clock=self.clock,
             limits=FrontDoorLimits(limits.max_connections, limits.max_packet_size,
                                    limits.handshake_timeout.total_seconds(),
                                    int(limits.max_keep_alive.total_seconds())),
@@ -182,7 +180,7 @@ class Gateway:
         await self.outbox.close()
         if self.hub_client is not None:
             await self.hub_client.close()
-        await self.broker.shutdown()
+        await self.broker.stop()
         self.cache_db.close()
         (self.config.state_dir / STATUS_FILE_NAME).unlink(missing_ok=True)
 

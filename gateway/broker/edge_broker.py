@@ -27,11 +27,7 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from amqtt.broker import Broker
-from amqtt.contexts import Action
-from amqtt.mqtt.constants import QOS_1, QOS_2
-from amqtt.session import OutgoingApplicationMessage, Session
-
+from gateway.broker.amqtt_surface import QOS_1, QOS_2, Action, Broker, OutgoingApplicationMessage, Session
 from gateway.broker.filter_index import FilterIndex
 
 
@@ -48,6 +44,10 @@ class EdgeBroker(Broker):
         self._subscriptions = _Subscriptions()
         self._filters_of: dict[str | None, set[str]] = {}  # client id -> the filters it holds
         self._filter_index = FilterIndex()  # every filter in `_subscriptions`
+
+    def filter_count(self, client_id: str) -> int:
+        """How many topic filters one device's session holds."""
+        return len(self._filters_of.get(client_id, ()))
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         granted: int = await super().add_subscription(subscription, session)
