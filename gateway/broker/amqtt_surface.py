@@ -15,7 +15,10 @@ import amqtt.session as session_module
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
 from amqtt.contexts import Action
-from amqtt.mqtt.constants import QOS_1, QOS_2
+from amqtt.errors import BrokerError
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.plugins.base import BaseAuthPlugin
 from amqtt.session import OutgoingApplicationMessage, Session
 from transitions import MachineError
@@ -26,7 +29,8 @@ from gateway.errors import EdgegateError
 AMQTT_VERSION = "0.12.1"
 
 __all__ = [
-    "AMQTT_VERSION", "QOS_1", "QOS_2", "Action", "BaseAuthPlugin", "Broker", "MachineError",
+    "AMQTT_VERSION", "QOS_0", "QOS_1", "QOS_2", "Action", "BaseAuthPlugin", "Broker", "BrokerError", "BrokerEvents",
+    "BrokerProtocolHandler", "MachineError",
     "OutgoingApplicationMessage", "ReaderAdapter", "Session", "WriterAdapter", "broker_handler_module",
     "check_version", "session_module",
 ]
