@@ -45,6 +45,7 @@ def _init(args: argparse.Namespace) -> int:
             admin_token=args.admin_token or "",
             storage_url=args.storage_url,
             force=args.force,
+            est=args.est,
         )
     except FileExistsError as exc:
         raise UsageError(str(exc)) from exc
@@ -60,7 +61,8 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging(args.log_level)
     return asyncio.run(
-        serve(config, api_port=args.port, admin_port=args.admin_port, ready_file=args.ready_file)
+        serve(config, api_port=args.port, admin_port=args.admin_port, ready_file=args.ready_file,
+              est_port=args.est_port)
     )
 
 
@@ -308,12 +310,15 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--admin-token", help="require this bearer token on the admin API")
     init.add_argument("--storage-url", default="sqlite:///registry.db", help="SQLAlchemy URL of the registry")
     init.add_argument("--force", action="store_true", help="replace an existing hub.toml and certificates")
+    init.add_argument("--est", action="store_true",
+                      help="also set up the EST server: EST root and CA, a bootstrap CA, an [est] table")
     init.set_defaults(func=_init)
 
     run = verbs.add_parser("run", help="serve until SIGTERM/SIGINT")
     run.add_argument("-c", "--config", type=Path, required=True, help="path to hub.toml")
     run.add_argument("--port", type=int, help="API port (overrides hub.toml; 0 = any free port)")
     run.add_argument("--admin-port", type=int, help="admin port (overrides hub.toml; 0 = any free port)")
+    run.add_argument("--est-port", type=int, help="EST port (overrides hub.toml [est] port; 0 = any free port)")
     run.add_argument("--ready-file", type=Path, help="write the bound ports here as JSON once listening")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=_run)
