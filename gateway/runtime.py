@@ -20,6 +20,8 @@ from gateway.broker.factory import build_broker
 from gateway.cache.directory import DeviceDirectory
 from gateway.cache.repository import CacheRepository
 from gateway.config import Config
+from gateway.est import adopt as est_adopt
+from gateway.est.keeper import EstKeeper
 from gateway.frontdoor.server import FrontDoor, FrontDoorLimits
 from gateway.metrics import Counters
 from gateway.outbox.bounds import OutboxLimits
@@ -80,6 +82,11 @@ class Gateway:
     async def _start(self) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.est: EstKeeper | None = None
+        if config.est is not None:
+            # Enroll over EST what is missing before anything is served (RFC 7030, gateway.est).
+            self.est = EstKeeper(config, config.est, self.clock, self.counters)
+            await self.est.ensure_ready()
         self.keeper = ServerCertKeeper(config, self.clock)
         trust_bundle_path = config.trust_bundle_cert or self.keeper.edge.trust_bundle_path
 
@@ -138,6 +145,12 @@ class Gateway:
         else:
             log.warning("no [hub] configured: serving the %d cached devices; telemetry stays in the outbox",
                         len(self.directory))
+        if self.est is not None:
+            self.est.identity.adopt = (est_adopt.hub_identity(self.hub_client, hub) if self.hub_client and hub
+                                       else est_adopt.est_identity(self.est))
+            if self.est.edge_ca is not None:
+                self.est.edge_ca.adopt = est_adopt.edge_ca(self.keeper)
+            self._spawn(self.est.run())
         self._spawn(self._write_status_forever())
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -162,7 +175,7 @@ class Gateway:
             "sync": self.sync.describe() if self.sync else {"state": "not configured"},
             "server_cert_not_after": self.keeper.server.not_after.isoformat(),
             "counters": self.counters.snapshot(),
-        }
+        } | ({"est": self.est.status()} if self.est is not None else {})
 
     async def _write_status_forever(self) -> None:
         path = self.config.state_dir / STATUS_FILE_NAME
