@@ -21,11 +21,14 @@ def authenticate_est_gateway(
     """An OK decision when `peer` is an EST identity of `gateway_id`; None to fall back to thumbprints."""
     if registration is None or peer is None or est_ca is None or peer.issuer != est_ca.subject:
         return None
-    if not peer.not_valid_before_utc <= now < peer.not_valid_after_utc:
-        return None
     names = [str(a.value) for a in peer.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
     if names != [gateway_id]:
         return None
+    if not peer.not_valid_before_utc <= now < peer.not_valid_after_utc:
+        # A kept-alive TLS connection can outlive the certificate it was opened with.
+        return GatewayAuthDecision(False, GatewayAuthReason.IDENTITY_EXPIRED,
+                                   f"the EST identity of gateway {gateway_id} is outside its dates "
+                                   f"(until {peer.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC): renew it")
     try:
         eku = peer.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
         if ExtendedKeyUsageOID.CLIENT_AUTH not in eku:

@@ -62,6 +62,7 @@ class Slot:
     renewals: int = 0
     failures: int = 0
     tried_since_start: bool = False
+    planned: datetime | None = None  # the retry moment the loop is sleeping towards
     adopt: Adopt | None = field(default=None, repr=False)
 
     def dates(self) -> tuple[datetime, datetime] | None:
@@ -136,14 +137,14 @@ class EstKeeper:
         now = self.clock()
         self._warn(slot, now)
         threshold, retry = slot.auto_renew.threshold / 100, slot.auto_renew.retry / 100
-        at = next_renewal(*dates, threshold, retry, now)
         due = now >= renewal_due_at(*dates, threshold)
-        if at <= now or (due and not slot.tried_since_start):
+        if (slot.planned is not None and now >= slot.planned) or (due and not slot.tried_since_start):
             return await self._attempt(slot)
-        return at - now
+        slot.planned = next_renewal(*dates, threshold, retry, now)
+        return slot.planned - now
 
     async def _attempt(self, slot: Slot) -> timedelta:
-        slot.tried_since_start = True
+        slot.tried_since_start, slot.planned = True, None
         try:
             await self._obtain(slot)
         except EstError as exc:

@@ -58,19 +58,23 @@ def next_renewal(
 
 
 def expiry_level(not_before: datetime, not_after: datetime, threshold: float, now: datetime) -> ExpiryLevel:
-    """How urgent the certificate is at `now`."""
+    """How urgent the certificate is at `now`.
+
+    The 7-day and 1-day warnings apply once renewal is due and has not happened: a certificate that is
+    short-lived by design (hours, or seconds in a drill) is not an alarm while it is young.
+    """
     if now < not_before:
         return ExpiryLevel.NOT_YET_VALID
     if now >= not_after:
         return ExpiryLevel.EXPIRED
+    if now < renewal_due_at(not_before, not_after, threshold):
+        return ExpiryLevel.OK
     left = not_after - now
     if left <= CRITICAL_BEFORE:
         return ExpiryLevel.EXPIRES_WITHIN_1_DAY
     if left <= WARN_BEFORE:
         return ExpiryLevel.EXPIRES_WITHIN_7_DAYS
-    if now >= renewal_due_at(not_before, not_after, threshold):
-        return ExpiryLevel.RENEWAL_DUE
-    return ExpiryLevel.OK
+    return ExpiryLevel.RENEWAL_DUE
 
 
 def describe_left(not_after: datetime, now: datetime) -> str:
