@@ -8,7 +8,8 @@
 LABEL picks the profile: none for identity certs, `edge-ca` for Edge CA certs. Clients authenticate
 with a TLS client certificate (from a bootstrap CA, or one this EST CA issued) and, when hub.toml sets
 `[est] username/password`, HTTP Basic as well. Fault switches (down, blackhole, error, latency) and
-the list of issued certificates are on the admin port under /admin/est.
+the list of issued certificates are on the admin port under /admin/est; /admin/est/misbehave makes
+the server answer with garbage or with a certificate for another key (bad-input drills).
 """
 
 from __future__ import annotations
@@ -24,10 +25,12 @@ from datetime import datetime, timedelta
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
 from gateway.errors import PKIError
 from gateway.pki import CA, load_certs
+from gateway.pki.keys import generate_key
 from hub_mock.errors import Invalid
 from hub_mock.est_ca import EstCA
 from hub_mock.est_config import MAX_LIFETIME, MIN_LIFETIME, EstServerConfig
@@ -38,6 +41,8 @@ from hub_mock.wire import json_body, json_object, utc_iso
 
 log = logging.getLogger("hub_mock.est")
 
+# garbage: 200 with a body that is not PKCS#7; wrong_key: a certificate for a key the client never sent.
+MISBEHAVIOURS = ("garbage", "wrong_key")
 PKCS7_TYPE = "application/pkcs7-mime"
 PKCS10_TYPE = "application/pkcs10"
 # A CSR is a few hundred bytes; 64 KiB leaves room for RSA-4096 and odd attributes, not for abuse.
@@ -56,6 +61,8 @@ class EstService:
         self.clock = clock
         self.identity_lifetime = config.identity_lifetime
         self.edge_ca_lifetime = config.edge_ca_lifetime
+        # A misbehaving PKI provider, for the gateway's bad-input tests: None, or one of MISBEHAVIOURS.
+        self.misbehave: str | None = None
 
     def profile(self, name: str) -> Profile:
         if name == "edge-ca":
@@ -169,6 +176,13 @@ def _enroll(operation: str) -> Handler:
                         decision.reason, decision.message)
             return _refuse(400 if decision.reason != "reenroll_needs_identity" else 403, decision.reason,
                            decision.message)
+        if est.misbehave == "garbage":
+            return web.Response(body=base64.encodebytes(b"this is not a PKCS#7 structure"),
+                                headers={"Content-Type": f"{PKCS7_TYPE}; smime-type=certs-only",
+                                         "Content-Transfer-Encoding": "base64"})
+        if est.misbehave == "wrong_key":
+            other = generate_key()
+            csr = x509.CertificateSigningRequestBuilder().subject_name(csr.subject).sign(other, hashes.SHA256())
         cert = est.ca.issue(csr, profile, client, operation, est.clock())
         log.info("EST %s: issued %s (%s) to %s:%s until %s", operation, cert.subject.rfc4514_string(), profile.name,
                  client.kind.value, client.name, utc_iso(cert.not_valid_after_utc))
@@ -200,6 +214,7 @@ def _admin_view(est: EstService) -> dict[str, object]:
                    "edge_ca_lifetime": est.edge_ca_lifetime.total_seconds(),
                    "basic_auth": est.config.username is not None},
         "ca": est.ca.ca.cert.subject.rfc4514_string(),
+        "misbehave": est.misbehave,
         "issued": [
             {"serial": f"{i.serial:x}", "profile": i.profile, "subject": i.subject, "client": i.client,
              "operation": i.operation, "not_before": utc_iso(i.not_before), "not_after": utc_iso(i.not_after),
@@ -242,6 +257,16 @@ def add_est_admin_routes(app: web.Application, est: EstService) -> None:
     app.router.add_get("/admin/est", view)
     app.router.add_post("/admin/est/faults", set_fault)
     app.router.add_post("/admin/est/policy", set_policy)
+
+    async def set_misbehave(request: web.Request) -> web.Response:
+        mode = json_object(await json_body(request)).get("mode")
+        if mode is not None and mode not in MISBEHAVIOURS:
+            raise Invalid(f"mode must be null or one of {', '.join(MISBEHAVIOURS)}")
+        est.misbehave = mode
+        log.warning("EST misbehaviour now %s", mode or "off")
+        return web.json_response(_admin_view(est))
+
+    app.router.add_post("/admin/est/misbehave", set_misbehave)
 
 
 def est_root_certs(config: EstServerConfig) -> list[x509.Certificate]:

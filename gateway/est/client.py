@@ -72,6 +72,15 @@ class EstClient:
         """GET {url}/csrattrs as an authenticated client: proves the server accepts our credentials."""
         await self._call("GET", f"{url}/csrattrs", auth, None, "csrattrs", accept_404=True)
 
+    async def _answers_anonymously(self, url: str) -> bool:
+        base = url.rsplit("/", 1)[0]
+        try:
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session, \
+                    session.get(f"{base}/cacerts", ssl=self.context(ClientAuth("anonymous"))) as response:
+                return response.status == 200
+        except (aiohttp.ClientError, ssl.SSLError, OSError, TimeoutError):
+            return False
+
     async def _call(self, method: str, url: str, auth: ClientAuth, body: bytes | None, what: str,
                     *, accept_404: bool = False) -> bytes:
         headers = {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64"} if body else {}
@@ -90,16 +99,20 @@ class EstClient:
             raise EstRejected("server_untrusted", f"the EST server at {url} presented a certificate we do not "
                               f"trust ({detail}): cert_issuance.est.trusted_certs must hold the root that "
                               "signed it, and the URL's host must be a name it carries") from exc
+        except TimeoutError as exc:
+            raise EstUnavailable("timeout", f"the EST server at {url} did not answer within "
+                                 f"{self.timeout:g}s") from exc
         except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             alert = _client_cert_alert(exc)
+            if alert is None and auth.cert is not None and await self._answers_anonymously(url):
+                # TLS 1.3 servers check the client certificate after the handshake: the alert is lost and
+                # the client only sees the connection close. Reachable without it means: it is ours.
+                alert = "the connection was closed after our certificate, while the server answers without one"
             if alert is not None and auth.cert is not None:
                 raise EstRejected("client_cert_refused", f"the EST server at {url} refused our {auth.kind} "
                                   f"certificate {auth.cert} in the TLS handshake ({alert}): it must be issued "
                                   "by a CA the EST server trusts, and be inside its dates") from exc
             raise EstUnavailable("unreachable", f"cannot reach the EST server at {url}: {_describe(exc)}") from exc
-        except TimeoutError as exc:
-            raise EstUnavailable("timeout", f"the EST server at {url} did not answer within "
-                                 f"{self.timeout:g}s") from exc
         if status == 200 or (status in (204, 404) and accept_404):
             return raw
         reason, message = _refusal(raw)

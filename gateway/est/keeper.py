@@ -107,7 +107,7 @@ class EstKeeper:
             delay = FIRST_RETRY
             while True:
                 try:
-                    await self._obtain(slot)
+                    await self.obtain(slot)
                     slot.store.confirm()  # nothing was using the old one
                     break
                 except EstUnavailable as exc:
@@ -146,7 +146,7 @@ class EstKeeper:
     async def _attempt(self, slot: Slot) -> timedelta:
         slot.tried_since_start, slot.planned = True, None
         try:
-            await self._obtain(slot)
+            await self.obtain(slot)
         except EstError as exc:
             self._failed(slot, exc)
             level = logging.ERROR if isinstance(exc, EstRejected | EstReplyInvalid) else logging.WARNING
@@ -175,7 +175,7 @@ class EstKeeper:
 
     # -- one enrollment ----------------------------------------------------------------------------
 
-    async def _obtain(self, slot: Slot) -> CertKeyPair:
+    async def obtain(self, slot: Slot) -> CertKeyPair:
         """Ask the EST server for a new certificate for `slot` and install it (previous pair kept)."""
         now = self.clock()
         current = slot.store.load()
