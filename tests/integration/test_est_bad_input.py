@@ -6,6 +6,8 @@ sends), `edgegate certs est-enroll` and `edgegate run`.
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
 import time
@@ -113,3 +115,42 @@ def test_a_bad_reply_during_renewal_keeps_the_current_pair_and_renewal_resumes(t
         assert (gw.state_dir / "est" / "identity.pem").read_bytes() != held
         assert not (gw.state_dir / "est" / "identity.pem.prev").exists()
         time.sleep(0)
+
+
+def check(config: Path) -> dict[str, tuple[str, str]]:
+    done = edgegate("check", "-c", str(config), "--json")
+    return {r["check"]: (r["status"], r["detail"]) for r in json.loads(done.stdout)}
+
+
+def test_check_covers_est_reachability_credentials_and_time_left(hub: EstHub, tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(est_config(hub, tmp_path, edge_ca=True))
+    found = check(config)
+    assert found[f"EST server {hub.est_url} reachable with a trusted certificate"][0] == "ok"
+    assert found["EST server accepts the gateway's credentials"] == (
+        "ok", "the bootstrap certificate authenticated")
+    assert found["EST identity certificate is valid"][0] == "warning"  # not enrolled yet
+    assert found["config.toml parses"][0] == "ok"
+    assert found["files named in config.toml exist"][0] == "ok"
+
+    done = edgegate("certs", "est-enroll", "-c", str(config), "--out", str(tmp_path / "state" / "est"))
+    assert done.returncode == 0, done.stderr
+    found = check(config)
+    status, detail = found["EST identity certificate is valid"]
+    assert status == "ok"
+    assert re.match(r"29d 23h left|30d 0h left", detail), detail
+    assert found["EST server accepts the gateway's credentials"] == (
+        "ok", "the identity certificate authenticated")
+
+    # Negative controls: a bootstrap certificate the server does not know, an EST server not trusted.
+    tmp2 = tmp_path / "stranger"
+    stranger = CA.create_root("Stranger").issue_identity_cert(GATEWAY_ID)
+    (tmp2 / "config.toml").parent.mkdir()
+    (tmp2 / "config.toml").write_text(est_config(hub, tmp2, edge_ca=False, bootstrap=stranger))
+    status, detail = check(tmp2 / "config.toml")["EST server accepts the gateway's credentials"]
+    assert status == "error"
+    assert "client_cert_refused" in detail
+    (tmp2 / "config.toml").write_text(est_config(hub, tmp2, edge_ca=False, trusted=hub.est_root))
+    status, detail = check(tmp2 / "config.toml")[f"EST server {hub.est_url} reachable with a trusted certificate"]
+    assert status == "error"
+    assert "server_untrusted" in detail
