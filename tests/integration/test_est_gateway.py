@@ -10,6 +10,7 @@ import base64
 import re
 import stat
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from tests.clients import DeviceFiles, PahoDevice
 from tests.estproc import EstGateway, EstHub
 from tests.gatewayproc import GATEWAY_ID, HOSTNAME
+from tests.hubproc import REPO
 
 pytestmark = pytest.mark.integration
 
@@ -188,6 +190,10 @@ def test_est_down_across_threshold_and_past_expiry_keeps_serving_and_recovers_by
         assert counters['est_expiry_warnings{cert="identity",level="expired"}'] >= 1  # type: ignore[index]
         assert counters['est_renewals{cert="identity",result="unreachable"}'] >= 1  # type: ignore[index]
         gw.wait_log("EST identity certificate expired")
+        shown = subprocess.run([sys.executable, "-m", "gateway.cli.main", "status", "-c", str(gw.config_path)],
+                               cwd=REPO, capture_output=True, text=True, timeout=30).stdout
+        assert re.search(r"EST identity expired \S+ ago \(expired\), next renewal .*last error: unreachable", shown), \
+            shown
         # Still serving devices: the connected one publishes, a new one connects.
         assert online.publish("devices/temp-online/messages/events/", b"during")
         assert later.connect() == 0
