@@ -5,6 +5,7 @@ Every success has its negative control."""
 from __future__ import annotations
 
 import base64
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from gateway.pki import CA
 from tests.estproc import EstHub
+from tests.hubproc import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -186,3 +188,25 @@ def test_http_basic_when_configured(tmp_path: Path) -> None:
         assert headers["www-authenticate"].startswith("Basic")
         assert curl(hub, "/csrattrs", "-u", "est:s3cret")[0] == 204
         assert curl(hub, "/csrattrs", "-u", "est:wrong")[0] == 401
+
+
+def test_hub_mock_est_cli(hub: EstHub, tmp_path: Path) -> None:
+    done = run_cli("est", "bootstrap-cert", "gw7", "--dir", str(hub.directory), "--out", str(tmp_path))
+    assert done.returncode == 0, done.stderr
+    key = tmp_path / "gw7-bootstrap.key"
+    assert key.stat().st_mode & 0o077 == 0
+    d = tmp_path
+    run("openssl", "ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", f"{d}/k")
+    status, _, _ = curl(hub, "/simpleenroll", "--cert", f"{d}/gw7-bootstrap.pem", "--key", str(key),
+                        body=csr(d, "k", "/CN=gw7", "c.b64"))
+    assert status == 200
+    shown = hub.cli("est", "show")
+    assert shown.returncode == 0
+    assert re.search(r"simpleenroll +identity +CN=gw7 +bootstrap:gw7", shown.stdout), shown.stdout
+    assert "bootstrap:gw7" in shown.stdout
+    assert hub.cli("est", "policy", "--identity-lifetime", "60").returncode == 0
+    assert hub.est_view()["policy"]["identity_lifetime"] == 60
+    assert hub.cli("est", "policy", "--identity-lifetime", "1").returncode == 1  # under 5 s
+    assert hub.cli("est", "misbehave", "garbage").stdout.strip() == "EST misbehave: garbage"
+    assert hub.cli("est", "misbehave", "off").stdout.strip() == "EST misbehave: off"
+    assert hub.cli("est", "fault", "error").returncode == 2
