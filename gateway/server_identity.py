@@ -66,7 +66,8 @@ class ServerCertKeeper:
             await asyncio.sleep(wait.total_seconds())
             try:
                 self.renew_now()
-            except PKIError as exc:
+            except (PKIError, ValueError) as exc:
+                # ValueError: an Edge CA that expired (EST unreachable) cannot issue; the loop must live on.
                 log.error("server certificate renewal failed, keeping the current one: %s", exc)
 
     def adopt_edge_ca(self, edge: EdgeCAMaterial) -> None:

@@ -14,6 +14,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,32 @@ def test_est_down_across_threshold_and_past_expiry_keeps_serving_and_recovers_by
         assert not online.disconnected.is_set()
         online.close()
         later.close()
+
+
+@pytest.mark.timeout(180)
+def test_a_restart_with_an_expired_identity_while_est_is_down_still_serves_devices(tmp_path: Path) -> None:
+    with EstHub.start_est(tmp_path / "hub", identity_lifetime=10, edge_ca_lifetime=300) as hub, \
+            EstGateway.start_est(tmp_path / "gw", hub) as gw:
+        gw.wait_synced(30)
+        device = sensor(gw, hub, tmp_path, "temp-r")
+        wait_for(lambda: device.connect() == 0, what="device connects")  # cached by the gateway
+        device.close()
+        gw.stop()
+        hub.est_fault("down")
+        identity = gw.state_dir / "est" / "identity.pem"
+        expiry = x509.load_pem_x509_certificates(identity.read_bytes())[0].not_valid_after_utc
+        wait_for(lambda: datetime.now(UTC) > expiry, timeout=30, what="the identity expires")
+        gw.restart()  # starts although the identity expired and EST is down
+        status = gw.wait_est(lambda s: s["identity"]["level"] == "expired", timeout=30, what="expired at start")
+        assert status["identity"]["last_error"] is None or status["identity"]["last_error"]["reason"] == "unreachable"
+        again = PahoDevice(
+            gw.port, gw.root, "temp-r", files=DeviceFiles(tmp_path / "devices" / "temp-r.cert.pem",
+                                                          tmp_path / "devices" / "temp-r.key.pem"),
+            username=f"{HOSTNAME}/temp-r/?api-version=2021-04-12")
+        assert again.connect() == 0  # served from the cache
+        assert again.publish("devices/temp-r/messages/events/", b"while-expired")
+        hub.est_fault("clear")
+        gw.wait_est(lambda s: s["identity"]["level"] == "ok" and not s["identity"]["waiting_to_confirm"],
+                    timeout=90, what="re-bootstrapped after the restart")
+        wait_for(lambda: b"while-expired" in payloads(hub, "temp-r"), timeout=90, what="the reading at the hub")
+        again.close()
