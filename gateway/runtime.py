@@ -33,6 +33,7 @@ from gateway.store.db import DatabaseThread, open_engine, redacted
 from gateway.store.migrate import migrate
 from gateway.sync.hubclient import HubClient
 from gateway.sync.loop import RegistrySync
+from gateway.sync.state import HubState
 from gateway.sync.status_file import STATUS_FILE_NAME, write_status
 from gateway.upstream.c2d import CloudToDevice
 from gateway.upstream.forwarder import Forwarder
@@ -146,12 +147,18 @@ class Gateway:
             log.warning("no [hub] configured: serving the %d cached devices; telemetry stays in the outbox",
                         len(self.directory))
         if self.est is not None:
-            self.est.identity.adopt = (est_adopt.hub_identity(self.hub_client, hub) if self.hub_client and hub
-                                       else est_adopt.est_identity(self.est))
+            self.est.identity.adopt = (est_adopt.hub_identity(self.hub_client, hub, self._resync_now)
+                                       if self.hub_client and hub else est_adopt.est_identity(self.est))
             if self.est.edge_ca is not None:
                 self.est.edge_ca.adopt = est_adopt.edge_ca(self.keeper)
             self._spawn(self.est.run())
         self._spawn(self._write_status_forever())
+
+    async def _resync_now(self) -> None:
+        """After a renewed identity: a sync loop backing off from a refusal tries again at once."""
+        if self.sync is not None and self.sync.state is not HubState.ONLINE:
+            await self.sync.stop()
+            self.sync.start()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self.tasks.append(asyncio.get_running_loop().create_task(coro))

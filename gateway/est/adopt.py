@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 
 from gateway.config import HubConfig
 from gateway.errors import EstRejected, EstUnavailable, HubRejected, HubUnavailable, PKIError
@@ -16,8 +17,10 @@ from gateway.tls.contexts import build_hub_client_context
 log = logging.getLogger("edgegate.est")
 
 
-def hub_identity(hub_client: HubClient, hub: HubConfig) -> Adopt:
-    """The hub link presents the identity on disk from the next request; it worked once the hub answers."""
+def hub_identity(hub_client: HubClient, hub: HubConfig,
+                 then: Callable[[], Awaitable[None]] | None = None) -> Adopt:
+    """The hub link presents the identity on disk from the next request; it worked once the hub answers.
+    `then` runs after that (the runtime restarts a sync loop that is backing off from a refusal)."""
 
     async def adopt() -> str:
         try:
@@ -31,6 +34,8 @@ def hub_identity(hub_client: HubClient, hub: HubConfig) -> Adopt:
             log.warning("new identity in use; the hub cannot confirm it yet: %s", exc)
             return "unknown"
         log.info("the hub accepted the new identity certificate")
+        if then is not None:
+            await then()
         return "worked"
 
     return adopt
