@@ -6,16 +6,21 @@ sends), `edgegate certs est-enroll` and `edgegate run`.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from gateway.pki import CA
+from gateway.config import parse_config
+from gateway.est.keeper import EstKeeper
+from gateway.metrics import Counters
+from gateway.pki import CA, key_matches_cert
 from tests.estproc import EstGateway, EstHub, est_config
 from tests.gatewayproc import GATEWAY_ID
 from tests.hubproc import REPO
@@ -154,3 +159,18 @@ def test_check_covers_est_reachability_credentials_and_time_left(hub: EstHub, tm
     status, detail = check(tmp2 / "config.toml")[f"EST server {hub.est_url} reachable with a trusted certificate"]
     assert status == "error"
     assert "server_untrusted" in detail
+
+
+def test_rotate_key_false_renews_with_the_same_key_and_true_with_a_new_one(hub: EstHub, tmp_path: Path) -> None:
+    for rotate, same in ((False, True), (True, False)):
+        d = tmp_path / str(rotate)
+        text = est_config(hub, d, edge_ca=False, renew=f"rotate_key = {str(rotate).lower()}\n")
+        config = parse_config(text, source=d / "config.toml")
+        assert config.est is not None
+        keeper = EstKeeper(config, config.est, lambda: datetime.now(UTC), Counters())
+        first = asyncio.run(keeper.obtain(keeper.identity))
+        keeper.identity.store.confirm()
+        second = asyncio.run(keeper.obtain(keeper.identity))  # simplereenroll with the identity
+        assert key_matches_cert(first.key, second.leaf.public_key()) is same
+        assert second.leaf.serial_number != first.leaf.serial_number
+        assert keeper.identity.store.pending  # the first pair is kept until the second has worked
