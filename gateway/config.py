@@ -29,6 +29,14 @@ from gateway.config_checks import (
     validate_device_id,
     validate_hostname,
 )
+from gateway.config_est import (
+    EstConfig,
+    EstEdgeCAConfig,
+    check_est_files,
+    edge_ca_paths,
+    est_edge_ca,
+    parse_est,
+)
 from gateway.config_files import (
     check_is_ca,
     check_key_matches,
@@ -61,9 +69,17 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "": frozenset(
         {"hostname", "alt_names", "trust_bundle_cert", "state_dir"}
         | {"edge_ca", "listener", "limits", "auth", "hub", "sync", "outbox", "storage"}
+        | {"cert_issuance"}
     ),
-    "edge_ca": frozenset({"cert", "pk", "auto_generated_edge_ca_expiry_days", "auto_renew"}),
-    "edge_ca.auto_renew": frozenset({"threshold"}),
+    "edge_ca": frozenset({"cert", "pk", "auto_generated_edge_ca_expiry_days", "auto_renew"} | {"method", "url"}),
+    "edge_ca.auto_renew": frozenset({"threshold"} | {"rotate_key", "retry"}),
+    "cert_issuance": frozenset({"est"}),
+    "cert_issuance.est": frozenset({"trusted_certs", "auth", "urls", "identity_auto_renew"}),
+    "cert_issuance.est.auth": frozenset(
+        {"username", "password", "identity_cert", "identity_pk", "bootstrap_identity_cert", "bootstrap_identity_pk"}
+    ),
+    "cert_issuance.est.urls": frozenset({"default"}),
+    "cert_issuance.est.identity_auto_renew": frozenset({"rotate_key", "threshold", "retry"}),
     "listener": frozenset({"bind", "port"}),
     "limits": frozenset({"max_connections", "max_packet_size", "handshake_timeout", "max_keep_alive"}),
     "auth": frozenset({"clock_skew_tolerance"}),
@@ -85,12 +101,10 @@ IOT_EDGE_ONLY_KEYS: dict[str, frozenset[str]] = {
             "connect",
             "listen",
             "moby_runtime",
-            "cert_issuance",
             "aziot_keys",
         }
     ),
-    "edge_ca": frozenset({"method", "url", "bootstrap_identity_cert", "bootstrap_identity_pk"}),
-    "edge_ca.auto_renew": frozenset({"rotate_key", "retry"}),
+    "edge_ca": frozenset({"bootstrap_identity_cert", "bootstrap_identity_pk"}),
 }
 
 HUB_REQUIRED = ("hostname", "gateway_id", "identity_cert", "identity_pk", "trust_bundle_cert")
@@ -116,6 +130,7 @@ class EdgeCAConfig:
     pk: Path | None = None
     auto_generated_edge_ca_expiry: timedelta = timedelta(days=90)
     auto_renew: AutoRenewConfig = AutoRenewConfig()
+    est: EstEdgeCAConfig | None = None  # method = "est": cert/pk are where the EST-issued Edge CA is kept
 
     @property
     def quickstart(self) -> bool:
@@ -208,6 +223,7 @@ class Config:
     sync: SyncConfig
     outbox: OutboxConfig
     storage: StorageConfig
+    est: EstConfig | None = None  # [cert_issuance.est]: the identity (and maybe the Edge CA) come from EST
 
 
 def load_config(path: str | Path) -> Config:
@@ -243,6 +259,8 @@ def parse_config(text: str, *, source: Path) -> Config:
         for index, name in enumerate(root.strings("alt_names"))
     )
     edge_ca = _edge_ca(root.table("edge_ca"), base)
+    est = parse_est(root, base, root.path("state_dir", base) or base / "state")
+    edge_ca = _with_est_edge_ca(root, edge_ca, est, base)
     trust_bundle_cert = root.path("trust_bundle_cert", base)
     if trust_bundle_cert is None and not edge_ca.quickstart:
         raise root.error(
@@ -266,10 +284,11 @@ def parse_config(text: str, *, source: Path) -> Config:
                 "clock_skew_tolerance", AuthConfig().clock_skew_tolerance, low=timedelta(0), high=_DAY
             )
         ),
-        hub=_hub(root, base),
+        hub=_hub(root, base, est),
         sync=_sync(root.table("sync"), limits),
         outbox=_outbox(root.table("outbox"), limits),
         storage=_storage(root.table("storage"), base, state_dir),
+        est=est,
     )
 
 
@@ -332,6 +351,17 @@ def _edge_ca(section: Section, base: Path) -> EdgeCAConfig:
     )
 
 
+def _with_est_edge_ca(root: Section, edge_ca: EdgeCAConfig, est: EstConfig | None, base: Path) -> EdgeCAConfig:
+    section = root.table("edge_ca")
+    name = root.table("hub").string("gateway_id") or root.string("hostname") or "edgegate"
+    settings = est_edge_ca(section, est, f"{name} Edge CA")
+    if settings is None:
+        return edge_ca
+    cert, pk = edge_ca_paths(section, base, root.path("state_dir", base) or base / "state")
+    auto = AutoRenewConfig(threshold=settings.auto_renew.threshold)
+    return EdgeCAConfig(cert=cert, pk=pk, auto_renew=auto, est=settings)
+
+
 def _listener(section: Section) -> ListenerConfig:
     defaults = ListenerConfig()
     bind = section.string("bind") or defaults.bind
@@ -364,11 +394,18 @@ def _limits(section: Section) -> LimitsConfig:
     )
 
 
-def _hub(root: Section, base: Path) -> HubConfig | None:
+def _hub(root: Section, base: Path, est: EstConfig | None = None) -> HubConfig | None:
     if not root.given("hub"):
         return None
     section = root.table("hub")
-    missing = [key for key in HUB_REQUIRED if not section.given(key)]
+    if est is not None:
+        for key in ("identity_cert", "identity_pk"):
+            if section.given(key):
+                raise section.error(key, "is given, but with [cert_issuance.est] the identity comes from EST",
+                                    "remove it (cert_issuance.est.auth.identity_cert/_pk say where it is kept)")
+    required = HUB_REQUIRED if est is None else tuple(k for k in HUB_REQUIRED if k not in ("identity_cert",
+                                                                                            "identity_pk"))
+    missing = [key for key in required if not section.given(key)]
     if len(missing) > 1:
         raise root.error(
             "hub",
@@ -387,8 +424,8 @@ def _hub(root: Section, base: Path) -> HubConfig | None:
         hostname=hostname,
         url=_hub_url(section, hostname),
         gateway_id=gateway_id,
-        identity_cert=section.required_path("identity_cert", base, why),
-        identity_pk=section.required_path("identity_pk", base, why),
+        identity_cert=section.required_path("identity_cert", base, why) if est is None else est.identity_cert,
+        identity_pk=section.required_path("identity_pk", base, why) if est is None else est.identity_pk,
         trust_bundle_cert=section.required_path("trust_bundle_cert", base, why),
     )
 
@@ -513,12 +550,16 @@ def _check_files(config: Config) -> None:
     if config.trust_bundle_cert is not None:
         read_certificates(file, "trust_bundle_cert", config.trust_bundle_cert)
     edge_ca = config.edge_ca
-    if edge_ca.cert is not None and edge_ca.pk is not None:
+    if edge_ca.cert is not None and edge_ca.pk is not None and edge_ca.est is None:
         chain = read_certificates(file, "edge_ca.cert", edge_ca.cert)
         check_is_ca(file, "edge_ca.cert", chain[0])
         key = read_private_key(file, "edge_ca.pk", edge_ca.pk)
         check_key_matches(file, "edge_ca.pk", key, chain, "edge_ca.cert")
-    if config.hub is not None:
+    if config.est is not None:
+        check_est_files(file, config.est)
+    if config.hub is not None and config.est is not None:
+        read_certificates(file, "hub.trust_bundle_cert", config.hub.trust_bundle_cert)
+    elif config.hub is not None:
         hub = config.hub
         identity = read_certificates(file, "hub.identity_cert", hub.identity_cert)
         key = read_private_key(file, "hub.identity_pk", hub.identity_pk)

@@ -19,6 +19,8 @@ from gateway.broker.port import BrokerPort
 from gateway.cache.directory import DeviceDirectory
 from gateway.cache.repository import CacheRepository
 from gateway.config import Config
+from gateway.est import adopt as est_adopt
+from gateway.est.keeper import EstKeeper
 from gateway.frontdoor.server import FrontDoor, FrontDoorLimits
 from gateway.metrics import Counters
 from gateway.outbox.bounds import OutboxLimits
@@ -30,6 +32,7 @@ from gateway.store.db import DatabaseThread, open_engine, redacted
 from gateway.store.migrate import migrate
 from gateway.sync.hubclient import HubClient
 from gateway.sync.loop import RegistrySync
+from gateway.sync.state import HubState
 from gateway.sync.status_file import STATUS_FILE_NAME, write_status
 from gateway.upstream.c2d import CloudToDevice
 from gateway.upstream.forwarder import Forwarder
@@ -79,6 +82,11 @@ class Gateway:
     async def _start(self) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        self.est: EstKeeper | None = None
+        if config.est is not None:
+            # Enroll over EST what is missing before anything is served (RFC 7030, gateway.est).
+            self.est = EstKeeper(config, config.est, self.clock, self.counters)
+            await self.est.ensure_ready()
         self.keeper = ServerCertKeeper(config, self.clock)
         trust_bundle_path = config.trust_bundle_cert or self.keeper.edge.trust_bundle_path
 
@@ -136,7 +144,19 @@ class Gateway:
         else:
             log.warning("no [hub] configured: serving the %d cached devices; telemetry stays in the outbox",
                         len(self.directory))
+        if self.est is not None:
+            self.est.identity.adopt = (est_adopt.hub_identity(self.hub_client, hub, self._resync_now)
+                                       if self.hub_client and hub else est_adopt.est_identity(self.est))
+            if self.est.edge_ca is not None:
+                self.est.edge_ca.adopt = est_adopt.edge_ca(self.keeper)
+            self._spawn(self.est.run())
         self._spawn(self._write_status_forever())
+
+    async def _resync_now(self) -> None:
+        """After a renewed identity: a sync loop backing off from a refusal tries again at once."""
+        if self.sync is not None and self.sync.state is not HubState.ONLINE:
+            await self.sync.stop()
+            self.sync.start()
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         self.tasks.append(asyncio.get_running_loop().create_task(coro))
@@ -160,7 +180,7 @@ class Gateway:
             "sync": self.sync.describe() if self.sync else {"state": "not configured"},
             "server_cert_not_after": self.keeper.server.not_after.isoformat(),
             "counters": self.counters.snapshot(),
-        }
+        } | ({"est": self.est.status()} if self.est is not None else {})
 
     async def _write_status_forever(self) -> None:
         path = self.config.state_dir / STATUS_FILE_NAME

@@ -66,8 +66,18 @@ class ServerCertKeeper:
             await asyncio.sleep(wait.total_seconds())
             try:
                 self.renew_now()
-            except PKIError as exc:
+            except (PKIError, ValueError) as exc:
+                # ValueError: an Edge CA that expired (EST unreachable) cannot issue; the loop must live on.
                 log.error("server certificate renewal failed, keeping the current one: %s", exc)
+
+    def adopt_edge_ca(self, edge: EdgeCAMaterial) -> None:
+        """Use a renewed Edge CA (EST) at once: issue a server cert from it and swap it in for new
+        connections; devices already connected keep their sessions. Raises PKIError, keeping the old."""
+        material = ensure_server_cert(self.config.state_dir, edge.ca, self.config.hostname, self.config.alt_names,
+                                      now=self.clock(), threshold=0.0)  # 0: due at once, whatever its dates
+        self.contexts.reload(material.chain_path, material.key_path)
+        self.edge, self.server = edge, material
+        log.info("new Edge CA in use, server certificate re-issued for new connections: %s", describe_chain(material))
 
     def renew_now(self) -> bool:
         """Re-check and re-issue what is due; True when a new server cert was swapped in."""

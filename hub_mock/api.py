@@ -14,9 +14,11 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from cryptography import x509
 
 from hub_mock.c2d import C2DMessage
 from hub_mock.errors import Invalid, NotFound, SequenceAhead
+from hub_mock.est_auth import authenticate_est_gateway
 from hub_mock.faults import fault_middleware
 from hub_mock.identity import PeerThumbprints, authenticate_gateway
 from hub_mock.ingest import parse_batch
@@ -57,6 +59,12 @@ def _peer(request: web.Request) -> PeerThumbprints | None:
     return PeerThumbprints.of_der(der) if der else None
 
 
+def _peer_cert(request: web.Request) -> x509.Certificate | None:
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
 @web.middleware
 async def gateway_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     gateway_id = request.match_info.get("gw")
@@ -66,6 +74,9 @@ async def gateway_auth_middleware(request: web.Request, handler: Handler) -> web
     peer = _peer(request)
     registration = await hub.db.run(hub.registry.get_gateway, gateway_id)
     decision = authenticate_gateway(gateway_id, registration, peer)
+    if not decision.ok and hub.est_ca is not None:
+        decision = authenticate_est_gateway(gateway_id, registration, _peer_cert(request), hub.est_ca,
+                                            hub.clock()) or decision
     if not decision.ok:
         log.warning(
             "rejected gateway=%s sha256=%s reason=%s: %s",

@@ -45,6 +45,7 @@ def _init(args: argparse.Namespace) -> int:
             admin_token=args.admin_token or "",
             storage_url=args.storage_url,
             force=args.force,
+            est=args.est,
         )
     except FileExistsError as exc:
         raise UsageError(str(exc)) from exc
@@ -60,7 +61,8 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging(args.log_level)
     return asyncio.run(
-        serve(config, api_port=args.port, admin_port=args.admin_port, ready_file=args.ready_file)
+        serve(config, api_port=args.port, admin_port=args.admin_port, ready_file=args.ready_file,
+              est_port=args.est_port)
     )
 
 
@@ -282,6 +284,61 @@ def _fault(args: argparse.Namespace) -> int:
     return 0
 
 
+def _est_show(args: argparse.Namespace) -> int:
+    view = _client(args).call("GET", "/admin/est")
+    if args.json:
+        _print_json(view)
+        return 0
+    policy, faults = view["policy"], view["faults"]
+    from datetime import timedelta
+
+    from gateway.config_checks import format_duration
+
+    lifetimes = [format_duration(timedelta(seconds=policy[k])) for k in ("identity_lifetime", "edge_ca_lifetime")]
+    print(f"EST port {view['port']}, CA {view['ca']}; identity lifetime {lifetimes[0]}, "
+          f"Edge CA lifetime {lifetimes[1]}, Basic {'on' if policy['basic_auth'] else 'off'}; "
+          f"faults {faults}; misbehave {view['misbehave'] or 'off'}")
+    _print_table([[i["issued_at"], i["operation"], i["profile"], i["subject"], i["client"], i["not_after"]]
+                  for i in view["issued"]], ["ISSUED", "OPERATION", "PROFILE", "SUBJECT", "CLIENT", "NOT AFTER"])
+    return 0
+
+
+def _est_fault(args: argparse.Namespace) -> int:
+    if (args.action in ("error", "latency")) != (args.value is not None):
+        raise UsageError(f"fault {args.action} " + ("needs a value" if args.value is None else "takes no value"))
+    _print_json(_client(args).call("POST", "/admin/est/faults", {"action": args.action, "value": args.value}))
+    return 0
+
+
+def _est_policy(args: argparse.Namespace) -> int:
+    body = {k: v for k, v in (("identity_lifetime", args.identity_lifetime),
+                              ("edge_ca_lifetime", args.edge_ca_lifetime)) if v is not None}
+    if not body:
+        raise UsageError("give --identity-lifetime and/or --edge-ca-lifetime (seconds)")
+    _print_json(_client(args).call("POST", "/admin/est/policy", body)["policy"])
+    return 0
+
+
+def _est_misbehave(args: argparse.Namespace) -> int:
+    mode = None if args.mode == "off" else args.mode
+    print(f"EST misbehave: {_client(args).call('POST', '/admin/est/misbehave', {'mode': mode})['misbehave'] or 'off'}")
+    return 0
+
+
+def _est_bootstrap_cert(args: argparse.Namespace) -> int:
+    from gateway.pki import CA
+
+    ca_cert, ca_key = args.dir / "est-bootstrap-ca.pem", args.dir / "est-bootstrap-ca.key"
+    if not ca_key.exists():
+        raise UsageError(f"{ca_key} does not exist: run `hub-mock init --est` first")
+    issued = CA.load(ca_cert, ca_key).issue_identity_cert(args.gateway_id, days=args.days)
+    args.out.mkdir(parents=True, exist_ok=True)
+    cert = issued.cert_pem.write_to_path(args.out / f"{args.gateway_id}-bootstrap.pem")
+    key = issued.private_key_pem.write_to_path(args.out / f"{args.gateway_id}-bootstrap.key", private=True)
+    print(f"wrote {cert}\nwrote {key} (private key, mode 0600)")
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 
@@ -308,12 +365,15 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--admin-token", help="require this bearer token on the admin API")
     init.add_argument("--storage-url", default="sqlite:///registry.db", help="SQLAlchemy URL of the registry")
     init.add_argument("--force", action="store_true", help="replace an existing hub.toml and certificates")
+    init.add_argument("--est", action="store_true",
+                      help="also set up the EST server: EST root and CA, a bootstrap CA, an [est] table")
     init.set_defaults(func=_init)
 
     run = verbs.add_parser("run", help="serve until SIGTERM/SIGINT")
     run.add_argument("-c", "--config", type=Path, required=True, help="path to hub.toml")
     run.add_argument("--port", type=int, help="API port (overrides hub.toml; 0 = any free port)")
     run.add_argument("--admin-port", type=int, help="admin port (overrides hub.toml; 0 = any free port)")
+    run.add_argument("--est-port", type=int, help="EST port (overrides hub.toml [est] port; 0 = any free port)")
     run.add_argument("--ready-file", type=Path, help="write the bound ports here as JSON once listening")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=_run)
@@ -411,6 +471,30 @@ def build_parser() -> argparse.ArgumentParser:
     fault.add_argument("action", choices=["down", "up", "blackhole", "error", "latency", "clear"])
     fault.add_argument("value", type=int, nargs="?", help="error: HTTP status; latency: milliseconds")
     fault.set_defaults(func=_fault)
+
+    est = verbs.add_parser("est", help="the EST server (RFC 7030): issued certificates, policy, faults").add_subparsers(
+        dest="est_verb", metavar="VERB", required=True
+    )
+    show = est.add_parser("show", parents=[conn], help="policy, faults and the certificates it issued")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_est_show)
+    est_fault = est.add_parser("fault", parents=[conn], help="fault switches on the EST port")
+    est_fault.add_argument("action", choices=["down", "up", "blackhole", "error", "latency", "clear"])
+    est_fault.add_argument("value", type=int, nargs="?", help="error: HTTP status; latency: milliseconds")
+    est_fault.set_defaults(func=_est_fault)
+    policy = est.add_parser("policy", parents=[conn], help="change lifetimes of newly issued certificates")
+    policy.add_argument("--identity-lifetime", type=float, metavar="SECONDS")
+    policy.add_argument("--edge-ca-lifetime", type=float, metavar="SECONDS")
+    policy.set_defaults(func=_est_policy)
+    bad = est.add_parser("misbehave", parents=[conn], help="answer enrollments with garbage or another key's cert")
+    bad.add_argument("mode", choices=["garbage", "wrong_key", "off"])
+    bad.set_defaults(func=_est_misbehave)
+    boot = est.add_parser("bootstrap-cert", help="issue a bootstrap certificate from the hub's EST bootstrap CA")
+    boot.add_argument("gateway_id")
+    boot.add_argument("--dir", type=Path, required=True, help="the hub directory (`hub-mock init --est`)")
+    boot.add_argument("--out", type=Path, default=Path("."), help="where to write ID-bootstrap.pem/.key")
+    boot.add_argument("--days", type=int, default=365)
+    boot.set_defaults(func=_est_bootstrap_cert)
     return parser
 
 

@@ -7,6 +7,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from cryptography import x509
+
 from hub_mock.c2d import C2DQueue
 from hub_mock.db import Database
 from hub_mock.faults import FaultSwitch
@@ -29,3 +31,5 @@ class HubServices:
     clock: Callable[[], datetime]
     api_port: int = 0
     admin_port: int = 0
+    est_ca: x509.Certificate | None = None  # gateways whose identity this EST CA issued are accepted
+    est_port: int = 0

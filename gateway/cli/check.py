@@ -41,8 +41,16 @@ def run_checks(path: Path, now: datetime) -> list[CheckResult]:
     results += _files(config)
     results += _certificates(config, now)
     results.append(_resolve(config.hostname))
-    results.append(checks.hub_not_configured() if config.hub is None
-                   else checks.hub_reachable(config.hub, probe_hub(config.hub, HUB_TIMEOUT)))
+    if config.est is not None:
+        from gateway.est.checks import est_results
+
+        results += est_results(config, now)
+    if config.hub is not None and config.est is not None and not config.hub.identity_cert.exists():
+        results.append(checks.warn("hub reachable", "the EST identity is not enrolled yet; `edgegate run` "
+                                                    "enrolls it, then the hub is dialled with it"))
+    else:
+        results.append(checks.hub_not_configured() if config.hub is None
+                       else checks.hub_reachable(config.hub, probe_hub(config.hub, HUB_TIMEOUT)))
     results.append(_database(config.storage.url))
     return results
 
@@ -68,6 +76,11 @@ def _files(config: Config) -> list[CheckResult]:
     if config.hub is not None:
         named += [("hub.identity_cert", config.hub.identity_cert), ("hub.identity_pk", config.hub.identity_pk),
                   ("hub.trust_bundle_cert", config.hub.trust_bundle_cert)]
+    if config.est is not None:
+        # EST-issued files appear at the first `edgegate run`; the EST checks report them.
+        managed = {config.est.identity_cert, config.est.identity_pk} | (
+            {config.edge_ca.cert, config.edge_ca.pk} if config.edge_ca.est is not None else set())
+        named = [(what, path) for what, path in named if path not in managed or (path and path.exists())]
     present = [(what, path, path.exists()) for what, path in named if path is not None]
     keys = [path for what, path in named if path is not None and what.endswith("pk")]
     # The gateway's own keys in state_dir are checked too: config.toml does not name them.
@@ -92,6 +105,8 @@ def _certificates(config: Config, now: datetime) -> list[CheckResult]:
     edge_path, key_path, bundle_path = _edge_ca_paths(config)
     if quickstart and not (edge_path.exists() and key_path.exists() and bundle_path.exists()):
         return [checks.quickstart_not_created(edge_path)]
+    if config.edge_ca.est is not None and not (edge_path.exists() and key_path.exists()):
+        return [checks.warn("Edge CA is valid", f"{edge_path} not enrolled yet; `edgegate run` obtains it over EST")]
     results: list[CheckResult] = []
     try:
         edge_ca = CA.load(edge_path, key_path)

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.errors import ConfigError, PKIError, StorageError
+from gateway.errors import ConfigError, EstError, PKIError, StorageError
 
 # Each verb group lives in its own module and adds its sub-commands with `register(subparsers)`.
 VERB_MODULES = (
@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except StorageError as exc:
         print(f"edgegate: database error: {exc}", file=sys.stderr)
+        return 1
+    except EstError as exc:
+        print(f"edgegate: EST enrollment failed ({exc.reason}): {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

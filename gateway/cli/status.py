@@ -72,6 +72,8 @@ def build_report(
         "devices": live.get("devices") if running and live else None,
         "forwarder": live.get("outbox") if running and live else None,
     }
+    if running and live and isinstance(live.get("est"), dict):
+        report["est"] = live["est"]  # EST-issued certificates: time left, level, next renewal, last error
     if summary is None:
         return report
     status = summary.status
@@ -152,7 +154,26 @@ def render_text(report: dict[str, Any], now: datetime) -> str:
         state = forwarder.get("state", "?")
         error = f"; last error: {forwarder['last_error']}" if forwarder.get("last_error") else ""
         lines.append(f"outbox       {report['outbox_depth']} messages waiting, forwarder {state}{error}")
+    lines += _est_lines(report.get("est"))
     return "\n".join(lines)
+
+
+def _est_lines(est: Any) -> list[str]:
+    """One line per EST-issued certificate: time left, level, next renewal, last error (pure)."""
+    if not isinstance(est, dict):
+        return []
+    lines = []
+    for name, label in (("identity", "EST identity"), ("edge_ca", "EST Edge CA ")):
+        entry = est.get(name)
+        if not isinstance(entry, dict):
+            continue
+        if "left" not in entry:
+            lines.append(f"{label} not enrolled yet")
+            continue
+        error = entry.get("last_error")
+        failed = f"; last error: {error['reason']}: {error['message']}" if isinstance(error, dict) else ""
+        lines.append(f"{label} {entry['left']} ({entry['level']}), next renewal {entry['next_renewal']}{failed}")
+    return lines
 
 
 def _status(args: argparse.Namespace) -> int:

@@ -8,6 +8,7 @@ about our identity certificate): the hub refused *us*, which an operator must fi
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import ssl
@@ -31,6 +32,8 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 # A sync request, a long poll and a few single-device fetches at once.
 MAX_CONNECTIONS = 8
+# The longest a request may be in flight on a retired session: the hub's cap on a long poll.
+MAX_LONG_POLL = 120.0
 # OpenSSL's names for the alerts a server sends when it does not accept the client certificate.
 _IDENTITY_ALERTS = ("certificate required", "bad certificate", "unknown ca", "certificate unknown",
                     "certificate revoked", "certificate expired", "access denied")
@@ -57,6 +60,7 @@ class HubClient:
         self._base = f"{self.url}/gateways/{quote(gateway_id, safe='')}"
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
+        self._retired: set[asyncio.Task[None]] = set()
 
     @classmethod
     def from_files(
@@ -127,7 +131,20 @@ class HubClient:
         """Tell the hub every cloud-to-device message up to `cursor` reached the broker."""
         await self._request("/c2d/ack", {}, method="POST", payload={"cursor": cursor})
 
+    def use_ssl_context(self, ssl_context: ssl.SSLContext) -> None:
+        """Present a renewed identity from the next request on, without a restart.
+
+        Requests in flight (long polls) finish on the old session, which is closed once they are done.
+        """
+        old, self._ssl, self._session = self._session, ssl_context, None
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(_close_later(old, self.request_timeout + MAX_LONG_POLL))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
     async def close(self) -> None:
+        for task in list(self._retired):
+            task.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -194,6 +211,13 @@ class HubClient:
         if status == 409 and reset_ok and reason == "sequence_ahead":
             return None
         raise HubUnavailable(f"the hub at {where} answered {path} with {status} {reason}: {message}")
+
+
+async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        await session.close()
 
 
 def _json(raw: bytes) -> Any:
