@@ -32,6 +32,8 @@ from gateway.store.migrate import migrate
 from gateway.sync.hubclient import HubClient
 from gateway.sync.loop import RegistrySync
 from gateway.sync.status_file import STATUS_FILE_NAME, write_status
+from gateway.twin.delivery import BrokerDelivery
+from gateway.twin.wiring import start_twins
 from gateway.upstream.c2d import CloudToDevice
 from gateway.upstream.forwarder import Forwarder
 
@@ -114,9 +116,11 @@ class Gateway:
         self.broker = build_broker(self.tokens)
         await self.broker.start()
         limits = config.limits
+        # Twin GETs, reported patches and method answers go to the twin parts; telemetry to the outbox.
+        self.twins = await start_twins(url, self.outbox, self.hub_client, BrokerDelivery(self.broker), self.counters)
         self.door = FrontDoor(
             contexts=self.keeper.contexts, directory=CacheDirectory(self.directory, gateway_id, config),
-            sink=self.outbox, broker=self.broker, tokens=self.tokens, counters=self.counters, clock=self.clock,
+            sink=self.twins.sink, broker=self.broker, tokens=self.tokens, counters=self.counters, clock=self.clock,
             limits=FrontDoorLimits(limits.max_connections, limits.max_packet_size,
                                    limits.handshake_timeout.total_seconds(),
                                    int(limits.max_keep_alive.total_seconds())),
@@ -135,6 +139,8 @@ class Gateway:
             self.forwarder = Forwarder(self.outbox, self.hub_client, counters=self.counters)
             self._spawn(self.forwarder.run())
             self._spawn(CloudToDevice(self.hub_client, self.broker).run())
+        for twin_task in self.twins.tasks:
+            self._spawn(twin_task)
         else:
             log.warning("no [hub] configured: serving the %d cached devices; telemetry stays in the outbox",
                         len(self.directory))
@@ -180,6 +186,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.outbox.close()
+        self.twins.close()
         if self.hub_client is not None:
             await self.hub_client.close()
         await self.broker.shutdown()
