@@ -132,12 +132,12 @@ class DeviceTopics:
         if topic.startswith(TWIN_REPORTED):
             return _with_rid(TopicKind.TWIN_REPORTED, topic[len(TWIN_REPORTED):])
         if topic.startswith(METHOD_RESPONSE):
-            status, sep, query = topic[len(METHOD_RESPONSE):].partition("/?")
-            if not sep:
-                return _deny("missing_rid" if "/" not in status else "unknown_iothub_path")
+            status, _slash, query = topic[len(METHOD_RESPONSE):].partition("/")
             if not (status.isascii() and status.isdigit() and len(status) <= 9):
                 return _deny("bad_status")
-            verdict = _with_rid(TopicKind.METHOD_RESPONSE, query)
+            if query and not query.startswith("?"):
+                return _deny("unknown_iothub_path")
+            verdict = _with_rid(TopicKind.METHOD_RESPONSE, query[1:])
             return verdict if not verdict.allowed else PublishVerdict(
                 True, TopicKind.METHOD_RESPONSE, rid=verdict.rid, status=int(status))
         if topic.startswith(("$iothub/twin/GET", "$iothub/twin/PATCH/properties/reported")):
