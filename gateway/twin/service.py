@@ -94,9 +94,9 @@ class TwinService:
                 twin = parse_twin(document)
                 for queued in self.store.pending(device_id):
                     twin = twin.with_reported(queued.patch)
-                await self.store.remember(device_id, twin, self.clock(), full=True)
                 self.counters.inc("edgegate_twin_get_total", source="hub")
                 self._reply(device_id, TWIN_RESPONSE.format(status=200, rid=rid), twin.to_device_json())
+                await self.store.remember(device_id, twin, self.clock(), full=True)
                 return
         cached = self.store.cached(device_id)
         if cached is None:
