@@ -168,6 +168,7 @@ class Gateway:
             "sync": self.sync.describe() if self.sync else {"state": "not configured"},
             "server_cert_not_after": self.keeper.server.not_after.isoformat(),
             "counters": self.counters.snapshot(),
+            "twins": self.twins.status(),
         }
 
     async def _write_status_forever(self) -> None:

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from gateway.errors import HubError
+from gateway.errors import HubError, StorageError
 from gateway.sync.backoff import next_backoff
 from gateway.twin.health import HubHealth
 from gateway.twin.methods import MethodRelay
@@ -47,6 +47,8 @@ class DeviceEventsPoll:
                     await self._dispatch(event)
                 except (KeyError, TypeError, ValueError) as exc:
                     log.warning("device event from the hub ignored, malformed: %r (%s)", event, exc)
+                except StorageError as exc:
+                    log.error("device event from the hub not applied to the twin cache: %s", exc)
             self.cursor = cursor
 
     async def _dispatch(self, event: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from gateway.auth.topics import DESIRED_PATCH, TWIN_RESPONSE, TWIN_RESPONSE_VERSIONED
-from gateway.errors import HubError
+from gateway.errors import HubError, StorageError
 from gateway.metrics import Counters
 from gateway.sync.backoff import next_backoff
 from gateway.twin.delivery import Deliver
@@ -36,6 +36,13 @@ log = logging.getLogger("edgegate.twin")
 ONLINE_BUDGET = 3.0
 # A reported patch's 204 waits this long for the hub's $version before it gets the cache's.
 REPLY_BUDGET = 3.0
+# Reported patches waiting for the hub, per device and in all (JSON bytes): past either, a patch is
+# refused with 429 (IoT Hub's "throttled") and not acknowledged as stored. A device reporting once a
+# minute fills its share in about 17 hours of outage; the byte bound keeps the queue's memory small.
+MAX_QUEUED_PER_DEVICE = 1000
+MAX_QUEUED_BYTES = 16 * 1024 * 1024
+# Twin GETs of one device waiting for the hub at once; more are answered 429.
+MAX_GETS_IN_FLIGHT = 4
 
 
 class TwinHub(Protocol):
@@ -44,7 +51,7 @@ class TwinHub(Protocol):
     async def patch_reported(self, device_id: str, patch_id: str, patch: dict[str, Any]) -> int | None: ...
 
 
-def _iso(epoch: float) -> str:
+def iso_utc(epoch: float) -> str:
     return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
@@ -58,11 +65,28 @@ class TwinService:
         self._wake = asyncio.Event()
         # patch_id -> (device, rid, the cache's version for it, the timer that answers without the hub)
         self._replies: dict[str, tuple[str, str, int, asyncio.TimerHandle | None]] = {}
+        self._gets: dict[str, int] = {}  # device -> GETs in flight
 
     # ---- from devices ------------------------------------------------------------------------------
 
     def get(self, device_id: str, rid: str) -> None:
-        self._spawn(self._get(device_id, rid))
+        if self._gets.get(device_id, 0) >= MAX_GETS_IN_FLIGHT:
+            self.counters.inc("edgegate_twin_get_throttled_total")
+            self._reply(device_id, TWIN_RESPONSE.format(status=429, rid=rid),
+                        {"message": f"at most {MAX_GETS_IN_FLIGHT} twin GETs per device at once; wait for the answers"})
+            return
+        self._gets[device_id] = self._gets.get(device_id, 0) + 1
+        self._spawn(self._get_counted(device_id, rid))
+
+    async def _get_counted(self, device_id: str, rid: str) -> None:
+        try:
+            await self._get(device_id, rid)
+        finally:
+            left = self._gets.get(device_id, 1) - 1
+            if left > 0:
+                self._gets[device_id] = left
+            else:
+                self._gets.pop(device_id, None)
 
     def reported(self, device_id: str, rid: str, body: bytes) -> asyncio.Future[None]:
         """Queue a reported patch; the future resolves once it is durable (fails: not acknowledged)."""
@@ -75,8 +99,23 @@ class TwinService:
             self._reply(device_id, TWIN_RESPONSE.format(status=400, rid=rid), {"message": why})
             durable.set_result(None)
             return durable
+        refusal = self._queue_full(device_id, len(body))
+        if refusal:
+            self.counters.inc("edgegate_twin_patch_throttled_total")
+            log.warning("reported patch throttled device=%s rid=%s: %s", device_id, rid, refusal)
+            self._reply(device_id, TWIN_RESPONSE.format(status=429, rid=rid), {"message": refusal})
+            durable.set_result(None)
+            return durable
         self._spawn(self._queue(device_id, rid, patch, durable))
         return durable
+
+    def _queue_full(self, device_id: str, size: int) -> str:
+        if self.store.queued(device_id) >= MAX_QUEUED_PER_DEVICE:
+            return (f"{MAX_QUEUED_PER_DEVICE} reported patches of this device already wait for the hub; "
+                    "report less often while the hub is unreachable")
+        if self.store.queued_bytes + size > MAX_QUEUED_BYTES:
+            return f"the gateway's queue of reported patches is full ({MAX_QUEUED_BYTES} bytes); try again later"
+        return ""
 
     async def _get(self, device_id: str, rid: str) -> None:
         if self.hub is not None and self.health.up:
@@ -107,9 +146,9 @@ class TwinService:
                         {"message": "the hub is unreachable and the gateway has no copy of this twin yet"})
             return
         self.counters.inc("edgegate_twin_get_total", source="cache")
-        fetched = _iso(cached.fetched_at) if cached.fetched_at else "never (built from patches only)"
+        fetched = iso_utc(cached.fetched_at) if cached.fetched_at else "never (built from patches only)"
         log.info("twin GET device=%s answered from the cached copy (from the hub at %s, last changed %s): "
-                 "the hub is unreachable", device_id, fetched, _iso(cached.updated_at))
+                 "the hub is unreachable", device_id, fetched, iso_utc(cached.updated_at))
         self._reply(device_id, TWIN_RESPONSE.format(status=200, rid=rid), cached.twin.to_device_json())
 
     async def _queue(self, device_id: str, rid: str, patch: dict[str, Any], durable: asyncio.Future[None]) -> None:
@@ -161,7 +200,12 @@ class TwinService:
                 continue
             attempt = 0
             self.health.worked(self.clock())
-            await self._delivered(queued, version)
+            try:
+                await self._delivered(queued, version)
+            except StorageError as exc:
+                # The hub has it; sent again later under the same patch_id, it changes nothing there.
+                log.error("could not remove a delivered reported patch from the queue: %s", exc)
+                await asyncio.sleep(next_backoff(0, random.random()))
 
     async def _delivered(self, queued: QueuedPatch, version: int | None) -> None:
         if version is None:

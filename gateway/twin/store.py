@@ -61,9 +61,21 @@ class TwinStore:
         self._db = DatabaseThread("edgegate-twins")
         self._cache: dict[str, CachedTwin] = {}
         self._queue: list[QueuedPatch] = []
+        self._per_device: dict[str, int] = {}
+        self._bytes = 0
 
     async def open(self) -> None:
         self._cache, self._queue = await self._db.run(self._load)
+        for queued in self._queue:
+            self._count(queued, 1)
+
+    def _count(self, queued: QueuedPatch, sign: int) -> None:
+        left = self._per_device.get(queued.device_id, 0) + sign
+        if left > 0:
+            self._per_device[queued.device_id] = left
+        else:
+            self._per_device.pop(queued.device_id, None)
+        self._bytes += sign * len(_dumps(queued.patch))
 
     def close(self) -> None:
         self._db.close()
@@ -77,6 +89,15 @@ class TwinStore:
     def pending(self, device_id: str | None = None) -> list[QueuedPatch]:
         """Queued reported patches, oldest first (one device's, or all)."""
         return [p for p in self._queue if device_id is None or p.device_id == device_id]
+
+    def queued(self, device_id: str) -> int:
+        """How many reported patches of `device_id` wait for the hub (O(1))."""
+        return self._per_device.get(device_id, 0)
+
+    @property
+    def queued_bytes(self) -> int:
+        """The JSON size of every queued patch together (O(1))."""
+        return self._bytes
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -102,6 +123,7 @@ class TwinStore:
             raise
         self._queue.append(queued)
         self._queue.sort(key=lambda p: p.seq)
+        self._count(queued, 1)
         return queued, changed.twin.reported_version
 
     async def remember(self, device_id: str, twin: Twin, now: float, *, full: bool) -> None:
@@ -115,7 +137,10 @@ class TwinStore:
     async def delivered(self, patch: QueuedPatch, hub_version: int | None) -> None:
         """The hub has `patch`: drop it from the queue; record the hub's reported $version."""
         await self._db.run(self._delete_patch, patch.seq)
+        before = len(self._queue)
         self._queue = [p for p in self._queue if p.seq != patch.seq]
+        if len(self._queue) < before:
+            self._count(patch, -1)
         current = self._cache.get(patch.device_id)
         if current is not None and hub_version is not None and not self.pending(patch.device_id):
             twin = current.twin

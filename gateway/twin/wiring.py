@@ -16,7 +16,7 @@ from gateway.twin.events import DeviceEventsPoll
 from gateway.twin.health import HubHealth
 from gateway.twin.methods import MethodRelay
 from gateway.twin.router import TwinRouter
-from gateway.twin.service import TwinService
+from gateway.twin.service import TwinService, iso_utc
 from gateway.twin.store import TwinStore
 
 
@@ -29,6 +29,12 @@ class TwinParts:
 
     def close(self) -> None:
         self.store.close()
+
+    def status(self) -> dict[str, Any]:
+        """For status.json: cached twins, reported patches waiting for the hub, the hub as twins see it."""
+        health = self.service.health
+        return {"cached_twins": len(self.store), "queued_reported_patches": len(self.store.pending()),
+                "hub": "reachable" if health.up else f"unreachable since {iso_utc(health.since)}: {health.why}"}
 
 
 async def start_twins(url: str, outbox: MessageSink, hub: HubClient | None, deliver: Deliver,

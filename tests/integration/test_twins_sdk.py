@@ -94,8 +94,11 @@ def test_desired_patch_and_direct_method_reach_the_sdk_handlers(gateway: Gateway
         dev.get_twin()  # the SDK subscribes to the twin topics on first use
         wait_for(lambda: _desired_set(hub, "sdk-2", {"interval": 7}), what="desired patch accepted")
         event = dev.wait_event("desired")
-        assert event["patch"]["interval"] == 7
-        assert event["patch"]["$version"] == 2
+        if event["patch"] == {"$version": 1}:
+            # The SDK's "ensure desired properties" GET after connecting hands the app the twin's
+            # desired section once as an artificial patch (azure-iot-device EnsureDesiredPropertiesStage).
+            event = dev.wait_event("desired")
+        assert event["patch"] == {"interval": 7, "$version": 2}, event
         invoked = run_cli("invoke", "sdk-2", "blink", "--payload", '{"times": 3}', "--timeout", "10",
                           "--admin-url", hub.admin.url)
         assert invoked.returncode == 0, invoked.stderr

@@ -262,3 +262,41 @@ async def test_router_sends_only_telemetry_to_the_outbox_and_carries_retain_as_a
     assert outbox.messages[0].properties == (("a", "1"),)
     assert outbox.messages[1].properties == (("a", "1"), ("mqtt-retain", "true"))
     assert [p.patch for p in store.pending()] == [{"x": 1}]
+
+
+async def test_the_reported_queue_is_bounded_per_device_and_in_bytes(store: TwinStore,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.twin.service.MAX_QUEUED_PER_DEVICE", 2)
+    monkeypatch.setattr("gateway.twin.service.MAX_QUEUED_BYTES", 100)
+    hub, broker = FakeHub(), FakeBroker()
+    broker.connected.update({"dev-1", "dev-2"})
+    twins = service(store, hub, broker)
+    hub.up = False
+    twins.health.failed("down", 0.0)
+    for i in range(3):
+        await twins.reported("dev-1", f"a{i}", b'{"n": 1}')
+    assert broker.topics("dev-1")[-1] == "$iothub/twin/res/429/?$rid=a2"
+    assert store.queued("dev-1") == 2
+    await twins.reported("dev-2", "big", json.dumps({"x": "y" * 100}).encode())
+    assert broker.topics("dev-2") == ["$iothub/twin/res/429/?$rid=big"]
+    assert store.queued("dev-2") == 0
+    assert store.queued_bytes == 2 * len('{"n":1}')
+
+
+async def test_twin_gets_in_flight_per_device_are_bounded(store: TwinStore) -> None:
+    gate = asyncio.Event()
+
+    class SlowHub(FakeHub):
+        async def get_twin(self, device_id: str) -> dict[str, Any] | None:
+            await gate.wait()
+            return await super().get_twin(device_id)
+
+    hub, broker = SlowHub(), FakeBroker()
+    broker.connected.add("dev-1")
+    twins = service(store, hub, broker)
+    for i in range(5):
+        twins.get("dev-1", str(i))
+    assert broker.topics("dev-1") == ["$iothub/twin/res/429/?$rid=4"]
+    gate.set()
+    await settle(lambda: len(broker.sent) == 5, "the four answers")
+    assert sorted(broker.topics("dev-1"))[:4] == [f"$iothub/twin/res/200/?$rid={i}" for i in range(4)]
