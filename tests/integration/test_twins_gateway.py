@@ -234,3 +234,22 @@ def test_tempsensor_reports_follows_desired_interval_and_answers_methods(gateway
     assert kinds == {"telemetry"}
     for message in hub_messages(hub, "TempSensor"):
         assert "seq" in json.loads(base64.b64decode(message["payload_b64"]))
+
+
+def test_twin_and_method_traffic_never_becomes_telemetry(gateway: GatewayProcess, hub: HubProcess,
+                                                         tmp_path: Path) -> None:
+    dev = device(gateway, tmp_path, "kinds-1")
+    try:
+        assert dev.publish("$iothub/twin/GET/?$rid=1", b"")
+        assert dev.publish("$iothub/twin/PATCH/properties/reported/?$rid=2", b'{"fw": "1.2.3"}')
+        assert dev.publish("$iothub/methods/res/200/?$rid=nobody-asked", b'{"x": 1}')
+        assert dev.publish("$iothub/twin/PATCH/properties/desired/?$rid=3", b'{"sneaky": 1}')
+        assert dev.publish("devices/kinds-1/messages/events/", b"marker")
+    finally:
+        dev.close()
+    # The forwarder sends in arrival order: once the marker is at the hub, anything before it would be too.
+    wait_for(lambda: any(base64.b64decode(m["payload_b64"]) == b"marker" for m in hub_messages(hub, "kinds-1")),
+             what="the marker at the hub")
+    messages = hub_messages(hub, "kinds-1")
+    assert [(m.get("kind"), base64.b64decode(m["payload_b64"])) for m in messages] == [("telemetry", b"marker")]
+    assert [p["patch"] for p in hub.admin.twins.reported_patches("kinds-1")] == [{"fw": "1.2.3"}]
