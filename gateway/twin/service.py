@@ -225,7 +225,11 @@ class TwinService:
 
     async def on_desired(self, device_id: str, version: int, patch: dict[str, Any]) -> None:
         cached = self.store.cached(device_id)
-        if cached is not None:
+        if cached is not None and version > cached.twin.desired_version + 1:
+            # Patches were missed (the gateway was down, or started after them): a patch applies only
+            # to the version just before it, so take the whole twin from the hub instead.
+            await self._refresh(device_id)
+        elif cached is not None:
             changed: Twin = cached.twin.with_desired(patch, version)
             if changed is not cached.twin:
                 await self.store.remember(device_id, changed, self.clock(), full=False)
@@ -235,6 +239,21 @@ class TwinService:
         else:
             log.info("desired patch v%d for device=%s kept in the cache only: the device is not subscribed "
                      "now (it gets the latest desired state with its next twin GET)", version, device_id)
+
+    async def _refresh(self, device_id: str) -> None:
+        """Replace the cached twin with the hub's (with our queued patches laid over it), if it answers."""
+        if self.hub is None:
+            return
+        try:
+            document = await self.hub.get_twin(device_id)
+        except HubError as exc:
+            log.warning("cached twin of device=%s is behind the hub and could not be refreshed: %s", device_id, exc)
+            return
+        if document is not None:
+            twin = parse_twin(document)
+            for queued in self.store.pending(device_id):
+                twin = twin.with_reported(queued.patch)
+            await self.store.remember(device_id, twin, self.clock(), full=True)
 
     # ---- plumbing ----------------------------------------------------------------------------------
 

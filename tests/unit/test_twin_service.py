@@ -300,3 +300,17 @@ async def test_twin_gets_in_flight_per_device_are_bounded(store: TwinStore) -> N
     gate.set()
     await settle(lambda: len(broker.sent) == 5, "the four answers")
     assert sorted(broker.topics("dev-1"))[:4] == [f"$iothub/twin/res/200/?$rid={i}" for i in range(4)]
+
+
+async def test_a_gap_in_desired_versions_refreshes_the_cached_twin_from_the_hub(store: TwinStore) -> None:
+    hub, broker = FakeHub(), FakeBroker()
+    broker.connected.add("dev-1")
+    twins = service(store, hub, broker)
+    twins.get("dev-1", "a")
+    await settle(lambda: store.cached("dev-1"), "the cache")
+    # v2 and v3 happened while the gateway was not listening; v4 arrives.
+    hub.twins["dev-1"] = {"desired": {"a": 2, "b": 3, "c": 4, "$version": 4}, "reported": {"$version": 1}}
+    await twins.on_desired("dev-1", 4, {"c": 4})
+    cached = store.cached("dev-1")
+    assert cached is not None
+    assert (cached.twin.desired, cached.twin.desired_version) == ({"a": 2, "b": 3, "c": 4}, 4)
