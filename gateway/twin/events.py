@@ -11,7 +11,7 @@ from typing import Any, Protocol
 
 from gateway.errors import HubError, StorageError
 from gateway.sync.backoff import next_backoff
-from gateway.twin.health import HubHealth
+from gateway.twin.health import RETRY_CAP, HubHealth
 from gateway.twin.methods import MethodRelay
 from gateway.twin.service import TwinService
 
@@ -37,7 +37,7 @@ class DeviceEventsPoll:
                 events, cursor = await self.hub.wait_device_events(self.cursor, LONG_POLL)
             except HubError as exc:
                 self.health.failed(str(exc), self.clock())
-                await asyncio.sleep(next_backoff(attempt, random.random()))
+                await asyncio.sleep(next_backoff(attempt, random.random(), cap=RETRY_CAP))
                 attempt += 1
                 continue
             attempt = 0

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 log = logging.getLogger("edgegate.twin")
+
+# Twin and method calls retry the hub at most this far apart: a reported patch should reach the hub
+# soon after it returns, and each retry is one small request (the registry sync waits up to 60 s).
+RETRY_CAP = 10.0
 
 
 class HubHealth:
@@ -14,6 +19,8 @@ class HubHealth:
         self.up = True
         self.since = now
         self.why = ""
+        self._back = asyncio.Event()
+        self._back.set()
 
     def failed(self, why: str, now: float) -> None:
         if self.up:
@@ -21,8 +28,18 @@ class HubHealth:
                         "reported patches are queued", why)
             self.up, self.since = False, now
         self.why = why
+        self._back.clear()
 
     def worked(self, now: float) -> None:
         if not self.up:
             log.info("hub reachable again for twins and methods")
             self.up, self.since, self.why = True, now, ""
+        self._back.set()
+
+    async def wait_back(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if another caller finds the hub working meanwhile."""
+        try:
+            async with asyncio.timeout(seconds):
+                await self._back.wait()
+        except TimeoutError:
+            return

@@ -27,7 +27,7 @@ from gateway.metrics import Counters
 from gateway.sync.backoff import next_backoff
 from gateway.twin.delivery import Deliver
 from gateway.twin.documents import Twin, parse_patch, parse_twin
-from gateway.twin.health import HubHealth
+from gateway.twin.health import RETRY_CAP, HubHealth
 from gateway.twin.store import QueuedPatch, TwinStore
 
 log = logging.getLogger("edgegate.twin")
@@ -195,7 +195,7 @@ class TwinService:
                 self.health.failed(str(exc), self.clock())
                 for patch_id in list(self._replies):
                     self._reply_from_cache(patch_id)
-                await asyncio.sleep(next_backoff(attempt, random.random()))
+                await self.health.wait_back(next_backoff(attempt, random.random(), cap=RETRY_CAP))
                 attempt += 1
                 continue
             attempt = 0

@@ -314,3 +314,15 @@ async def test_a_gap_in_desired_versions_refreshes_the_cached_twin_from_the_hub(
     cached = store.cached("dev-1")
     assert cached is not None
     assert (cached.twin.desired, cached.twin.desired_version) == ({"a": 2, "b": 3, "c": 4}, 4)
+
+
+async def test_a_retry_wait_ends_when_another_caller_finds_the_hub_back() -> None:
+    health = HubHealth(0.0)
+    health.failed("down", 1.0)
+    assert (health.up, health.since) == (False, 1.0)
+    waiting = asyncio.get_running_loop().create_task(health.wait_back(3600))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    health.worked(2.0)
+    await asyncio.wait_for(waiting, 30)  # not the hour: woken by worked()
+    assert (health.up, health.since) == (True, 2.0)
