@@ -1,7 +1,8 @@
 """Twin GET round trip (not a test): a device's `$iothub/twin/GET` to its `$iothub/twin/res/200`, through
 a real `edgegate run` and a real hub-mock, with 1,000 other devices connected and subscribed; first
 with the hub online (the GET goes to the hub and back), then with the hub's API down (answered from
-the gateway's twin cache). Also: how long a desired patch takes from the hub's admin call to the device.
+the gateway's twin cache). Also: how long a desired patch takes from the hub's admin call to the device,
+and a direct method from the admin call to the device's answer back at the caller.
 
     .venv/bin/python -m bench.twin_bench [--devices 1000] [--gets 500]
 
@@ -46,7 +47,8 @@ class Probe:
         writer.write(codec.encode_connect(client_id=PROBE, clean_session=True, keep_alive=600))
         await probe.next_packet()  # CONNACK
         writer.write(codec.encode_subscribe(1, [("$iothub/twin/res/#", 0),
-                                                ("$iothub/twin/PATCH/properties/desired/#", 0)]))
+                                                ("$iothub/twin/PATCH/properties/desired/#", 0),
+                                                ("$iothub/methods/POST/#", 0)]))
         await probe.next_packet()  # SUBACK
         return probe
 
@@ -91,11 +93,11 @@ async def _gets(probe: Probe, count: int, first_rid: int) -> list[float]:
     return samples
 
 
-def _admin(url: str, method: str, path: str, body: object) -> None:
+def _admin(url: str, method: str, path: str, body: object) -> bytes:
     request = urllib.request.Request(url + path, data=json.dumps(body).encode(), method=method,
                                      headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=10):
-        pass
+    with urllib.request.urlopen(request, timeout=20) as response:
+        return bytes(response.read())
 
 
 async def measure(target: EdgegateTarget, pki: BenchPKI, gets: int) -> dict[str, dict[str, float]]:
@@ -115,12 +117,26 @@ async def measure(target: EdgegateTarget, pki: BenchPKI, gets: int) -> dict[str,
         await probe.next_publish(f"$version={version}")
         desired.append((time.perf_counter() - start) * 1000)
 
+    methods = []
+    for n in range(50):
+        start = time.perf_counter()
+        call = asyncio.create_task(asyncio.to_thread(
+            _admin, admin, "POST", f"/admin/methods/{PROBE}/blink", {"payload": {"n": n}, "timeout": 10}))
+        request = await probe.next_publish("$iothub/methods/POST/blink/")
+        rid = request.topic.split("$rid=", 1)[1]
+        probe.writer.write(codec.encode_publish(f"$iothub/methods/res/200/?$rid={rid}", request.payload, qos=0))
+        answer = json.loads(await call)
+        methods.append((time.perf_counter() - start) * 1000)
+        if answer != {"status": 200, "payload": {"n": n}}:
+            raise RuntimeError(f"method answered {answer}")
+
     await asyncio.to_thread(_admin, admin, "POST", "/admin/faults", {"action": "down", "value": None})
     await _gets(probe, 20, 20_000)  # the first one finds the hub gone; the rest go straight to the cache
     cached = await _gets(probe, gets, 30_000)
     await asyncio.to_thread(_admin, admin, "POST", "/admin/faults", {"action": "clear", "value": None})
     probe.writer.close()
-    return {"online": _summary(online), "cache": _summary(cached), "desired": _summary(desired)}
+    return {"online": _summary(online), "cache": _summary(cached), "desired": _summary(desired),
+            "method": _summary(methods)}
 
 
 def main() -> None:
@@ -157,7 +173,8 @@ def main() -> None:
     print("|---|---|---|---|---|")
     for name, label in (("online", "twin GET, hub online (gateway → hub → gateway)"),
                         ("cache", "twin GET, hub down (from the gateway's cache)"),
-                        ("desired", "desired patch, hub admin call → device")):
+                        ("desired", "desired patch, hub admin call → device"),
+                        ("method", "direct method, hub admin call → device → answer at the caller")):
         row = results[name]
         print(f"| {label} | {row['p50']} | {row['p99']} | {row['max']} | {int(row['n'])} |")
     print(json.dumps({"devices": args.devices, **results}))

@@ -80,13 +80,15 @@ class TwinService:
 
     async def _get_counted(self, device_id: str, rid: str) -> None:
         try:
-            await self._get(device_id, rid)
+            fresh = await self._get(device_id, rid)
         finally:
             left = self._gets.get(device_id, 1) - 1
             if left > 0:
                 self._gets[device_id] = left
             else:
                 self._gets.pop(device_id, None)
+        if fresh is not None:  # after the answer: the device does not wait for the cache write
+            await self.store.remember(device_id, fresh, self.clock(), full=True)
 
     def reported(self, device_id: str, rid: str, body: bytes) -> asyncio.Future[None]:
         """Queue a reported patch; the future resolves once it is durable (fails: not acknowledged)."""
@@ -117,7 +119,8 @@ class TwinService:
             return f"the gateway's queue of reported patches is full ({MAX_QUEUED_BYTES} bytes); try again later"
         return ""
 
-    async def _get(self, device_id: str, rid: str) -> None:
+    async def _get(self, device_id: str, rid: str) -> Twin | None:
+        """Answer one GET; returns the hub's twin when the cache should be rewritten with it."""
         if self.hub is not None and self.health.up:
             try:
                 async with asyncio.timeout(ONLINE_BUDGET):
@@ -129,14 +132,17 @@ class TwinService:
                 if document is None:
                     self._reply(device_id, TWIN_RESPONSE.format(status=404, rid=rid),
                                 {"message": f"the hub has no twin for {device_id} in this gateway's scope"})
-                    return
+                    return None
                 twin = parse_twin(document)
                 for queued in self.store.pending(device_id):
                     twin = twin.with_reported(queued.patch)
                 self.counters.inc("edgegate_twin_get_total", source="hub")
                 self._reply(device_id, TWIN_RESPONSE.format(status=200, rid=rid), twin.to_device_json())
-                await self.store.remember(device_id, twin, self.clock(), full=True)
-                return
+                known = self.store.cached(device_id)
+                if known is not None and known.twin == twin:
+                    self.store.confirmed(device_id, self.clock())  # unchanged: no write per GET
+                    return None
+                return twin
         cached = self.store.cached(device_id)
         if cached is None:
             self.counters.inc("edgegate_twin_get_total", source="none")
@@ -144,12 +150,13 @@ class TwinService:
                         device_id)
             self._reply(device_id, TWIN_RESPONSE.format(status=503, rid=rid),
                         {"message": "the hub is unreachable and the gateway has no copy of this twin yet"})
-            return
+            return None
         self.counters.inc("edgegate_twin_get_total", source="cache")
         fetched = iso_utc(cached.fetched_at) if cached.fetched_at else "never (built from patches only)"
         log.info("twin GET device=%s answered from the cached copy (from the hub at %s, last changed %s): "
                  "the hub is unreachable", device_id, fetched, iso_utc(cached.updated_at))
         self._reply(device_id, TWIN_RESPONSE.format(status=200, rid=rid), cached.twin.to_device_json())
+        return None
 
     async def _queue(self, device_id: str, rid: str, patch: dict[str, Any], durable: asyncio.Future[None]) -> None:
         try:

@@ -134,6 +134,13 @@ class TwinStore:
         self._cache[device_id] = entry
         await self._db.run(self._upsert, device_id, entry)
 
+    def confirmed(self, device_id: str, now: float) -> None:
+        """The hub gave us the twin we hold: newer `fetched_at` in memory only (the copy on disk keeps
+        the time it was written, which can only make a later "cached copy from ..." sound older)."""
+        current = self._cache.get(device_id)
+        if current is not None:
+            self._cache[device_id] = CachedTwin(current.twin, now, current.updated_at)
+
     async def delivered(self, patch: QueuedPatch, hub_version: int | None) -> None:
         """The hub has `patch`: drop it from the queue; record the hub's reported $version."""
         await self._db.run(self._delete_patch, patch.seq)
