@@ -253,3 +253,28 @@ def test_twin_and_method_traffic_never_becomes_telemetry(gateway: GatewayProcess
     messages = hub_messages(hub, "kinds-1")
     assert [(m.get("kind"), base64.b64decode(m["payload_b64"])) for m in messages] == [("telemetry", b"marker")]
     assert [p["patch"] for p in hub.admin.twins.reported_patches("kinds-1")] == [{"fw": "1.2.3"}]
+
+
+def test_hub_mock_cli_twin_and_invoke_verbs(gateway: GatewayProcess, hub: HubProcess, tmp_path: Path) -> None:
+    dev = device(gateway, tmp_path, "cli-1")  # subscribed to methods, and never answers
+    try:
+        set_desired = hub.cli("twin", "set-desired", "cli-1", '{"interval": 5, "mode": "eco"}')
+        assert set_desired.returncode == 0, set_desired.stderr
+        assert hub.cli("twin", "set-desired", "cli-1", '{"mode": null}').returncode == 0
+        shown = hub.cli("twin", "show", "cli-1")
+        desired = json.loads(shown.stdout)["properties"]["desired"]
+        assert (desired["interval"], desired["$version"]) == (5, 3)
+        assert "mode" not in desired
+        assert desired["$metadata"]["interval"]["$lastUpdatedVersion"] == 2
+        bad = hub.cli("twin", "set-desired", "cli-1", "not json")
+        assert bad.returncode == 2
+        assert "not JSON" in bad.stderr
+        silent = hub.cli("invoke", "cli-1", "reboot", "--payload", '{"delay": 0}', "--timeout", "5")
+        assert silent.returncode == 1
+        assert "504 gateway_timeout" in silent.stderr
+        assert next_message(dev, "$iothub/methods/POST/reboot/").payload == b'{"delay":0}'
+        unknown = hub.cli("invoke", "nobody", "reboot")
+        assert unknown.returncode == 1
+        assert "404 device_not_found" in unknown.stderr
+    finally:
+        dev.close()
