@@ -278,3 +278,18 @@ def test_hub_mock_cli_twin_and_invoke_verbs(gateway: GatewayProcess, hub: HubPro
         assert "404 device_not_found" in unknown.stderr
     finally:
         dev.close()
+
+
+@pytest.mark.xfail(strict=True, reason="needs the front door hook: InboundMessage(..., retain=publish.retain) in "
+                                       "gateway/frontdoor/connection.py (the router then adds mqtt-retain)")
+def test_retain_on_telemetry_is_carried_as_mqtt_retain(gateway: GatewayProcess, hub: HubProcess,
+                                                       tmp_path: Path) -> None:
+    dev = device(gateway, tmp_path, "retain-1")
+    try:
+        info = dev.client.publish("devices/retain-1/messages/events/", b"kept?", qos=1, retain=True)
+        info.wait_for_publish(10)
+    finally:
+        dev.close()
+    wait_for(lambda: hub_messages(hub, "retain-1"), what="the message at the hub")
+    (message,) = hub_messages(hub, "retain-1")
+    assert message["properties"] == {"mqtt-retain": "true"}
