@@ -32,7 +32,7 @@ from gateway.twin.store import QueuedPatch, TwinStore
 
 log = logging.getLogger("edgegate.twin")
 
-# A device's GET waits this long for the hub before it gets the cached twin (SDKs time out near 60 s).
+# A device's GET waits at most this long for the hub before it gets the cached twin instead.
 ONLINE_BUDGET = 3.0
 # A reported patch's 204 waits this long for the hub's $version before it gets the cache's.
 REPLY_BUDGET = 3.0
