@@ -34,6 +34,7 @@ from gateway.sync.hubclient import HubClient
 from gateway.sync.loop import RegistrySync
 from gateway.sync.state import HubState
 from gateway.sync.status_file import STATUS_FILE_NAME, write_status
+from gateway.twin.wiring import start_twins
 from gateway.upstream.c2d import CloudToDevice
 from gateway.upstream.forwarder import Forwarder
 
@@ -120,9 +121,11 @@ class Gateway:
         self.broker = BrokerPort()
         await self.broker.start()
         limits = config.limits
+        # Twin GETs, reported patches and method answers go to the twin parts; telemetry to the outbox.
+        self.twins = await start_twins(url, self.outbox, self.hub_client, self.broker.deliver_to, self.counters)
         self.door = FrontDoor(
             contexts=self.keeper.contexts, directory=CacheDirectory(self.directory, gateway_id, config),
-            sink=self.outbox, port=self.broker, counters=self.counters, clock=self.clock,
+            sink=self.twins.sink, port=self.broker, counters=self.counters, clock=self.clock,
             limits=FrontDoorLimits(limits.max_connections, limits.max_packet_size,
                                    limits.handshake_timeout.total_seconds(),
                                    int(limits.max_keep_alive.total_seconds())),
@@ -141,6 +144,8 @@ class Gateway:
             self.forwarder = Forwarder(self.outbox, self.hub_client, counters=self.counters)
             self._spawn(self.forwarder.run())
             self._spawn(CloudToDevice(self.hub_client, self.broker).run())
+        for twin_task in self.twins.tasks:
+            self._spawn(twin_task)
         else:
             log.warning("no [hub] configured: serving the %d cached devices; telemetry stays in the outbox",
                         len(self.directory))
@@ -180,6 +185,7 @@ class Gateway:
             "sync": self.sync.describe() if self.sync else {"state": "not configured"},
             "server_cert_not_after": self.keeper.server.not_after.isoformat(),
             "counters": self.counters.snapshot(),
+            "twins": self.twins.status(),
         } | ({"est": self.est.status()} if self.est is not None else {})
 
     async def _write_status_forever(self) -> None:
@@ -198,6 +204,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.outbox.close()
+        self.twins.close()
         if self.hub_client is not None:
             await self.hub_client.close()
         await self.broker.stop()

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.records import AuthType
+from hub_mock import twin_api
 from hub_mock.errors import Invalid, NotFound
 from hub_mock.ingest import parse_payload, parse_properties
 from hub_mock.registry import KEEP, DeviceUpdate, GatewayRegistration
@@ -239,6 +240,8 @@ async def _messages(request: web.Request) -> web.Response:
                     "received_time": utc_iso(m.received_time),
                     "properties": m.properties,
                     "payload_b64": base64.b64encode(m.payload).decode(),
+                    "kind": m.kind,
+                    "system_properties": m.system_properties,
                 }
                 for m in messages
             ],
@@ -297,4 +300,5 @@ def build_admin_app(hub: HubServices, token: str | None) -> web.Application:
     app.router.add_post("/admin/c2d", _send_c2d)
     app.router.add_get("/admin/faults", _faults)
     app.router.add_post("/admin/faults", _set_fault)
+    twin_api.add_admin_routes(app, hub)
     return app

@@ -16,6 +16,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from cryptography import x509
 
+from hub_mock import twin_api
 from hub_mock.c2d import C2DMessage
 from hub_mock.errors import Invalid, NotFound, SequenceAhead
 from hub_mock.est_auth import authenticate_est_gateway
@@ -232,4 +233,5 @@ def build_api_app(hub: HubServices) -> web.Application:
     app.router.add_post("/gateways/{gw}/messages", _messages)
     app.router.add_get("/gateways/{gw}/c2d/wait", _c2d_wait)
     app.router.add_post("/gateways/{gw}/c2d/ack", _c2d_ack)
+    twin_api.add_gateway_routes(app, hub)
     return app

@@ -249,12 +249,13 @@ def _messages(args: argparse.Namespace) -> int:
             [
                 m["received_time"],
                 m["device_id"],
+                m.get("kind", "telemetry"),
                 m["gateway_id"],
                 m["message_id"],
                 text if len(text) <= 60 else text[:57] + "...",
             ]
         )
-    _print_table(rows, ["RECEIVED", "DEVICE", "GATEWAY", "MESSAGE ID", "PAYLOAD"])
+    _print_table(rows, ["RECEIVED", "DEVICE", "KIND", "GATEWAY", "MESSAGE ID", "PAYLOAD"])
     print(f"{len(rows)} shown, {answer['total']} stored")
     return 0
 
@@ -336,6 +337,32 @@ def _est_bootstrap_cert(args: argparse.Namespace) -> int:
     cert = issued.cert_pem.write_to_path(args.out / f"{args.gateway_id}-bootstrap.pem")
     key = issued.private_key_pem.write_to_path(args.out / f"{args.gateway_id}-bootstrap.key", private=True)
     print(f"wrote {cert}\nwrote {key} (private key, mode 0600)")
+    return 0
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{what} is not JSON ({exc}); quote it, e.g. '{{\"interval\": 5}}'") from exc
+
+
+def _twin_show(args: argparse.Namespace) -> int:
+    _print_json(_client(args).twins.show(args.device_id))
+    return 0
+
+
+def _twin_set_desired(args: argparse.Namespace) -> int:
+    patch = _json_arg(args.patch, "the patch")
+    if not isinstance(patch, dict):
+        raise UsageError('the patch must be a JSON object, e.g. \'{"interval": 5}\' (null deletes a key)')
+    _print_json(_client(args).twins.set_desired(args.device_id, patch))
+    return 0
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    payload = _json_arg(args.payload, "--payload") if args.payload is not None else None
+    print(json.dumps(_client(args).twins.invoke(args.device_id, args.method, payload, args.timeout)))
     return 0
 
 
@@ -466,6 +493,24 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("payload")
     send.add_argument("--property", type=_property, action="append", default=[], metavar="KEY=VALUE")
     send.set_defaults(func=_send)
+
+    twin = verbs.add_parser("twin", help="device twins").add_subparsers(
+        dest="twin_verb", metavar="VERB", required=True
+    )
+    twin_show = twin.add_parser("show", parents=[conn], help="a device's twin with $metadata")
+    twin_show.add_argument("device_id")
+    twin_show.set_defaults(func=_twin_show)
+    twin_set = twin.add_parser("set-desired", parents=[conn], help="merge a patch into the desired properties")
+    twin_set.add_argument("device_id")
+    twin_set.add_argument("patch", help='a JSON merge patch, e.g. \'{"interval": 5}\'; null deletes a key')
+    twin_set.set_defaults(func=_twin_set_desired)
+
+    invoke = verbs.add_parser("invoke", parents=[conn], help="call a direct method on a device")
+    invoke.add_argument("device_id")
+    invoke.add_argument("method")
+    invoke.add_argument("--payload", help="JSON payload (default: null)")
+    invoke.add_argument("--timeout", type=int, default=30, help="seconds to wait for the answer (5-300)")
+    invoke.set_defaults(func=_invoke)
 
     fault = verbs.add_parser("fault", parents=[conn], help="fault switches on the API port")
     fault.add_argument("action", choices=["down", "up", "blackhole", "error", "latency", "clear"])

@@ -24,6 +24,7 @@ from hub_mock.listener import SwitchableListener
 from hub_mock.registry import Registry
 from hub_mock.services import HubServices
 from hub_mock.tls import build_api_context, trust
+from hub_mock.twins import TwinStore
 from hub_mock.wakeup import Wakeup
 
 log = logging.getLogger("hub_mock.server")
@@ -65,6 +66,7 @@ async def serve(
         registry=registry,
         messages=MessageStore(db),
         c2d=C2DQueue(db, registry),
+        twins=TwinStore(db, registry),
         wakeup=Wakeup(),
         faults=FaultSwitch(listener),
         api_context=api_context,

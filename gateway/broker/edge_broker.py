@@ -57,6 +57,10 @@ class EdgeBroker(Broker):
         self._filters_of: dict[str | None, set[str]] = {}  # client id -> the filters it holds
         self._filter_index = FilterIndex()  # every filter in `_subscriptions`
 
+    def filters_of(self, client_id: str) -> tuple[str, ...]:
+        """The topic filters one device's session holds."""
+        return tuple(self._filters_of.get(client_id, ()))
+
     def filter_count(self, client_id: str) -> int:
         """How many topic filters one device's session holds."""
         return len(self._filters_of.get(client_id, ()))

@@ -13,6 +13,7 @@ import asyncio
 import logging
 from typing import Any, Protocol
 
+from gateway.auth.topics import filter_matches
 from gateway.broker import session_states, sparse_queue
 from gateway.broker.admission import AdmissionTokens, FrontDoorAuthPlugin
 from gateway.broker.amqtt_surface import check_version
@@ -82,6 +83,7 @@ class BrokerPort:
         self.tokens = AdmissionTokens()
         self.broker = EdgeBroker(broker_config(self.tokens))
         self._tasks: set[asyncio.Task[None]] = set()
+        self._sending: set[asyncio.Task[Any]] = set()
 
     async def start(self) -> None:
         await self.broker.start()
@@ -135,3 +137,25 @@ class BrokerPort:
     async def deliver(self, topic: str, payload: bytes, qos: int = 1) -> None:
         """Publish a message from the cloud side to whichever sessions subscribe to `topic`."""
         await self.broker.internal_message_broadcast(topic, payload, qos)
+
+    def deliver_to(self, device_id: str, topic: str, payload: bytes, qos: int) -> bool:
+        """Send a message to one connected device's session only, if it subscribes to `topic`.
+
+        For $iothub replies (twin responses, desired patches, method calls): their topics carry no
+        device id and every device subscribes to the same filters, so a broadcast would hand one
+        device's twin to all. False when the device is not connected or not subscribed.
+        """
+        session, handler = self.broker._sessions.get(device_id, (None, None))
+        if session is None or handler is None or not session.transitions.is_connected():
+            return False
+        if not any(filter_matches(f, topic) for f in self.broker.filters_of(device_id)):
+            return False
+        task = asyncio.get_running_loop().create_task(handler.mqtt_publish(topic, payload, qos, retain=False))
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+        return True
+
+    def _sent(self, task: asyncio.Task[Any]) -> None:
+        self._sending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("delivery to a device failed: %s", task.exception())

@@ -71,6 +71,7 @@ def build_report(
         "outbox_depth": live.get("outbox_depth") if running and live else None,
         "devices": live.get("devices") if running and live else None,
         "forwarder": live.get("outbox") if running and live else None,
+        "twins": live.get("twins") if running and live else None,
     }
     if running and live and isinstance(live.get("est"), dict):
         report["est"] = live["est"]  # EST-issued certificates: time left, level, next renewal, last error
@@ -155,6 +156,11 @@ def render_text(report: dict[str, Any], now: datetime) -> str:
         error = f"; last error: {forwarder['last_error']}" if forwarder.get("last_error") else ""
         lines.append(f"outbox       {report['outbox_depth']} messages waiting, forwarder {state}{error}")
     lines += _est_lines(report.get("est"))
+    twins = report.get("twins")
+    if twins:
+        waiting = twins.get("queued_reported_patches")
+        lines.append(f"twins        {twins.get('cached_twins')} cached, {waiting} reported patches waiting for "
+                     f"the hub; hub {twins.get('hub')}")
     return "\n".join(lines)
 
 

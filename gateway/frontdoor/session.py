@@ -44,11 +44,6 @@ _FORWARDED = frozenset({
     PacketType.PUBCOMP,
 })
 
-# The IoT Hub application property that carries a device's retain flag (edgeHub's name for it);
-# the broker itself never retains anything a device sends.
-RETAIN_PROPERTY = "mqtt-retain"
-
-
 class _Ack:
     """One PUBACK owed to the device, sent when it and everything before it is done."""
 
@@ -335,17 +330,17 @@ class DeviceSession:
                 self._acks.append(_Ack(publish.packet_id, True))
                 self._send_acks()
             return
-        properties = tuple(verdict.properties.items())
-        if publish.retain:
-            properties += ((RETAIN_PROPERTY, "true"),)
+        # The retain flag travels with the message (the router makes it IoT Hub's mqtt-retain property);
+        # device publishes never reach the broker, so nothing is ever retained.
         message = InboundMessage(
             device_id=self.device_id,
             kind=verdict.kind.value,
             topic=publish.topic,
             payload=publish.payload,
             qos=publish.qos,
-            properties=properties,
+            properties=tuple(verdict.properties.items()),
             received_at=self._wall,
+            retain=publish.retain,
         )
         ack = None
         if publish.packet_id is not None:

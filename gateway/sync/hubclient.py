@@ -142,6 +142,45 @@ class HubClient:
             self._retired.add(task)
             task.add_done_callback(self._retired.discard)
 
+    # -- twins and direct methods (wire format: docs/HUB_MOCK.md) ----------------------------------
+
+    async def get_twin(self, device_id: str) -> dict[str, Any] | None:
+        """The device's twin as the device sees it; None when the hub says it is not in our scope."""
+        body = await self._request(f"/twins/{quote(device_id, safe='')}", {}, missing_ok=True)
+        if body is not None and not isinstance(body, dict):
+            raise HubUnavailable(f"the hub at {self.url} answered a twin GET with an unexpected shape")
+        return body
+
+    async def patch_reported(self, device_id: str, patch_id: str, patch: dict[str, Any]) -> int | None:
+        """Apply a reported patch once per `patch_id`; the reported $version, None if the device is gone."""
+        body = await self._request(f"/twins/{quote(device_id, safe='')}/reported", {}, method="POST",
+                                   payload={"patch_id": patch_id, "patch": patch}, missing_ok=True)
+        if body is None:
+            return None
+        version = body.get("version") if isinstance(body, dict) else None
+        if not isinstance(version, int):
+            raise HubUnavailable(f"the hub at {self.url} answered a reported patch with an unexpected shape")
+        return version
+
+    async def wait_device_events(self, after: int, wait: float) -> tuple[list[dict[str, Any]], int]:
+        """Desired patches and method calls after cursor `after` (-1: from now on), long-polled."""
+        params = {"after": str(after), "timeout": f"{wait:g}"}
+        body = await self._request("/device-events/wait", params, extra_time=wait)
+        events = body.get("events") if isinstance(body, dict) else None
+        cursor = body.get("cursor") if isinstance(body, dict) else None
+        if not isinstance(events, list) or not isinstance(cursor, int):
+            raise HubUnavailable(f"the hub at {self.url} answered /device-events/wait with an unexpected shape")
+        return events, cursor
+
+    async def method_response(self, request_id: str, device_id: str, status: int, payload: Any,
+                              *, delivered: bool = True) -> bool:
+        """A device's answer to a direct method; False if the hub no longer waits for it."""
+        body = await self._request(
+            f"/methods/{quote(request_id, safe='')}/response", {}, method="POST", missing_ok=True,
+            payload={"device_id": device_id, "status": status, "payload": payload, "delivered": delivered},
+        )
+        return body is not None
+
     async def close(self) -> None:
         for task in list(self._retired):
             task.cancel()

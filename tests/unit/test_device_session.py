@@ -16,7 +16,7 @@ from gateway.auth.decision import AuthPolicy
 from gateway.auth.reasons import Reason
 from gateway.frontdoor import events as ev
 from gateway.frontdoor.limits import FrontDoorLimits
-from gateway.frontdoor.session import RETAIN_PROPERTY, DeviceSession
+from gateway.frontdoor.session import DeviceSession
 from gateway.frontdoor.states import ALLOWED, ConnState, IllegalTransition, advance
 from gateway.mqtt import codec
 from gateway.mqtt.packets import ConnackCode, PacketType
@@ -328,7 +328,7 @@ def test_retain_flag_travels_as_a_property_never_retained() -> None:
     pair.go_online()
     pair.feed(codec.encode_publish(TELEMETRY, b"r", qos=0, retain=True))
     (submit,) = pair.of(ev.Submit)
-    assert (RETAIN_PROPERTY, "true") in submit.message.properties
+    assert submit.message.retain is True
     assert pair.of(ev.ToBroker) == []  # device publishes never reach the broker
 
 
