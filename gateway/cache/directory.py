@@ -113,7 +113,7 @@ class DeviceDirectory:
             return None
 
     def anchors(self) -> TrustAnchors:
-        """Trust bundle roots plus registered CAs (self-signed ones as roots, others as intermediates)."""
+        """The trust anchors: the trust bundle plus every registered CA, root or intermediate."""
         return self._anchors
 
     def cache_fresh(self) -> bool:

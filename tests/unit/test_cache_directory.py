@@ -242,8 +242,9 @@ async def test_anchors_are_the_bundle_plus_registered_cas(setup: Setup) -> None:
     )
     await directory.apply(CacheChanges(fetched_at=T0, sequence=1, full=True, cas=cas))
     anchors = directory.anchors()
-    assert anchors.roots == (bundle.cert, registered_root.cert)
-    assert anchors.intermediates == (intermediate.cert,)
+    # IoT Hub's semantics: a registered intermediate is an anchor in its own right.
+    assert anchors.roots == (bundle.cert, registered_root.cert, intermediate.cert)
+    assert anchors.intermediates == ()
 
     await directory.apply(CacheChanges(fetched_at=T0, sequence=2, full=True, cas=()))
     assert directory.anchors().roots == (bundle.cert,)
