@@ -15,18 +15,21 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth.decision import AuthPolicy
+from gateway.auth.live import LiveSession
 from gateway.broker.admission import AdmissionTokens
 from gateway.broker.factory import build_broker
 from gateway.cache.directory import DeviceDirectory
 from gateway.cache.repository import CacheRepository
+from gateway.clock_watch import ClockWatch
 from gateway.config import Config
 from gateway.frontdoor.server import FrontDoor, FrontDoorLimits
 from gateway.metrics import Counters
 from gateway.outbox.bounds import OutboxLimits
 from gateway.outbox.store import Outbox
 from gateway.pki import load_certs
-from gateway.records import DeviceRecord
+from gateway.records import DeviceRecord, PeerIdentity
 from gateway.server_identity import ServerCertKeeper, describe_chain
+from gateway.session_sweep import SessionSweep
 from gateway.store.db import DatabaseThread, open_engine, redacted
 from gateway.store.migrate import migrate
 from gateway.sync.hubclient import HubClient
@@ -62,6 +65,29 @@ class CacheDirectory:
                           cache_fresh=self.directory.cache_fresh())
 
 
+class LiveSessions:
+    """The one adapter from the front door to the session sweep: (device id, peer identity) of every
+    authenticated session. Each connection's identity is built once and reused while it lives."""
+
+    def __init__(self, door: FrontDoor) -> None:
+        self.door = door
+        self._peers: dict[int, tuple[object, PeerIdentity]] = {}
+
+    def __call__(self) -> list[LiveSession]:
+        sessions: list[LiveSession] = []
+        peers: dict[int, tuple[object, PeerIdentity]] = {}
+        for device_id, conn in list(self.door.online.items()):
+            cached = self._peers.get(id(conn))
+            if cached is None or cached[0] is not conn:
+                if conn.tls is None:
+                    continue
+                cached = (conn, conn.tls.peer_identity(conn.peer))
+            peers[id(conn)] = cached
+            sessions.append((device_id, cached[1]))
+        self._peers = peers
+        return sessions
+
+
 class Gateway:
     """A running gateway; `await Gateway.start(config)`, then `await gateway.stop()`."""
 
@@ -80,7 +106,11 @@ class Gateway:
     async def _start(self) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        self.keeper = ServerCertKeeper(config, self.clock)
+        # Every decision from here on acts on the clock watch's time, which is the wall clock only while
+        # the wall clock is plausible (gateway.clock_floor).
+        self.clock_watch = ClockWatch(config.state_dir, tolerance=config.auth.clock_skew_tolerance, wall=self.clock)
+        self.keeper = ServerCertKeeper(config, self.clock, self.clock_watch)
+        self.clock = self.clock_watch.now
         trust_bundle_path = config.trust_bundle_cert or self.keeper.edge.trust_bundle_path
 
         url = config.storage.url
@@ -96,6 +126,8 @@ class Gateway:
             url=hub.url, hostname=hub.hostname, gateway_id=hub.gateway_id, trust_bundle_cert=hub.trust_bundle_cert,
             identity_cert=hub.identity_cert, identity_pk=hub.identity_pk,
         )
+        if self.hub_client is not None:
+            self.hub_client.on_date = self.clock_watch.hub_date
         gateway_id = hub.gateway_id if hub is not None else config.hostname
         self.directory = DeviceDirectory(
             gateway_id=gateway_id, repository=repository, db=self.cache_db, clock=self.clock, snapshot=snapshot,
@@ -107,7 +139,7 @@ class Gateway:
         ob = config.outbox
         self.outbox = Outbox(open_engine(url), OutboxLimits(ob.time_to_live.total_seconds(), ob.max_messages,
                                                             ob.max_bytes, ob.per_device_max_messages),
-                             counters=self.counters)
+                             counters=self.counters, clock=self.clock_watch.epoch)
         await self.outbox.open()
 
         self.tokens = AdmissionTokens()
@@ -120,11 +152,17 @@ class Gateway:
             limits=FrontDoorLimits(limits.max_connections, limits.max_packet_size,
                                    limits.handshake_timeout.total_seconds(),
                                    int(limits.max_keep_alive.total_seconds())),
+            wallclock=self.clock_watch.epoch,
         )
         self.directory.on_revoked(self._revoked)
+        self.sweep = SessionSweep(LiveSessions(self.door), self.door.kick, clock=self.clock,
+                                  skew=config.auth.clock_skew_tolerance, counters=self.counters)
+        self.directory.on_anchors_changed(self.sweep.anchors_changed)
         self.addresses = await self.door.start(config.listener.bind, config.listener.port)
 
         self._spawn(self.keeper.run())
+        self._spawn(self.clock_watch.run())
+        self._spawn(self.sweep.run())
         self.sync: RegistrySync | None = None
         self.forwarder: Forwarder | None = None
         if self.hub_client is not None:
@@ -161,6 +199,7 @@ class Gateway:
                                                                        "queue": self.outbox.depth()},
             "sync": self.sync.describe() if self.sync else {"state": "not configured"},
             "server_cert_not_after": self.keeper.server.not_after.isoformat(),
+            "clock": self.clock_watch.describe(),
             "counters": self.counters.snapshot(),
         }
 
@@ -184,6 +223,7 @@ class Gateway:
             await self.hub_client.close()
         await self.broker.shutdown()
         self.cache_db.close()
+        self.clock_watch.persist()
         (self.config.state_dir / STATUS_FILE_NAME).unlink(missing_ok=True)
 
 

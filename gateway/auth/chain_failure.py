@@ -92,11 +92,15 @@ def explain_chain_failure(
     return reason, f"{reason.sentence} (the chain reads {_reads(path)})"
 
 
+def chain_cert_expired(cert: x509.Certificate) -> str:
+    """The sentence for an expired certificate above the leaf (at CONNECT and when a session is closed)."""
+    return f"the chain certificate {name(cert)} expired on {_when(cert.not_valid_after_utc)}"
+
+
 def _dates(path: Sequence[x509.Certificate], now: datetime) -> Failure | None:
     for cert in path:
         if now > cert.not_valid_after_utc:
-            return Reason.CHAIN_EXPIRED, (f"the chain certificate {name(cert)} expired on "
-                                          f"{_when(cert.not_valid_after_utc)}")
+            return Reason.CHAIN_EXPIRED, chain_cert_expired(cert)
         if now < cert.not_valid_before_utc:
             return Reason.CHAIN_NOT_YET_VALID, (
                 f"the chain certificate {name(cert)} is valid from {_when(cert.not_valid_before_utc)} but the "

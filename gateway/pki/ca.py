@@ -37,7 +37,7 @@ from gateway.pki.thumbprint import thumbprint_sha1, thumbprint_sha256
 
 _EKU = {"serverAuth": ExtendedKeyUsageOID.SERVER_AUTH, "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH}
 # Backdating absorbs small clock differences between issuer and verifier (a Pi before NTP sync).
-_BACKDATE = timedelta(minutes=5)
+BACKDATE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ def _window(
     now: datetime | None, days: int, not_before: datetime | None, not_after: datetime | None
 ) -> tuple[datetime, datetime]:
     now = now or datetime.now(UTC)
-    start = not_before or (now - _BACKDATE)
+    start = not_before or (now - BACKDATE)
     end = not_after or (now + timedelta(days=days))
     return start, end
 
