@@ -82,7 +82,7 @@ def explain_chain_failure(
             if not _is_ca(issuer):
                 return Reason.ISSUER_NOT_CA, (
                     f"{name(child)} is signed by {name(issuer)}, which is not a CA certificate "
-                    "(basicConstraints CA:TRUE missing); a device certificate cannot issue others")
+                    "(basicConstraints CA:TRUE missing), so it cannot issue certificates")
     if code == "chain_too_deep":
         # cryptography also says "too deep" when a self-signed certificate it cannot use sends the path
         # builder round in circles: that is an unknown CA, not a long chain.

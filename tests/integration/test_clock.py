@@ -10,8 +10,12 @@ certificate that is "not yet valid" for devices whose clock is right.
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -161,4 +165,36 @@ def test_boot_ahead_issues_nothing_not_yet_valid(tmp_path: Path) -> None:
         assert cert.not_valid_before_utc <= now, cert.not_valid_before_utc
         assert now < cert.not_valid_after_utc
     finally:
+        gw.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_tempsensor_with_a_wrong_clock_names_the_clock_and_keeps_trying(tmp_path: Path) -> None:
+    gw = GatewayProcess.start(tmp_path / "gw", None)
+    cert = self_signed_device_cert("TempSensor")
+    files = DeviceFiles.write(cert, tmp_path, "TempSensor")
+    clock = FakeClock(tmp_path / "sensor-clock", "-40d")
+    tempsensor = str(Path(sys.executable).with_name("tempsensor"))
+    proc = subprocess.Popen(
+        [tempsensor, "--gateway-hostname", HOSTNAME, "--connect-address", "127.0.0.1", "--port", str(gw.port),
+         "--ca-file", str(gw.root), "--cert", str(files.cert), "--key", str(files.key), "--json-log"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, **clock.env()},
+    )
+    try:
+        assert proc.stdout is not None
+        failed: dict[str, object] = {}
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event["event"] == "connect_failed":
+                failed = event
+                break
+        assert failed["reason"] == "gateway_cert_not_yet_valid", failed
+        assert "this device's clock says" in str(failed["message"])
+        assert "check the clock" in str(failed["message"])
+        assert failed["fatal"] is False
+        assert json.loads(proc.stdout.readline())["event"] == "retry"  # not "gave_up": a clock gets corrected
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(10)
         gw.stop()
