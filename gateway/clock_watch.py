@@ -63,6 +63,19 @@ def write_last_seen(path: Path, seen: datetime) -> None:
 Callback = Callable[[ClockVerdict, timedelta | None], object]
 
 
+def judge_offline(state_dir: Path, held: Iterable[x509.Certificate], now: datetime,
+                  tolerance: timedelta) -> ClockVerdict:
+    """The clock verdict without a running gateway (for `edgegate check` and `status`): the persisted
+    last time seen and the certificates on disk are the evidence."""
+    newest: Evidence | None = None
+    for cert in held:
+        if newest is None or cert.not_valid_before_utc > newest.at:
+            newest = Evidence(cert.not_valid_before_utc,
+                              f"the newest certificate held ({cert.subject.rfc4514_string()})")
+    return judge_clock(now, last_seen=read_last_seen(state_dir / LAST_SEEN_FILE), newest_not_before=newest,
+                       tolerance=tolerance)
+
+
 class ClockWatch:
     def __init__(
         self,

@@ -71,6 +71,7 @@ def build_report(
         "outbox_depth": live.get("outbox_depth") if running and live else None,
         "devices": live.get("devices") if running and live else None,
         "forwarder": live.get("outbox") if running and live else None,
+        "clock": live.get("clock") if running and live else None,
     }
     if summary is None:
         return report
@@ -143,6 +144,10 @@ def render_text(report: dict[str, Any], now: datetime) -> str:
         )
         lines.append(f"             oldest entry {_ago(cache['oldest_entry_at'], now)}")
         lines.append(f"             offline trust {trust_text}: {usable}")
+    clock = report.get("clock")
+    if isinstance(clock, dict):
+        mark = "" if clock.get("state") == "trusted" else "⚠ "
+        lines.append(f"clock        {mark}{clock.get('state')}: {clock.get('message')}")
     if report["connected_devices"] is not None:
         names = report.get("devices") or []
         shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")

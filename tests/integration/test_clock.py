@@ -116,6 +116,10 @@ def test_boot_behind_then_ntp_corrects(behind: str, hub: HubProcess, tmp_path: P
         assert isinstance(status, dict)
         assert status["state"] == "behind", status
         assert "behind" in str(status["message"])
+        # `edgegate status` on the same machine reads the same wrong clock.
+        shown = subprocess.run([sys.executable, "-m", "gateway.cli.main", "status", "-c", str(gw.config_path)],
+                               capture_output=True, text=True, timeout=60, env={**os.environ, **clock.env()}).stdout
+        assert "clock        ⚠ behind: the system clock is " in shown, shown
         assert pki_files(gw) == before, "a certificate was replaced while the clock was wrong"
 
         corrected_at = time.monotonic()
