@@ -6,6 +6,7 @@ are generous so a loaded machine passes).
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -143,3 +144,30 @@ def test_a_session_ends_when_its_certificate_expires(pair: tuple[HubProcess, Gat
     gw.wait_log("reason=cert_expired from 127.0.0.1")
     rejected = next(x for x in gw.log().splitlines() if "rejected device=short-lived" in x)
     assert rejected.endswith(sentence), (rejected, sentence)
+
+
+@pytest.mark.timeout(120)
+def test_ca_replace_moves_trust_to_the_new_certificate(pair: tuple[HubProcess, GatewayProcess],
+                                                       tmp_path: Path) -> None:
+    hub, gw = pair
+    old, new = CA.create_root("Device Root CA", path_length=1), CA.create_root("Device Root CA 2", path_length=1)
+    (tmp_path / "old.pem").write_bytes(old.cert_pem.bytes)
+    (tmp_path / "new.pem").write_bytes(new.cert_pem.bytes)
+    assert hub.cli("ca", "add", "device-root", str(tmp_path / "old.pem")).returncode == 0
+    gw.wait_log("registered CAs now: device-root")
+    old_files = ca_device(hub, old.create_child_ca("Old Intermediate"), "on-old", tmp_path)
+    new_files = ca_device(hub, new.create_child_ca("New Intermediate"), "on-new", tmp_path)
+    live = PahoDevice(gw.port, gw.root, "on-old", old_files)
+    assert wait_for(lambda: live.connect() == 0, 15, "admission under the old CA") >= 0
+    try:
+        assert attempt(gw, "on-new", new_files) == 5
+        done = hub.cli("ca", "replace", "device-root", str(tmp_path / "new.pem"))
+        assert done.returncode == 0, done.stderr
+        assert "device-root: replaced" in done.stdout
+        wait_for(live.disconnected.is_set, 15, "the session under the replaced CA to be closed")
+    finally:
+        live.close()
+    assert wait_for(lambda: attempt(gw, "on-new", new_files) == 0, 15, "admission under the new CA") >= 0
+    assert attempt(gw, "on-old", old_files) == 5
+    listed = hub.cli("ca", "list", "--json")
+    assert [ca["name"] for ca in json.loads(listed.stdout)] == ["device-root"]
