@@ -183,3 +183,13 @@ def test_a_backdated_certificate_is_renewed_as_often_as_any(tmp_path: Path) -> N
     assert not again.issued  # not due: 300 days of backdating do not count as lifetime
     due = ensure_server_cert(tmp_path, edge.ca, "gw.local", now=T + 25 * DAY)
     assert due.issued
+
+
+def test_a_step_is_seen_by_the_next_decision_not_the_next_check(tmp_path: Path) -> None:
+    write_last_seen(tmp_path / "clock.json", T)
+    clocks = Clocks(T + timedelta(seconds=5))
+    watch = ClockWatch(tmp_path, tolerance=TOL, wall=clocks.wall, monotonic=clocks.mono)
+    assert watch.now() == T + timedelta(seconds=5)  # trusted: the wall clock as it is
+    clocks.wall_at = T - 40 * DAY  # stepped back below the floor, between two checks
+    assert watch.now() == T  # the floor (last seen, advanced by the 0 s since start)
+    assert watch.epoch() == T.timestamp()
