@@ -89,10 +89,14 @@ class ClockWatch:
         wall: Callable[[], datetime] = _utcnow,
         monotonic: Callable[[], float] = time.monotonic,
         build_date: datetime = BUILD_DATE,
+        wall_epoch: Callable[[], float] | None = None,
     ) -> None:
+        """`wall_epoch`: `wall` as seconds since the epoch, when there is a cheaper way (time.time)."""
         self.path = state_dir / LAST_SEEN_FILE
         self.tolerance, self.wall, self.monotonic, self.build_date = tolerance, wall, monotonic, build_date
-        self._wall_epoch: Callable[[], float] = time.time if wall is _utcnow else lambda: wall().timestamp()
+        if wall_epoch is None:
+            wall_epoch = time.time if wall is _utcnow else lambda: wall().timestamp()
+        self._wall_epoch = wall_epoch
         self._trusted_offset: float | None = None  # wall - monotonic when last judged trusted
         self._booted = monotonic()
         self._last_seen = read_last_seen(self.path)

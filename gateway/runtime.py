@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,7 +109,8 @@ class Gateway:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         # Every decision from here on acts on the clock watch's time, which is the wall clock only while
         # the wall clock is plausible (gateway.clock_floor).
-        self.clock_watch = ClockWatch(config.state_dir, tolerance=config.auth.clock_skew_tolerance, wall=self.clock)
+        self.clock_watch = ClockWatch(config.state_dir, tolerance=config.auth.clock_skew_tolerance, wall=self.clock,
+                                      wall_epoch=time.time if self.clock is utcnow else None)
         self.keeper = ServerCertKeeper(config, self.clock, self.clock_watch)
         self.clock = self.clock_watch.now
         trust_bundle_path = config.trust_bundle_cert or self.keeper.edge.trust_bundle_path
