@@ -44,6 +44,10 @@ PERSIST_EVERY = 60.0
 # and the wall clock has not moved against the monotonic clock by more than this, the wall clock is the
 # answer (judging afresh costs ~30 µs here; this path costs ~1 µs).
 FAST_PATH_SLACK = 1.0
+# The clock is judged with at least this tolerance whatever clock_skew_tolerance says: the hub's Date
+# header has whole seconds and arrives after a network round trip, and a verdict that flapped with
+# them would flap the renewal hold too.
+MIN_TOLERANCE = timedelta(seconds=60)
 
 
 def _utcnow() -> datetime:
@@ -77,7 +81,7 @@ def judge_offline(state_dir: Path, held: Iterable[x509.Certificate], now: dateti
             newest = Evidence(cert.not_valid_before_utc,
                               f"the newest certificate held ({cert.subject.rfc4514_string()})")
     return judge_clock(now, last_seen=read_last_seen(state_dir / LAST_SEEN_FILE), newest_not_before=newest,
-                       tolerance=tolerance)
+                       tolerance=max(tolerance, MIN_TOLERANCE))
 
 
 class ClockWatch:
@@ -93,7 +97,8 @@ class ClockWatch:
     ) -> None:
         """`wall_epoch`: `wall` as seconds since the epoch, when there is a cheaper way (time.time)."""
         self.path = state_dir / LAST_SEEN_FILE
-        self.tolerance, self.wall, self.monotonic, self.build_date = tolerance, wall, monotonic, build_date
+        self.wall, self.monotonic, self.build_date = wall, monotonic, build_date
+        self.tolerance = max(tolerance, MIN_TOLERANCE)
         if wall_epoch is None:
             wall_epoch = time.time if wall is _utcnow else lambda: wall().timestamp()
         self._wall_epoch = wall_epoch
