@@ -68,19 +68,23 @@ def test_ca_add_and_remove_are_live(pair: tuple[HubProcess, GatewayProcess], tmp
     gw.wait_log("reason=chain_unknown_ca")
 
     (tmp_path / "root.pem").write_bytes(root.cert_pem.bytes)
+    started = time.monotonic()
     done = hub.cli("ca", "add", "device-root", str(tmp_path / "root.pem"))
     assert done.returncode == 0, done.stderr
     admitted = wait_for(lambda: attempt(gw, "ca-sensor", files) == 0, 15, "the device to be admitted")
-    print(f"admitted {admitted:.2f} s after `hub-mock ca add`")
+    print(f"admitted {admitted:.2f} s after `hub-mock ca add` returned "
+          f"({time.monotonic() - started:.2f} s after it was started)")
     gw.wait_log("registered CAs now: device-root")
 
     live = PahoDevice(gw.port, gw.root, "ca-sensor", files)
     assert live.connect() == 0
     try:
+        started = time.monotonic()
         done = hub.cli("ca", "remove", "device-root")
         assert done.returncode == 0, done.stderr
         closed = wait_for(live.disconnected.is_set, 15, "the live session to be closed")
-        print(f"session closed {closed:.2f} s after `hub-mock ca remove`")
+        print(f"session closed {closed:.2f} s after `hub-mock ca remove` returned "
+              f"({time.monotonic() - started:.2f} s after it was started)")
     finally:
         live.close()
     gw.wait_log("session closed device=ca-sensor")
