@@ -202,3 +202,32 @@ def test_a_tempsensor_with_a_wrong_clock_names_the_clock_and_keeps_trying(tmp_pa
         proc.terminate()
         proc.wait(10)
         gw.stop()
+
+
+@pytest.mark.timeout(180)
+def test_messages_taken_while_behind_survive_the_correction(hub: HubProcess, tmp_path: Path) -> None:
+    """Stamped with a clock 40 days behind, buffered messages would all be 40 days past their time-to-live
+    the moment NTP corrects the clock: the gateway stamps them with the time it acts on instead."""
+    ran_before(tmp_path, "+0")
+    clock = FakeClock(tmp_path / "faketime", "-40d")
+    gw = GatewayProcess.start(tmp_path / "gw", hub, env=clock.env())
+    try:
+        gw.wait_synced()
+        _, files = device(hub, "buffered", tmp_path)
+        paho = PahoDevice(gw.port, gw.root, "buffered", files)
+        wait_for(lambda: paho.connect() == 0, 20, "admission")
+        try:
+            hub.admin.fault("down")
+            for n in range(3):
+                assert paho.publish("devices/buffered/messages/events/", f'{{"n": {n}}}'.encode())
+        finally:
+            paho.close()
+        clock.set("+0")
+        gw.wait_log("the system clock is trusted again", timeout=60)
+        hub.admin.fault("up")
+        wait_for(lambda: hub.admin.messages("buffered")["total"] == 3, 60, "the buffered messages at the hub")
+        stamps = [datetime.fromisoformat(m["enqueued_time"].replace("Z", "+00:00"))
+                  for m in hub.admin.messages("buffered")["messages"]]
+        assert all(abs(datetime.now(UTC) - stamp) < timedelta(minutes=10) for stamp in stamps), stamps
+    finally:
+        gw.stop()
