@@ -97,7 +97,7 @@ def test_anchor_lost_sessions(new: TrustAnchors, device: IssuedCert, lost: bool)
         assert "was removed from the hub" in ends[0].message
 
 
-def test_the_sweep_kicks_counts_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
+async def test_the_sweep_kicks_counts_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
     now = [T]
     sessions = {"expiring": peer(EXPIRING), "lasting": peer(LASTING)}
     kicked: list[tuple[str, str]] = []
@@ -120,6 +120,6 @@ def test_the_sweep_kicks_counts_and_logs_once(caplog: pytest.LogCaptureFixture) 
     assert line.startswith(f"session closed device=expiring thumbprint={EXPIRING.thumbprint_sha256} "
                            "reason=cert_expired: the device certificate expired on")
 
-    sweep.anchors_changed(TrustAnchors((ROOT.cert,)), TrustAnchors(()), ())
+    await sweep.close_orphans(TrustAnchors((ROOT.cert,)), TrustAnchors(()))
     assert kicked[-1][0] == "lasting"
     assert counters.get("edgegate_sessions_closed_total", reason=CA_REMOVED) == 1
