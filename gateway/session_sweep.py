@@ -67,9 +67,11 @@ class SessionSweep:
         task.add_done_callback(self._tasks.discard)
 
     async def close_orphans(self, old: TrustAnchors, new: TrustAnchors) -> list[SessionEnd]:
-        sessions = list(self.list_sessions())
-        ends = await asyncio.to_thread(anchor_lost_sessions, sessions, old, new, self.clock())
-        return self._close(ends)
+        checked = dict(self.list_sessions())
+        ends = await asyncio.to_thread(anchor_lost_sessions, list(checked.items()), old, new, self.clock())
+        # A device that reconnected while its chains were checked holds a new session: leave that alone.
+        current = dict(self.list_sessions())
+        return self._close([e for e in ends if current.get(e.device_id) is checked[e.device_id]])
 
     def _close(self, ends: list[SessionEnd]) -> list[SessionEnd]:
         closed = []
