@@ -18,7 +18,7 @@ from gateway.auth.chain_failure import explain_chain_failure
 from gateway.pki import verify_chain
 
 # verify_chain's reason codes that mean "no path from what was sent to a root in ca-file".
-_NO_PATH = frozenset({"chain_incomplete", "chain_untrusted", "no_trust_anchor"})
+_NO_PATH = frozenset({"chain_incomplete", "chain_untrusted", "no_trust_anchor", "chain_too_deep"})
 _DATES = frozenset({"expired", "not_yet_valid", "expired_or_not_yet_valid"})
 
 
