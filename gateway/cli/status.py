@@ -17,7 +17,7 @@ from typing import Any
 from gateway.cache.freshness import cache_usable
 from gateway.cache.records import CacheSummary
 from gateway.cache.repository import CacheRepository
-from gateway.config import load_config
+from gateway.config import Config, load_config
 from gateway.errors import StorageError
 from gateway.store.db import current_revision, database_exists, head_revision, open_engine, redacted
 from gateway.sync.status_file import STATUS_FILE_NAME, read_status
@@ -160,6 +160,15 @@ def render_text(report: dict[str, Any], now: datetime) -> str:
     return "\n".join(lines)
 
 
+def _clock_from_disk(config: Config, now: datetime) -> dict[str, Any]:
+    """The clock as the gateway would judge it now, when no running gateway says (gateway.clock_floor)."""
+    from gateway.clock_watch import judge_offline
+    from gateway.server_identity import held_certificates
+
+    verdict = judge_offline(config.state_dir, held_certificates(config), now, config.auth.clock_skew_tolerance)
+    return {"state": verdict.state.value, "message": verdict.sentence, "as_of": "the files on disk"}
+
+
 def _status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     url = config.storage.url
@@ -189,6 +198,8 @@ def _status(args: argparse.Namespace) -> int:
         now=now,
         offline_trust=config.sync.offline_trust,
     )
+    if report.get("clock") is None:
+        report["clock"] = _clock_from_disk(config, now)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

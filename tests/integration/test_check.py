@@ -83,3 +83,6 @@ def test_a_clock_behind_the_last_time_seen_is_a_warning(stack: tuple[HubProcess,
     assert clock["status"] == "warning"
     assert clock["detail"].startswith("the system clock is 40 days behind the last time this gateway saw; "
                                       "NTP not synced?")
+    shown = subprocess.run([sys.executable, "-m", "gateway.cli.main", "status", "-c", str(gw.config_path)],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "clock        ⚠ behind: the system clock is 40 days behind" in shown, shown  # from disk: not running
