@@ -189,7 +189,8 @@ class TempSensor:
                 return None
             rc = self.client.loop(self._loop_timeout())
             if self._connack is not None and self._connack != 0:
-                return connack_refusal(self._connack, self.o.device_id, self.o.username)
+                return connack_refusal(self._connack, self.o.device_id, self.o.username,
+                                       own_cert=self.context.own_cert, now=self.clock())
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 lost = connection_lost(self._connack == 0, self.context.last_error, mqtt.error_string(rc))
                 return lost if self._connack == 0 else self._hung_up(lost)

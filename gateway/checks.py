@@ -267,3 +267,13 @@ def database(shown_url: str, status: tuple[str | None, str] | None, error: str |
         return warn(title, f"at {current or 'no migration'}, latest is {head}; run `edgegate db upgrade` "
                            "(`edgegate run` does it too)")
     return ok(title, head)
+
+
+# ---- clock -------------------------------------------------------------------------------------
+
+
+def system_clock(state: str, sentence: str) -> CheckResult:
+    """⚠ when the clock floor (gateway.clock_floor) says the system clock is behind or ahead."""
+    if state == "trusted":
+        return ok("system clock is plausible", sentence)
+    return warn("system clock is wrong", sentence)

@@ -9,6 +9,7 @@ import gc
 import json
 import logging
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
@@ -18,6 +19,7 @@ from gateway.auth.decision import AuthPolicy
 from gateway.broker.port import BrokerPort
 from gateway.cache.directory import DeviceDirectory
 from gateway.cache.repository import CacheRepository
+from gateway.clock_watch import ClockWatch
 from gateway.config import Config
 from gateway.est import adopt as est_adopt
 from gateway.est.keeper import EstKeeper
@@ -28,6 +30,7 @@ from gateway.outbox.store import Outbox
 from gateway.pki import load_certs
 from gateway.records import DeviceRecord
 from gateway.server_identity import ServerCertKeeper, describe_chain
+from gateway.session_sweep import SessionSweep
 from gateway.store.db import DatabaseThread, open_engine, redacted
 from gateway.store.migrate import migrate
 from gateway.sync.hubclient import HubClient
@@ -83,12 +86,17 @@ class Gateway:
     async def _start(self) -> None:
         config = self.config
         config.state_dir.mkdir(parents=True, exist_ok=True)
+        # Every decision from here on acts on the clock watch's time, which is the wall clock only while
+        # the wall clock is plausible (gateway.clock_floor).
+        self.clock_watch = ClockWatch(config.state_dir, tolerance=config.auth.clock_skew_tolerance, wall=self.clock,
+                                      wall_epoch=time.time if self.clock is utcnow else None)
         self.est: EstKeeper | None = None
         if config.est is not None:
             # Enroll over EST what is missing before anything is served (RFC 7030, gateway.est).
-            self.est = EstKeeper(config, config.est, self.clock, self.counters)
+            self.est = EstKeeper(config, config.est, self.clock_watch.now, self.counters)
             await self.est.ensure_ready()
-        self.keeper = ServerCertKeeper(config, self.clock)
+        self.keeper = ServerCertKeeper(config, self.clock, self.clock_watch)
+        self.clock = self.clock_watch.now
         trust_bundle_path = config.trust_bundle_cert or self.keeper.edge.trust_bundle_path
 
         url = config.storage.url
@@ -104,6 +112,8 @@ class Gateway:
             url=hub.url, hostname=hub.hostname, gateway_id=hub.gateway_id, trust_bundle_cert=hub.trust_bundle_cert,
             identity_cert=hub.identity_cert, identity_pk=hub.identity_pk,
         )
+        if self.hub_client is not None:
+            self.hub_client.on_date = self.clock_watch.hub_date
         gateway_id = hub.gateway_id if hub is not None else config.hostname
         self.directory = DeviceDirectory(
             gateway_id=gateway_id, repository=repository, db=self.cache_db, clock=self.clock, snapshot=snapshot,
@@ -115,7 +125,7 @@ class Gateway:
         ob = config.outbox
         self.outbox = Outbox(open_engine(url), OutboxLimits(ob.time_to_live.total_seconds(), ob.max_messages,
                                                             ob.max_bytes, ob.per_device_max_messages),
-                             counters=self.counters)
+                             counters=self.counters, clock=self.clock_watch.epoch)
         await self.outbox.open()
 
         self.broker = BrokerPort()
@@ -129,11 +139,17 @@ class Gateway:
             limits=FrontDoorLimits(limits.max_connections, limits.max_packet_size,
                                    limits.handshake_timeout.total_seconds(),
                                    int(limits.max_keep_alive.total_seconds())),
+            wallclock=self.clock_watch.epoch,
         )
         self.directory.on_revoked(self._revoked)
+        self.sweep = SessionSweep(lambda: list(self.door.sessions()), self.door.kick, clock=self.clock,
+                                  skew=config.auth.clock_skew_tolerance, counters=self.counters)
+        self.directory.on_anchors_changed(self.sweep.anchors_changed)
         self.addresses = await self.door.start(config.listener.bind, config.listener.port)
 
         self._spawn(self.keeper.run())
+        self._spawn(self.clock_watch.run())
+        self._spawn(self.sweep.run())
         self.sync: RegistrySync | None = None
         self.forwarder: Forwarder | None = None
         if self.hub_client is not None:
@@ -144,11 +160,11 @@ class Gateway:
             self.forwarder = Forwarder(self.outbox, self.hub_client, counters=self.counters)
             self._spawn(self.forwarder.run())
             self._spawn(CloudToDevice(self.hub_client, self.broker).run())
-        for twin_task in self.twins.tasks:
-            self._spawn(twin_task)
         else:
             log.warning("no [hub] configured: serving the %d cached devices; telemetry stays in the outbox",
                         len(self.directory))
+        for twin_task in self.twins.tasks:
+            self._spawn(twin_task)
         if self.est is not None:
             self.est.identity.adopt = (est_adopt.hub_identity(self.hub_client, hub, self._resync_now)
                                        if self.hub_client and hub else est_adopt.est_identity(self.est))
@@ -184,6 +200,7 @@ class Gateway:
                                                                        "queue": self.outbox.depth()},
             "sync": self.sync.describe() if self.sync else {"state": "not configured"},
             "server_cert_not_after": self.keeper.server.not_after.isoformat(),
+            "clock": self.clock_watch.describe(),
             "counters": self.counters.snapshot(),
             "twins": self.twins.status(),
         } | ({"est": self.est.status()} if self.est is not None else {})
@@ -209,6 +226,7 @@ class Gateway:
             await self.hub_client.close()
         await self.broker.stop()
         self.cache_db.close()
+        self.clock_watch.persist()
         (self.config.state_dir / STATUS_FILE_NAME).unlink(missing_ok=True)
 
 

@@ -90,6 +90,12 @@ class AdminClient:
     def add_ca(self, name: str, pem: str) -> dict[str, Any]:
         return dict(self.call("POST", "/admin/cas", {"name": name, "pem": pem}))
 
+    def replace_ca(self, name: str, pem: str) -> dict[str, Any]:
+        return dict(self.call("PUT", f"/admin/cas/{_quote(name)}", {"pem": pem}))
+
+    def remove_ca(self, name: str) -> dict[str, Any]:
+        return dict(self.call("DELETE", f"/admin/cas/{_quote(name)}"))
+
     def cas(self) -> list[dict[str, Any]]:
         return list(self.call("GET", "/admin/cas")["cas"])
 

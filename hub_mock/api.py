@@ -23,7 +23,7 @@ from hub_mock.est_auth import authenticate_est_gateway
 from hub_mock.faults import fault_middleware
 from hub_mock.identity import PeerThumbprints, authenticate_gateway
 from hub_mock.ingest import parse_batch
-from hub_mock.registry import ChangePage
+from hub_mock.registry import ChangePage, RegisteredCA
 from hub_mock.services import HubServices
 from hub_mock.wire import (
     device_json,
@@ -110,7 +110,9 @@ async def _device(request: web.Request) -> web.Response:
 
 
 def _changes_json(page: ChangePage) -> dict[str, Any]:
-    return {
+    # "cas" appears only when a CA changed in the page's range: the whole list of registered CAs.
+    cas = {} if page.cas is None else {"cas": [_ca_json(ca) for ca in page.cas]}
+    return cas | {
         "changes": [
             {
                 "seq": change.seq,
@@ -123,6 +125,10 @@ def _changes_json(page: ChangePage) -> dict[str, Any]:
         "sequence": page.sequence,
         "more": page.more,
     }
+
+
+def _ca_json(ca: RegisteredCA) -> dict[str, Any]:
+    return {"name": ca.name, "pem": ca.pem, "thumbprint": ca.thumbprint}
 
 
 async def _long_poll(
@@ -149,7 +155,9 @@ async def _read_changes(request: web.Request, wait_seconds: float) -> web.Respon
         return await hub.db.run(hub.registry.changes_since, gateway_id, since=since, limit=limit)
 
     # A `since` beyond the latest seq never becomes ready by waiting: answer at once.
-    page = await _long_poll(hub, wait_seconds, read, lambda page: bool(page.changes) or since > page.sequence)
+    page = await _long_poll(
+        hub, wait_seconds, read, lambda page: bool(page.changes) or page.cas is not None or since > page.sequence
+    )
     if since > page.sequence:
         raise SequenceAhead(
             f"since={since} is beyond this hub's latest change {page.sequence}: the registry was reset; "

@@ -188,6 +188,36 @@ def _ca_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ca_replace(args: argparse.Namespace) -> int:
+    ca = _client(args).replace_ca(args.name, _read(args.file))
+    print(f"{ca['name']}: replaced, thumbprint {ca['thumbprint']}")
+    return 0
+
+
+def _ca_remove(args: argparse.Namespace) -> int:
+    ca = _client(args).remove_ca(args.name)
+    print(f"{ca['removed']}: removed (thumbprint {ca['thumbprint']}); gateways drop the sessions that relied on it")
+    return 0
+
+
+def _identity_leaf(path: Path) -> str:
+    """The first certificate of `path`: `edgegate certs create-identity` writes the leaf followed by its
+    issuers, and the hub registers only the leaf. Says so when it leaves certificates out."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    text = _read(path)
+    try:
+        certs = x509.load_pem_x509_certificates(text.encode())
+    except ValueError:
+        return text  # the hub names what is wrong with it
+    if len(certs) > 1:
+        subject = certs[0].subject.rfc4514_string()
+        print(f"{path} holds {len(certs)} certificates; registering the first, the identity certificate "
+              f"{subject} (the others are its issuers)", file=sys.stderr)
+    return certs[0].public_bytes(Encoding.PEM).decode()
+
+
 def _ca_list(args: argparse.Namespace) -> int:
     cas = _client(args).cas()
     if args.json:
@@ -203,7 +233,7 @@ def _gateways_put(replace: bool) -> Callable[[argparse.Namespace], int]:
             raise UsageError("give exactly one of --thumbprint T or --cert FILE")
         client = _client(args)
         put = client.update_gateway if replace else client.add_gateway
-        pem = _read(args.cert) if args.cert is not None else None
+        pem = _identity_leaf(args.cert) if args.cert is not None else None
         gateway = put(args.gateway_id, thumbprint=args.thumbprint, secondary=args.secondary, cert_pem=pem)
         print(
             f"{gateway['gateway_id']}: {'updated' if replace else 'registered'}, "
@@ -460,6 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
     ca_add.add_argument("name")
     ca_add.add_argument("file", type=Path)
     ca_add.set_defaults(func=_ca_add)
+    ca_replace = ca.add_parser("replace", parents=[conn], help="put a new certificate under a registered CA's name")
+    ca_replace.add_argument("name")
+    ca_replace.add_argument("file", type=Path)
+    ca_replace.set_defaults(func=_ca_replace)
+    ca_remove = ca.add_parser("remove", parents=[conn], help="unregister a CA (live sessions chained to it end)")
+    ca_remove.add_argument("name")
+    ca_remove.set_defaults(func=_ca_remove)
     ca_list = ca.add_parser("list", parents=[conn])
     ca_list.add_argument("--json", action="store_true")
     ca_list.set_defaults(func=_ca_list)
@@ -475,7 +512,8 @@ def build_parser() -> argparse.ArgumentParser:
         gw.add_argument(
             "--thumbprint", help="identity cert thumbprint (its chain must reach a registered CA)"
         )
-        gw.add_argument("--cert", type=Path, help="identity cert file (self-signed certs need this)")
+        gw.add_argument("--cert", type=Path, help="identity cert file, or its chain file (the first "
+                                                  "certificate is taken); self-signed certs need this")
         gw.add_argument("--secondary", help="secondary identity thumbprint")
         gw.set_defaults(func=_gateways_put(replace))
     gw_list = gateways.add_parser("list", parents=[conn])

@@ -52,7 +52,16 @@ def run_checks(path: Path, now: datetime) -> list[CheckResult]:
         results.append(checks.hub_not_configured() if config.hub is None
                        else checks.hub_reachable(config.hub, probe_hub(config.hub, HUB_TIMEOUT)))
     results.append(_database(config.storage.url))
+    results.append(_clock(config, now))
     return results
+
+
+def _clock(config: Config, now: datetime) -> CheckResult:
+    from gateway.clock_watch import judge_offline
+    from gateway.server_identity import held_certificates
+
+    verdict = judge_offline(config.state_dir, held_certificates(config), now, config.auth.clock_skew_tolerance)
+    return checks.system_clock(verdict.state.value, verdict.sentence)
 
 
 # ---- files -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Any
 from gateway.cache.freshness import cache_usable
 from gateway.cache.records import CacheSummary
 from gateway.cache.repository import CacheRepository
-from gateway.config import load_config
+from gateway.config import Config, load_config
 from gateway.errors import StorageError
 from gateway.store.db import current_revision, database_exists, head_revision, open_engine, redacted
 from gateway.sync.status_file import STATUS_FILE_NAME, read_status
@@ -72,6 +72,7 @@ def build_report(
         "devices": live.get("devices") if running and live else None,
         "forwarder": live.get("outbox") if running and live else None,
         "twins": live.get("twins") if running and live else None,
+        "clock": live.get("clock") if running and live else None,
     }
     if running and live and isinstance(live.get("est"), dict):
         report["est"] = live["est"]  # EST-issued certificates: time left, level, next renewal, last error
@@ -146,6 +147,10 @@ def render_text(report: dict[str, Any], now: datetime) -> str:
         )
         lines.append(f"             oldest entry {_ago(cache['oldest_entry_at'], now)}")
         lines.append(f"             offline trust {trust_text}: {usable}")
+    clock = report.get("clock")
+    if isinstance(clock, dict):
+        mark = "" if clock.get("state") == "trusted" else "⚠ "
+        lines.append(f"clock        {mark}{clock.get('state')}: {clock.get('message')}")
     if report["connected_devices"] is not None:
         names = report.get("devices") or []
         shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
@@ -182,6 +187,15 @@ def _est_lines(est: Any) -> list[str]:
     return lines
 
 
+def _clock_from_disk(config: Config, now: datetime) -> dict[str, Any]:
+    """The clock as the gateway would judge it now, when no running gateway says (gateway.clock_floor)."""
+    from gateway.clock_watch import judge_offline
+    from gateway.server_identity import held_certificates
+
+    verdict = judge_offline(config.state_dir, held_certificates(config), now, config.auth.clock_skew_tolerance)
+    return {"state": verdict.state.value, "message": verdict.sentence, "as_of": "the files on disk"}
+
+
 def _status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     url = config.storage.url
@@ -211,6 +225,8 @@ def _status(args: argparse.Namespace) -> int:
         now=now,
         offline_trust=config.sync.offline_trust,
     )
+    if report.get("clock") is None:
+        report["clock"] = _clock_from_disk(config, now)
     if args.json:
         print(json.dumps(report, indent=2))
     else:

@@ -283,6 +283,9 @@ class DeviceConnection(asyncio.Protocol):
         w.counters.inc("edgegate_auth_rejected_total", reason=decision.reason.value)
         log.warning("rejected device=%s thumbprint=%s reason=%s from %s:%d: %s",
                     decision.device_id or "-", thumbprint, decision.reason.value, *self.remote, decision.message)
+        if decision.detail:
+            # The verifier's own words: for whoever debugs a PKI, not for the operator's log.
+            log.debug("rejected device=%s: verifier said: %s", decision.device_id or "-", decision.detail)
 
     async def _lookup(self, event: ev.LookupDevice) -> None:
         directory = self.wiring.directory

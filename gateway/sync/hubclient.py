@@ -13,6 +13,8 @@ import errno
 import json
 import ssl
 from collections.abc import Callable
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -61,6 +63,8 @@ class HubClient:
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
         self._retired: set[asyncio.Task[None]] = set()
+        # Told the hub's Date header of every answer: the clock floor's best evidence (gateway.clock_watch).
+        self.on_date: Callable[[datetime], object] | None = None
 
     @classmethod
     def from_files(
@@ -217,6 +221,7 @@ class HubClient:
             ) as response:
                 status = response.status
                 raw = await response.read()
+                self._note_date(response.headers.get("Date"))
         except aiohttp.ClientConnectorCertificateError as exc:
             raise HubUnavailable(
                 f"the hub at {where} presented a certificate we do not trust: {_verify_message(exc)}"
@@ -250,6 +255,17 @@ class HubClient:
         if status == 409 and reset_ok and reason == "sequence_ahead":
             return None
         raise HubUnavailable(f"the hub at {where} answered {path} with {status} {reason}: {message}")
+
+
+    def _note_date(self, header: str | None) -> None:
+        if self.on_date is None or not header:
+            return
+        try:
+            date = parsedate_to_datetime(header)
+        except (TypeError, ValueError):
+            return
+        if date.tzinfo is not None:
+            self.on_date(date)
 
 
 async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
