@@ -20,6 +20,7 @@ from gateway.config import HubConfig
 from gateway.errors import PKIError
 from gateway.pki import verify_chain
 from gateway.pki.edge_ca import server_cert_problem
+from gateway.service.budget import ConnectionBudget
 
 # iotedge check warns when a certificate has less than a week left.
 WARN_DAYS = 7
@@ -251,3 +252,14 @@ def database(shown_url: str, status: tuple[str | None, str] | None, error: str |
         return warn(title, f"at {current or 'no migration'}, latest is {head}; run `edgegate db upgrade` "
                            "(`edgegate run` does it too)")
     return ok(title, head)
+
+
+# ---- resources ---------------------------------------------------------------------------------
+
+
+def connection_budget(budget: ConnectionBudget) -> CheckResult:
+    """⚠ when the open-files or memory limit caps the configured max_connections, with the figures."""
+    title = "max_connections fits the open-files and memory limits"
+    if budget.capped:
+        return warn(title, budget.sentence())
+    return ok(title, budget.sentence())

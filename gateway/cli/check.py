@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -43,7 +44,22 @@ def run_checks(path: Path, now: datetime) -> list[CheckResult]:
     results.append(checks.hub_not_configured() if config.hub is None
                    else checks.hub_reachable(config.hub, probe_hub(config.hub, HUB_TIMEOUT)))
     results.append(_database(config.storage.url))
+    results.append(_capacity(config))
     return results
+
+
+def _capacity(config: Config) -> CheckResult:
+    """What `edgegate run` will allow: it raises its soft open-files limit to the hard one first."""
+    import resource
+
+    from gateway.service.budget import connection_budget
+    from gateway.service.resources import read_resources
+
+    found = read_resources(config.limits.memory)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        found = replace(found, open_files=int(hard))
+    return checks.connection_budget(connection_budget(config.limits.max_connections, found))
 
 
 # ---- files -------------------------------------------------------------------------------------
