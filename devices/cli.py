@@ -14,6 +14,7 @@ from cryptography.x509.oid import NameOID
 from devices.events import Events
 from devices.sensor import Exit, SensorOptions, TempSensor
 from devices.tls import device_context
+from gateway import __version__
 from gateway.errors import PKIError
 from gateway.pki import load_certs
 
@@ -29,6 +30,7 @@ def _at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tempsensor", description="A TempSensor child device for edgegate.")
+    p.add_argument("--version", action="version", version=f"tempsensor (edgegate) {__version__}")
     p.add_argument("--gateway-hostname", required=True,
                    help="the gateway's name: its certificate must carry it, and it goes into the username")
     p.add_argument("--connect-address",

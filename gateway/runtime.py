@@ -89,8 +89,25 @@ class Gateway:
     @classmethod
     async def start(cls, config: Config, *, clock: Callable[[], datetime] = utcnow) -> Gateway:
         gateway = cls(config, clock)
-        await gateway._start()
+        try:
+            await gateway._start()
+        except BaseException:
+            await gateway._undo_start()
+            raise
         return gateway
+
+    async def _undo_start(self) -> None:
+        """Release what a failed start had built (a port in use is found only after the broker runs), so
+        the failure is one line and not a cancelled task's traceback at exit."""
+        for name, method in (("supervisor", "stop"), ("outbox", "close"), ("hub_client", "close"),
+                             ("broker", "shutdown")):
+            part = getattr(self, name, None)
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    await getattr(part, method)()
+        cache_db = getattr(self, "cache_db", None)
+        if cache_db is not None:
+            cache_db.close()
 
     def _size(self) -> ConnectionBudget:
         """Raise the open-files limit as far as allowed, then fit max_connections to it and to memory."""
@@ -284,7 +301,7 @@ class Gateway:
             bundle = new.trust_bundle_cert or self.keeper.edge.trust_bundle_path
             self.directory.replace_trust_bundle(load_certs(bundle))
         except EdgegateError as exc:
-            return f"{plan.sentence()}; but the certificates did not reload, the current ones stay: {exc}"
+            return f"certificates did not reload, the current ones stay: {exc}; {plan.sentence()}"
         return f"{plan.sentence()}; {self.budget.sentence()}; presenting {describe_chain(self.keeper.server)}"
 
     # ---- stopping -------------------------------------------------------------------------------
@@ -346,5 +363,6 @@ async def serve(config: Config, *, ready_file: Path | None = None) -> int:
 
 def _reload(gateway: Gateway) -> None:
     gateway.notifier.reloading()
-    log.info("SIGHUP: %s", gateway.reload())
+    outcome = gateway.reload()
+    (log.info if outcome.startswith("reloaded") else log.warning)("SIGHUP: %s", outcome)
     gateway.notifier.reloaded(f"listening on {', '.join(f'{h}:{p}' for h, p in gateway.addresses)}")

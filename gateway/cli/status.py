@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -176,14 +177,17 @@ EXIT_NOT_RUNNING = 3
 
 
 def pid_alive(pid: object) -> bool | None:
-    """Whether `pid` is a live process that is an edgegate (a recycled pid of another program is not)."""
+    """Whether `pid` is a live process: a status.json younger than STATUS_STALE_AFTER whose writer was
+    killed (kill -9, a crash, an OOM kill) names a pid that is gone."""
     if not isinstance(pid, int) or pid <= 0:
         return None
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
-    return b"gateway" in cmdline or b"edgegate" in cmdline
+    except PermissionError:
+        return True  # alive, owned by another user (the service's)
+    return True
 
 
 def _status(args: argparse.Namespace) -> int:
