@@ -136,8 +136,9 @@ def test_a_full_disk_fails_the_status_writer_visibly_and_it_recovers(tmp_path: P
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=64k", "count=100"], capture_output=True,
                        check=False)
         wait_for(lambda: gw.get("/healthz")[0] == 503, what="/healthz to turn unhealthy")
-        code, body = gw.get("/healthz")
-        assert b'"status-writer"' in body and b"No space left on device" in body
+        _code, body = gw.get("/healthz")
+        assert b'"status-writer"' in body
+        assert b"No space left on device" in body
         time.sleep(3)  # several retries
         failures = [line for line in gw.log().splitlines() if "status-writer failed" in line]
         assert len(failures) == 1, failures  # logged once, not once per retry
@@ -241,19 +242,18 @@ def test_client_supplied_strings_cannot_forge_log_lines(tmp_path: Path, hub: Hub
             client_id = f"{base}{CONTROL}{n}"
             dev = PahoDevice(gw.port, gw.root, client_id, stranger,
                              username=f"{HOSTNAME}/{client_id}/?api-version=2021-04-12")
-            try:
-                assert dev.connect(timeout=5) != 0  # refused: unknown device
-            except TimeoutError:
-                pass  # a client id with NUL is a protocol violation: closed without CONNACK, and logged
+            assert dev.connect() != 0  # refused: not a device id, not a registered device
             dev.close()
-        wait_for(lambda: gw.log().count("rejected device=") + gw.log().count("protocol violation") >= 5,
-                 what="rejection lines")
+        wait_for(lambda: gw.log().count("rejected device=") >= 5, what="rejection lines")
     finally:
         gw.stop()
     text = gw.log()
     lines = text.splitlines()
     assert not [ln for ln in lines if ln.startswith(("2026-01-01", "\r", "end", "red"))]
-    assert "\x1b" not in text and "\x07" not in text and "\u2028" not in text and "\r" not in text
+    assert "\x1b" not in text
+    assert "\x07" not in text
+    assert "\u2028" not in text
+    assert "\r" not in text
     assert any("\\x0a2026-01-01T00:00:00Z ERROR edgegate: forged line\\x0d\\x1b[31mred" in ln for ln in lines)
     # Every line is ours: it starts with a timestamp (or is a traceback's continuation, of which there are none).
     assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ [A-Z]+ ", ln) for ln in lines), \
