@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import heapq
 import itertools
+import math
 import queue
 import selectors
 import ssl
@@ -39,7 +40,7 @@ def percentile(sorted_values: Sequence[float], q: float) -> float:
     """The q-th percentile (0-100) by nearest rank; 0.0 for no values."""
     if not sorted_values:
         return 0.0
-    rank = max(1, min(len(sorted_values), round(q / 100 * len(sorted_values) + 0.5)))
+    rank = max(1, min(len(sorted_values), math.ceil(q / 100 * len(sorted_values))))
     return sorted_values[rank - 1]
 
 
