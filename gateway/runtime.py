@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import gc
 import json
 import logging
@@ -32,6 +33,7 @@ from gateway.server_identity import ServerCertKeeper, describe_chain, load_edge_
 from gateway.service.budget import ConnectionBudget, connection_budget
 from gateway.service.endpoint import HealthEndpoint
 from gateway.service.exposition import Gauge, render
+from gateway.service.failures import operational_sentence
 from gateway.service.notify import Notifier
 from gateway.service.reload import reload_plan
 from gateway.service.resources import raise_open_files, read_resources
@@ -50,6 +52,8 @@ log = logging.getLogger("edgegate")
 STATUS_EVERY = 2.0
 # How often refused-connection and suppressed-rejection summaries are logged (at most).
 SUMMARY_EVERY = 10.0
+# How often "out of descriptors" is logged (at most) while accept() keeps failing.
+RESOURCE_LOG_EVERY = 60.0
 
 
 def utcnow() -> datetime:
@@ -349,6 +353,7 @@ async def serve(config: Config, *, ready_file: Path | None = None) -> int:
     gateway.notifier.ready(f"listening on {listening}")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(_exception_handler(config))
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: _reload(gateway))
@@ -359,6 +364,23 @@ async def serve(config: Config, *, ready_file: Path | None = None) -> int:
     gateway.notifier.close()
     log.info("stopped")
     return 0
+
+
+def _exception_handler(config: Config) -> Callable[[asyncio.AbstractEventLoop, dict[str, Any]], None]:
+    """Out of descriptors (an accept() failing with EMFILE) is one line with the fix, at most once a minute,
+    not a traceback per attempt; anything else goes to asyncio's default handler."""
+    last = [-RESOURCE_LOG_EVERY]
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+            if loop.time() - last[0] >= RESOURCE_LOG_EVERY:
+                last[0] = loop.time()
+                log.error("%s (%s)", operational_sentence(exc, config), context.get("message", "accept failed"))
+            return
+        loop.default_exception_handler(context)
+
+    return handle
 
 
 def _reload(gateway: Gateway) -> None:

@@ -258,3 +258,30 @@ def test_client_supplied_strings_cannot_forge_log_lines(tmp_path: Path, hub: Hub
     # Every line is ours: it starts with a timestamp (or is a traceback's continuation, of which there are none).
     assert all(re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ [A-Z]+ ", ln) for ln in lines), \
         [ln for ln in lines if not re.match(r"\d{4}-", ln)][:5]
+
+
+def test_out_of_descriptors_fails_the_status_writer_visibly_and_it_recovers(tmp_path: Path) -> None:
+    """EMFILE: local clients hold every descriptor the gateway may open (here through its health endpoint);
+    the status writer's failure is one line with its cause, it recovers when they go, SIGTERM exits 0."""
+    gw = ServiceGateway.launch(tmp_path / "gw", None, extra=HEALTH, prefix=("prlimit", "--nofile=256:256", "--"),
+                               args=("--log-level", "INFO"))
+    status_file = gw.state_dir / "status.json"
+    wait_for(lambda: gw.get("/healthz")[0] == 200, what="healthy")
+    assert gw.health is not None
+    hogs: list[socket.socket] = []
+    try:
+        for _ in range(400):
+            hogs.append(socket.create_connection(gw.health, timeout=10))  # type: ignore[arg-type]
+        wait_for(lambda: "status-writer failed" in gw.log(), timeout=30, what="the status writer to fail")
+    finally:
+        for hog in hogs:
+            hog.close()
+    failure = [line for line in gw.log().splitlines() if "status-writer failed" in line]
+    assert len(failure) == 1
+    assert "Too many open files" in failure[0]
+    wait_for(lambda: "status-writer recovered" in gw.log(), timeout=90, what="recovery")
+    before = status_file.stat().st_mtime_ns
+    wait_for(lambda: status_file.stat().st_mtime_ns != before, what="status.json to update again")
+    assert gw.get("/healthz")[0] == 200
+    assert gw.stop() == 0
+    assert "Traceback" not in gw.log()
