@@ -78,15 +78,26 @@ class SafeFormatter(logging.Formatter):
         return f"{line}\n{exc}" if exc else line
 
 
+def _ip(text: str) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        return None
+
+
 def _source(record: logging.LogRecord) -> str | None:
-    """The first argument that is an IP address: where the event came from."""
+    """Where the event came from: an address followed by its port ("from %s:%d"), or one "ip:port" argument.
+    A bare address-like string is not enough: a client id can look like one, and must not pick its own key."""
     args = record.args if isinstance(record.args, tuple) else ()
-    for arg in args:
-        if isinstance(arg, str):
-            try:
-                return str(ipaddress.ip_address(arg))
-            except ValueError:
-                continue
+    for index, arg in enumerate(args):
+        if not isinstance(arg, str):
+            continue
+        following = args[index + 1] if index + 1 < len(args) else None
+        if isinstance(following, int) and not isinstance(following, bool) and _ip(arg) is not None:
+            return _ip(arg)
+        host, sep, port = arg.rpartition(":")
+        if sep and port.isdigit() and _ip(host.strip("[]")) is not None:
+            return _ip(host.strip("[]"))
     return None
 
 

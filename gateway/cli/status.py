@@ -132,6 +132,9 @@ def render_text(report: dict[str, Any], now: datetime) -> str:
                      f"{_ago(gw['status_written_at'], now)})")
     else:
         lines.append(f"gateway      not running (last status {_ago(gw['status_written_at'], now)})")
+    limits = service.get("limits")
+    if isinstance(limits, dict):
+        lines.append(f"limits       {limits.get('explanation')}")
     for name, task in sorted((service.get("tasks") or {}).items()):
         if task.get("state") != "running":
             lines.append(f"task         {name} {task.get('state')} ({task.get('failures')} failures): "

@@ -3,6 +3,7 @@ SIGHUP reload, one-line start failures, log lines a client cannot forge, `status
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import socket
@@ -285,3 +286,27 @@ def test_out_of_descriptors_fails_the_status_writer_visibly_and_it_recovers(tmp_
     assert gw.get("/healthz")[0] == 200
     assert gw.stop() == 0
     assert "Traceback" not in gw.log()
+
+
+def test_under_journald_lines_carry_a_priority_and_no_timestamp(tmp_path: Path) -> None:
+    """systemd connects stderr to the journal and says so in JOURNAL_STREAM=dev:inode."""
+    (tmp_path / "gw").mkdir()
+    log = tmp_path / "gw" / "gateway.log"
+    log.touch()
+    st = log.stat()
+    gw = ServiceGateway.launch(tmp_path / "gw", None, env={"JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino}"},
+                               args=("--log-level", "INFO"))
+    assert gw.stop() == 0
+    lines = gw.log().splitlines()
+    assert lines
+    assert all(re.match(r"<[2-7]>[A-Z]+ edgegate", ln) for ln in lines), lines[:5]
+    assert any(ln.startswith("<4>WARNING edgegate") for ln in lines)  # the quickstart warning
+    assert any(ln.startswith("<6>INFO edgegate: listening on") for ln in lines)
+
+
+def test_json_log_format(tmp_path: Path) -> None:
+    gw = ServiceGateway.launch(tmp_path / "gw", None, args=("--log-format", "json"))
+    assert gw.stop() == 0
+    entries = [json.loads(ln) for ln in gw.log().splitlines()]
+    assert {"ts", "level", "logger", "message"} <= set(entries[0])
+    assert any(e["message"] == "stopped" for e in entries)

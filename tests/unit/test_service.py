@@ -153,9 +153,16 @@ def test_rejection_lines_are_limited_per_source_with_a_summary() -> None:
         return limiter.filter(record)
 
     assert [line("10.0.0.1") for _ in range(8)] == [True] * 5 + [False] * 3
+    spoof = logging.LogRecord("edgegate.frontdoor", logging.WARNING, __file__, 1,
+                              "rejected device=%s from %s:%d", ("10.9.9.9", "10.0.0.1", 1), None)
+    assert not limiter.filter(spoof)  # a client id that looks like an address does not get its own budget
+    joined = logging.LogRecord("edgegate.frontdoor", logging.WARNING, __file__, 1,
+                               "protocol violation from %s", ("10.0.0.1:4444",), None)
+    assert [limiter.filter(joined) for _ in range(6)] == [True] * 5 + [False]  # its own template, same source
     assert line("10.0.0.2")  # another source has its own budget
     summary = limiter.summaries()
-    assert summary == ["suppressed 3 similar lines from 10.0.0.1 in the last 10 s: rejected ..."]
+    assert summary == ["suppressed 1 similar lines from 10.0.0.1 in the last 10 s: protocol ...",
+                       "suppressed 4 similar lines from 10.0.0.1 in the last 10 s: rejected ..."]
     assert limiter.summaries() == []
     now[0] = 11.0
     assert line("10.0.0.1")  # a new interval
