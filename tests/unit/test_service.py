@@ -359,3 +359,18 @@ def test_percentiles_and_the_fleet_summary() -> None:
     summary = summarize(3, 2, 100, [0.002, 0.004, 0.010])
     assert summary.latency_ms["max"] == pytest.approx(10.0)
     assert "2 of 3 sensors connected; 100 readings acknowledged" in summary.sentence()
+
+
+def test_check_shows_the_connection_budget(tmp_path: Path) -> None:
+    from gateway import checks
+    from gateway.checks import Status
+    from gateway.cli.check import _capacity
+
+    capped = checks.connection_budget(connection_budget(10_000, Resources(1024)))
+    assert capped.status is Status.WARN
+    assert "capped from 10000 to 896 by open_files" in capped.detail
+    fits = checks.connection_budget(connection_budget(100, Resources(1024)))
+    assert fits.status is Status.OK
+    result = _capacity(parse_config('hostname = "gw.local"\n[limits]\nmax_connections = 50\n',  # type: ignore[arg-type]
+                                    source=tmp_path / "c.toml"))
+    assert result.detail.startswith("max_connections 50 fits")
