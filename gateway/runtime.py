@@ -11,6 +11,7 @@ import json
 import logging
 import signal
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,8 @@ STATUS_EVERY = 2.0
 SUMMARY_EVERY = 10.0
 # How often "out of descriptors" is logged (at most) while accept() keeps failing.
 RESOURCE_LOG_EVERY = 60.0
+# Longest one shutdown step may take, so SIGTERM ends well inside systemd's TimeoutStopSec= (30 s).
+STOP_STEP_TIMEOUT = 10.0
 
 
 def utcnow() -> datetime:
@@ -292,8 +295,14 @@ class Gateway:
         plan = reload_plan(self.config, new)
         if new.log.level != self.config.log.level:
             logs.set_level(new.log.level)
+        # Only what can change live is taken over; the rest stays as started (and is named again at the
+        # next SIGHUP until a restart applies it).
+        new = replace(self.config, log=replace(self.config.log, level=new.log.level), limits=new.limits,
+                      edge_ca=new.edge_ca, trust_bundle_cert=new.trust_bundle_cert, alt_names=new.alt_names,
+                      auth=new.auth)
         self.config = new
         self.keeper.config = new
+        self.cache_directory.config = new
         self.budget = connection_budget(new.limits.max_connections, read_resources(new.limits.memory))
         self.door.limits = self._front_door_limits()
         try:
@@ -326,7 +335,7 @@ class Gateway:
         steps.append(("broker", self.broker.shutdown))
         for what, step in steps:
             try:
-                await step()
+                await asyncio.wait_for(step(), STOP_STEP_TIMEOUT)
             except Exception as exc:
                 log.error("stopping the %s failed, going on: %s: %s", what, type(exc).__name__, exc)
         self.cache_db.close()
