@@ -130,6 +130,13 @@ class RejectionLimiter(logging.Filter):
 _limiter = RejectionLimiter()
 
 
+def _alembic_to_debug(record: logging.LogRecord) -> bool:
+    """Alembic's INFO lines ("Context impl SQLiteImpl", "Running upgrade ...") are debug detail here."""
+    if record.name.startswith("alembic") and record.levelno == logging.INFO:
+        record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+    return True
+
+
 def under_journald() -> bool:
     """True when stderr is connected to the journal (systemd sets JOURNAL_STREAM=dev:inode)."""
     stream = os.environ.get("JOURNAL_STREAM", "")
@@ -148,6 +155,7 @@ def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
     style: LogFormat = "json" if log_format == "json" else "journald" if under_journald() else "text"
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(SafeFormatter(style))
+    handler.addFilter(_alembic_to_debug)
     handler.addFilter(_limiter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -374,3 +374,26 @@ def test_check_shows_the_connection_budget(tmp_path: Path) -> None:
     result = _capacity(parse_config('hostname = "gw.local"\n[limits]\nmax_connections = 50\n',  # type: ignore[arg-type]
                                     source=tmp_path / "c.toml"))
     assert result.detail.startswith("max_connections 50 fits")
+
+
+def test_alembic_chatter_is_debug(tmp_path: Path) -> None:
+    import io
+    import sys as system
+
+    from gateway import logs
+
+    saved, root = system.stderr, logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    system.stderr = buffer = io.StringIO()
+    try:
+        logs.configure_logging("INFO")
+        logging.getLogger("alembic.runtime.migration").info("Context impl SQLiteImpl.")
+        logging.getLogger("edgegate").info("kept")
+        assert buffer.getvalue().count("\n") == 1
+        logs.configure_logging("DEBUG")
+        logging.getLogger("alembic.runtime.migration").info("Running upgrade  -> 0001_cache")
+        assert "DEBUG alembic.runtime.migration: Running upgrade" in buffer.getvalue()
+    finally:
+        system.stderr = saved
+        root.handlers[:] = handlers
+        root.setLevel(level)
