@@ -4,7 +4,9 @@ SIGHUP reload, one-line start failures, log lines a client cannot forge, `status
 from __future__ import annotations
 
 import json
+import os
 import re
+import resource
 import signal
 import socket
 import ssl
@@ -19,6 +21,7 @@ from cryptography import x509
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.pki import CA, self_signed_device_cert
+from gateway.service.endpoint import MAX_CLIENTS
 from tests.certmatrix import build as build_matrix
 from tests.clients import DeviceFiles, PahoDevice
 from tests.gatewayproc import HOSTNAME
@@ -262,21 +265,33 @@ def test_client_supplied_strings_cannot_forge_log_lines(tmp_path: Path, hub: Hub
 
 
 def test_out_of_descriptors_fails_the_status_writer_visibly_and_it_recovers(tmp_path: Path) -> None:
-    """EMFILE: local clients hold every descriptor the gateway may open (here through its health endpoint);
-    the status writer's failure is one line with its cause, it recovers when they go, SIGTERM exits 0."""
-    gw = ServiceGateway.launch(tmp_path / "gw", None, extra=HEALTH, prefix=("prlimit", "--nofile=256:256", "--"),
-                               args=("--log-level", "INFO"))
+    """EMFILE: the gateway's open-files limit is lowered under it (prlimit --pid) to what it holds, so every
+    new descriptor fails; the status writer's failure is one line with its cause, it recovers when the
+    limit is back, SIGTERM exits 0. Local clients cannot do the same through the health endpoint."""
+    gw = ServiceGateway.launch(tmp_path / "gw", None, extra=HEALTH, args=("--log-level", "INFO"))
+    assert gw.proc is not None
+    pid = gw.proc.pid
     status_file = gw.state_dir / "status.json"
     wait_for(lambda: gw.get("/healthz")[0] == 200, what="healthy")
     assert gw.health is not None
-    hogs: list[socket.socket] = []
+
+    def open_fds() -> int:
+        return len(os.listdir(f"/proc/{pid}/fd"))
+
+    base = open_fds()
+    hogs = [socket.create_connection(gw.health, timeout=10) for _ in range(200)]  # type: ignore[arg-type]
+    time.sleep(1)
+    assert open_fds() <= base + MAX_CLIENTS + 4  # the endpoint refuses past MAX_CLIENTS
+    for hog in hogs:
+        hog.close()
+
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)  # the gateway raised its soft limit to this hard one
+    held = open_fds()
+    subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={held}:{hard}"], check=True)
     try:
-        for _ in range(400):
-            hogs.append(socket.create_connection(gw.health, timeout=10))  # type: ignore[arg-type]
         wait_for(lambda: "status-writer failed" in gw.log(), timeout=30, what="the status writer to fail")
     finally:
-        for hog in hogs:
-            hog.close()
+        subprocess.run(["prlimit", f"--pid={pid}", f"--nofile={hard}:{hard}"], check=True)
     failure = [line for line in gw.log().splitlines() if "status-writer failed" in line]
     assert len(failure) == 1
     assert "Too many open files" in failure[0]
