@@ -49,3 +49,18 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path: Path) -> None:
     done = verify(missing, tmp_path / "missing")
     assert done.returncode != 0
     assert "no-such-edgegate" in done.stderr
+
+
+def test_install_service_print_renders_a_unit_systemd_accepts(tmp_path: Path) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(f'hostname = "gw.local"\nstate_dir = "{tmp_path / "state"}"\n')
+    printed = subprocess.run([sys.executable, "-m", "gateway.cli.main", "install-service", "-c", str(config),
+                              "--print", "--user", "edgegw"], cwd=REPO, capture_output=True, text=True, timeout=60,
+                             check=False)
+    assert printed.returncode == 0, printed.stderr
+    assert f"run -c {config}" in printed.stdout
+    assert f"ReadWritePaths={tmp_path / 'state'}" in printed.stdout
+    assert "User=edgegw" in printed.stdout
+    assert not (tmp_path / "state").exists()  # --print changes nothing
+    done = verify(printed.stdout, tmp_path / "unit")
+    assert done.returncode == 0, done.stderr
