@@ -27,8 +27,12 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def _command() -> Path:
+    """The `edgegate` script of this installation: beside its Python (a venv, pipx), else on PATH."""
+    beside = Path(sys.executable).with_name("edgegate")
+    if beside.is_file() and os.access(beside, os.X_OK):
+        return beside
     found = shutil.which("edgegate")
-    return Path(found).resolve() if found else Path(sys.argv[0]).resolve()
+    return Path(found) if found else beside
 
 
 def _install(args: argparse.Namespace) -> int:
