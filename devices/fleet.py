@@ -69,11 +69,15 @@ class FleetSensor(TempSensor):
     """A TempSensor driven from outside: the fleet dials it, reads and writes its socket, and times it."""
 
     latencies: list[float]
+    fleet: Fleet
+    reading_due: float | None = None  # the live reading timer; older heap entries are stale
+    waiting_for_window: bool = False  # no timer: the next PUBACK schedules the next reading
     attempt: int = 0
     ever_connected: bool = False
     result: Exit = Exit.STOPPED
 
     def prepare(self, fleet: Fleet) -> None:
+        self.fleet = fleet
         self.latencies = []
         self._sent_at: dict[int, float] = {}
         self.client.on_socket_register_write = lambda _c, _u, _s: fleet.want_write(self)
@@ -100,6 +104,9 @@ class FleetSensor(TempSensor):
             sent = self._sent_at.pop(reading.seq, None)
             if sent is not None:
                 self.latencies.append(time.monotonic() - sent)
+        if self.waiting_for_window and self._connack == 0:
+            self.waiting_for_window = False
+            self.fleet.schedule_reading(self, time.monotonic())
 
     def dial(self) -> Explanation | None:
         """TCP + TLS + CONNECT sent (blocking; on a dialling thread). None when the socket is up."""
@@ -150,6 +157,11 @@ class Fleet:
 
     def _timer(self, due: float, kind: str, sensor: FleetSensor) -> None:
         heapq.heappush(self._timers, (due, next(self._order), kind, sensor))
+
+    def schedule_reading(self, sensor: FleetSensor, due: float) -> None:
+        """The sensor's one reading timer (it replaces any earlier one)."""
+        sensor.reading_due = due
+        self._timer(due, "reading", sensor)
 
     def run(self, stop: threading.Event) -> list[Exit]:
         """Until `stop` (or every sensor is done or has given up); each sensor's exit status."""
@@ -232,24 +244,33 @@ class Fleet:
                 return
             if sensor._connack == 0 and sensor in self._connack_due:
                 del self._connack_due[sensor]
-                self._timer(time.monotonic(), "reading", sensor)
+                sensor.waiting_for_window = False
+                self.schedule_reading(sensor, time.monotonic())
             pending = getattr(sock, "pending", None)
             if pending is None or not pending():
                 return  # TLS may hold decrypted bytes select() cannot see: read them first
 
     def _run_timers(self, now: float) -> None:
         while self._timers and self._timers[0][0] <= now:
-            _due, _n, kind, sensor = heapq.heappop(self._timers)
+            due, _n, kind, sensor = heapq.heappop(self._timers)
             if kind == "dial":
                 self._dial.put(sensor)
-            elif kind == "reading" and sensor._connack == 0 and sensor.client.socket() is not None:
+            elif kind == "reading" and due == sensor.reading_due:
+                sensor.reading_due = None
+                if sensor._connack != 0 or sensor.client.socket() is None:
+                    continue  # the connection ended; the next CONNACK schedules readings again
                 if sensor._finished():
                     sensor.result = Exit.OK
                     self._close(sensor)
                     sensor._emit("done", f"all {sensor.o.count} readings acknowledged", acked=len(sensor.acked))
                     continue
                 sensor._take_reading()
-                self._timer(max(sensor._next_due, now + 0.1), "reading", sensor)
+                if sensor._can_take():
+                    self.schedule_reading(sensor, max(sensor._next_due, now))
+                elif sensor.o.count == 0 or sensor._taken() < sensor.o.count:
+                    sensor.waiting_for_window = True  # the window is full: the next PUBACK schedules it
+                else:
+                    self.schedule_reading(sensor, now + 0.1)  # all taken: look again for the last PUBACKs
 
     def _misc(self, now: float) -> None:
         for sensor, due in list(self._connack_due.items()):

@@ -17,7 +17,7 @@ from tests.bigfleet import make_big_fleet
 from tests.hubproc import REPO, HubProcess
 from tests.serviceproc import ServiceGateway
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow]
+pytestmark = pytest.mark.integration
 
 SENSORS = 2000
 
@@ -28,6 +28,30 @@ def hub(tmp_path: Path) -> Iterator[HubProcess]:
         yield running
 
 
+def test_a_small_fleet_with_a_count_finishes_by_itself(tmp_path: Path, hub: HubProcess) -> None:
+    gw = ServiceGateway.launch(tmp_path / "gw", hub, args=("--log-level", "WARNING"))
+    try:
+        make_big_fleet(hub, tmp_path / "fleet", 5)
+        deadline = time.monotonic() + 60
+        while gw.status().get("sync", {}).get("cached_devices") != 5:  # type: ignore[union-attr]
+            assert time.monotonic() < deadline, "the gateway did not cache the fleet"
+            time.sleep(0.2)
+        done = subprocess.run(
+            [sys.executable, "-m", "devices.cli", "--gateway-hostname", "edgegateway.local", "--connect-address",
+             "127.0.0.1", "--port", str(gw.port), "--ca-file", str(gw.root), "--fleet", "5", "--fleet-dir",
+             str(tmp_path / "fleet"), "--interval", "0", "--count", "30", "--json-log"],
+            cwd=REPO, capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == 0, done.stderr
+        events = [json.loads(line) for line in done.stdout.splitlines()]
+        assert sum(e["event"] == "done" for e in events) == 5
+        assert sum(e["event"] == "acked" for e in events) == 150
+        (summary,) = [e for e in events if e["event"] == "summary"]
+        assert (summary["connected"], summary["acked"]) == (5, 150)
+    finally:
+        assert gw.stop() == 0
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(900)
 def test_a_fleet_of_2000_sensors_in_one_process(tmp_path: Path, hub: HubProcess) -> None:
     gw = ServiceGateway.launch(tmp_path / "gw", hub, args=("--log-level", "WARNING"))
