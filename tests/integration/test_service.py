@@ -325,3 +325,24 @@ def test_json_log_format(tmp_path: Path) -> None:
     entries = [json.loads(ln) for ln in gw.log().splitlines()]
     assert {"ts", "level", "logger", "message"} <= set(entries[0])
     assert any(e["message"] == "stopped" for e in entries)
+
+
+def test_a_read_only_state_dir_is_one_line_with_the_fix(tmp_path: Path) -> None:
+    """What ProtectSystem=strict without ReadWritePaths= does to the state dir: EROFS at the first write."""
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m,ro", "tmpfs", str(readonly)], check=False,
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        config = tmp_path / "config.toml"
+        config.write_text(f'hostname = "{HOSTNAME}"\nstate_dir = "{readonly / "state"}"\n'
+                          '[listener]\nbind = "127.0.0.1"\nport = 0\n')
+        done = subprocess.run([sys.executable, "-m", "gateway.cli.main", "run", "-c", str(config)], cwd=REPO,
+                              capture_output=True, text=True, timeout=60, check=False)
+    finally:
+        subprocess.run(["umount", "-l", str(readonly)], check=False)
+    assert done.returncode in (1, 2), done.stderr  # 2 if the config check already sees it
+    assert "Traceback" not in done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.startswith("edgegate:")]
+    assert "Read-only file system" in line or "not writable" in line
