@@ -259,7 +259,7 @@ def database(shown_url: str, status: tuple[str | None, str] | None, error: str |
 
 def connection_budget(budget: ConnectionBudget) -> CheckResult:
     """⚠ when the open-files or memory limit caps the configured max_connections, with the figures."""
-    title = "max_connections fits the open-files and memory limits"
+    title = "connection budget (max_connections against open files and memory)"
     if budget.capped:
         return warn(title, budget.sentence())
     return ok(title, budget.sentence())
