@@ -20,6 +20,7 @@ from gateway.config import HubConfig
 from gateway.errors import PKIError
 from gateway.pki import verify_chain
 from gateway.pki.edge_ca import server_cert_problem
+from gateway.service.budget import ConnectionBudget
 
 # iotedge check warns when a certificate has less than a week left.
 WARN_DAYS = 7
@@ -277,3 +278,14 @@ def system_clock(state: str, sentence: str) -> CheckResult:
     if state == "trusted":
         return ok("system clock is plausible", sentence)
     return warn("system clock is wrong", sentence)
+
+
+# ---- resources ---------------------------------------------------------------------------------
+
+
+def connection_budget(budget: ConnectionBudget) -> CheckResult:
+    """⚠ when the open-files or memory limit caps the configured max_connections, with the figures."""
+    title = "connection budget (max_connections against open files and memory)"
+    if budget.capped:
+        return warn(title, budget.sentence())
+    return ok(title, budget.sentence())

@@ -70,6 +70,7 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
         {"hostname", "alt_names", "trust_bundle_cert", "state_dir"}
         | {"edge_ca", "listener", "limits", "auth", "hub", "sync", "outbox", "storage"}
         | {"cert_issuance"}
+        | {"health", "log"}
     ),
     "edge_ca": frozenset({"cert", "pk", "auto_generated_edge_ca_expiry_days", "auto_renew"} | {"method", "url"}),
     "edge_ca.auto_renew": frozenset({"threshold"} | {"rotate_key", "retry"}),
@@ -81,7 +82,9 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "cert_issuance.est.urls": frozenset({"default"}),
     "cert_issuance.est.identity_auto_renew": frozenset({"rotate_key", "threshold", "retry"}),
     "listener": frozenset({"bind", "port"}),
-    "limits": frozenset({"max_connections", "max_packet_size", "handshake_timeout", "max_keep_alive"}),
+    "limits": frozenset({"max_connections", "max_packet_size", "handshake_timeout", "max_keep_alive", "memory"}),
+    "health": frozenset({"listen"}),
+    "log": frozenset({"level", "format"}),
     "auth": frozenset({"clock_skew_tolerance"}),
     "hub": frozenset(
         {"hostname", "port", "url", "gateway_id", "identity_cert", "identity_pk", "trust_bundle_cert"}
@@ -154,6 +157,22 @@ class LimitsConfig:
     max_packet_size: int = 256 * 1024  # edgeHub's message size limit
     handshake_timeout: timedelta = timedelta(seconds=10)  # TLS handshake + CONNECT, cache-miss wait included
     max_keep_alive: timedelta = timedelta(minutes=10)  # edgeHub caps keep-alive at 10 minutes
+    memory: int | None = None  # bytes the gateway may use; None: the cgroup's limit, if any
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """The local HTTP endpoint for /healthz and /metrics; off unless `listen` is given."""
+
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Log level (SIGHUP applies a change) and format; `edgegate run --log-level/--log-format` override them."""
+
+    level: str = "INFO"
+    format: str = "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,6 +243,8 @@ class Config:
     outbox: OutboxConfig
     storage: StorageConfig
     est: EstConfig | None = None  # [cert_issuance.est]: the identity (and maybe the Edge CA) come from EST
+    health: HealthConfig = HealthConfig()
+    log: LogConfig = LogConfig()
 
 
 def load_config(path: str | Path) -> Config:
@@ -289,6 +310,8 @@ def parse_config(text: str, *, source: Path) -> Config:
         outbox=_outbox(root.table("outbox"), limits),
         storage=_storage(root.table("storage"), base, state_dir),
         est=est,
+        health=_health(root.table("health")),
+        log=_log(root.table("log")),
     )
 
 
@@ -391,7 +414,51 @@ def _limits(section: Section) -> LimitsConfig:
         max_keep_alive=section.duration(
             "max_keep_alive", defaults.max_keep_alive, low=_SECOND, high=timedelta(seconds=65_535)
         ),
+        memory=_memory_size(section, "memory"),
     )
+
+
+_SIZE_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}
+
+
+def _memory_size(section: Section, key: str) -> int | None:
+    """A size in bytes: an integer, or a string like "256MiB", "512M", "1G" (binary units, as systemd's MemoryMax=)."""
+    if not section.given(key):
+        return None
+    fix = 'write a size such as "256MiB" or "1GiB" (at least 64MiB)'
+    raw = section.data[key]
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise section.error(key, f"must be a size, got {raw!r}", fix)
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(raw))
+    if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        raise section.error(key, f"is not a size: {raw!r}", fix)
+    value = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if value < 64 * 1024**2:
+        raise section.error(key, f"is {value} bytes, too small to run the gateway", fix)
+    return value
+
+
+def _log(section: Section) -> LogConfig:
+    level = (section.string("level") or LogConfig().level).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise section.error("level", f"is {level!r}", "use DEBUG, INFO, WARNING or ERROR")
+    style = section.string("format") or LogConfig().format
+    if style not in ("text", "json"):
+        raise section.error("format", f"is {style!r}", 'use "text" or "json" (under systemd, text becomes '
+                                                       "journald's format by itself)")
+    return LogConfig(level=level, format=style)
+
+
+def _health(section: Section) -> HealthConfig:
+    listen = section.string("listen")
+    if listen is None:
+        return HealthConfig()
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise section.error("listen", f"must be HOST:PORT, got {listen!r}",
+                            'use "127.0.0.1:9883" (keep it on loopback or a management network)')
+    return HealthConfig(listen=(host, int(port)))
 
 
 def _hub(root: Section, base: Path, est: EstConfig | None = None) -> HubConfig | None:

@@ -275,31 +275,57 @@ def run(o: DemoOptions, console: Console | None = None) -> int:
         console.print("stopped: sensors, gateway, hub-mock")
 
 
+def drained(status: dict[str, Any], live_traffic: float) -> bool:
+    """The backlog is gone: the hub is online and the outbox holds no more than about one second of the
+    sensors' live traffic (they keep publishing, so it is rarely exactly empty when status.json is written)."""
+    depth = status.get("outbox_depth")
+    return status.get("sync", {}).get("state") == "online" and isinstance(depth, int) and depth <= live_traffic
+
+
+# The drill's view stays up after `duration` until the backlog drains, but not for ever.
+DRAIN_WAIT = 180.0
+
+
 def _live(o: DemoOptions, admin: AdminClient, d: Path, chain: list[str], console: Console) -> int:
     start = time.monotonic()
     phase = "online"
-    drill_done = False
+    back_at: float | None = None
+    drain_took: float | None = None
+    live_traffic = max(1.0, len(SENSORS) / max(o.interval, 0.01))
     twin: list[str] = []
     with Live(view(admin, d, phase, chain), console=console, refresh_per_second=2) as live:
         while True:
-            elapsed = time.monotonic() - start
+            now = time.monotonic()
+            elapsed = now - start
             if not twin and elapsed >= o.twin_after:
                 twin = twin_step(admin, o)
                 for line in twin:
                     console.print(line)
-            if o.offline_drill and not drill_done:
+            if o.offline_drill and back_at is None:
                 if phase == "online" and elapsed >= o.drill_after:
                     admin.fault("down")
                     phase = "hub DOWN: sensors keep publishing, the outbox grows"
                 elif phase.startswith("hub DOWN") and elapsed >= o.drill_after + o.drill_length:
                     admin.fault("up")
+                    back_at = now
                     phase = "hub back: the backlog drains"
-                    drill_done = True
-            if o.duration and elapsed >= o.duration:
-                break
+            if back_at is not None and drain_took is None:
+                if drained(gateway_status(d), live_traffic):
+                    drain_took = now - back_at
+                    phase = f"hub back: the backlog drained in {drain_took:.1f} s"
+                else:
+                    phase = f"hub back: the backlog drains ({now - back_at:.0f} s so far)"
             live.update(view(admin, d, phase, chain, twin))
+            if o.duration and elapsed >= o.duration:
+                waiting = o.offline_drill and drain_took is None
+                if not waiting or now - (back_at or now) >= DRAIN_WAIT:
+                    break
             time.sleep(0.5)
     if o.offline_drill:
+        if drain_took is None:
+            console.print(f"[bold red]the backlog had not drained {DRAIN_WAIT:g} s after the hub came back[/]")
+        else:
+            console.print(f"the backlog drained {drain_took:.1f} s after the hub came back")
         return _verify_nothing_lost(admin, d, console)
     return 0
 

@@ -111,14 +111,14 @@ class ServerCertKeeper:
         self.watch = watch or ClockWatch(config.state_dir, tolerance=config.auth.clock_skew_tolerance, wall=clock)
         self.watch.hold(held_certificates(config))
         self.watch.tick()
-        plan = self._plan()
+        plan = self.issue_plan()
         self.edge = load_edge_ca(config, plan)
         self.server = server_cert(config, self.edge, plan)
         self.watch.hold([self.edge.ca.cert, self.server.cert])
         self.contexts = ServerContextHolder(self.server.chain_path, self.server.key_path)
         self.watch.on_change(self._clock_changed)
 
-    def _plan(self) -> IssuePlan:
+    def issue_plan(self) -> IssuePlan:
         verdict = self.watch.check()
         if not verdict.trusted:
             log.info("clock not trusted (%s): holding the Edge CA and server certificate as they are",

@@ -404,6 +404,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hub-mock", description="The IoT Hub stand-in for edgegate tests and drills."
     )
+    from gateway import __version__
+
+    parser.add_argument("--version", action="version", version=f"hub-mock (edgegate) {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     init = verbs.add_parser("init", help="create a hub directory: hub.toml, hub root, server cert")

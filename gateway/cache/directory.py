@@ -118,6 +118,11 @@ class DeviceDirectory:
         """The trust anchors: the trust bundle plus every registered CA, root or intermediate."""
         return self._anchors
 
+    def replace_trust_bundle(self, trust_bundle: Sequence[x509.Certificate]) -> None:
+        """A new trust bundle (SIGHUP): device chains checked from now on use it."""
+        self._trust_bundle = tuple(trust_bundle)
+        self._anchors = build_anchors(self._trust_bundle, self._cas)
+
     def cache_fresh(self) -> bool:
         """False once the last successful sync is older than `offline_trust`."""
         return cache_usable(self._status.last_success_at, self._clock(), self._offline_trust)

@@ -9,6 +9,7 @@ import argparse
 import json
 import socket
 import ssl
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -53,6 +54,7 @@ def run_checks(path: Path, now: datetime) -> list[CheckResult]:
                        else checks.hub_reachable(config.hub, probe_hub(config.hub, HUB_TIMEOUT)))
     results.append(_database(config.storage.url))
     results.append(_clock(config, now))
+    results.append(_capacity(config))
     return results
 
 
@@ -62,6 +64,20 @@ def _clock(config: Config, now: datetime) -> CheckResult:
 
     verdict = judge_offline(config.state_dir, held_certificates(config), now, config.auth.clock_skew_tolerance)
     return checks.system_clock(verdict.state.value, verdict.sentence)
+
+
+def _capacity(config: Config) -> CheckResult:
+    """What `edgegate run` will allow: it raises its soft open-files limit to the hard one first."""
+    import resource
+
+    from gateway.service.budget import connection_budget
+    from gateway.service.resources import read_resources
+
+    found = read_resources(config.limits.memory)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        found = replace(found, open_files=int(hard))
+    return checks.connection_budget(connection_budget(config.limits.max_connections, found))
 
 
 # ---- files -------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -56,16 +57,24 @@ def build_report(
     live: dict[str, Any] | None,
     now: datetime,
     offline_trust: timedelta | None,
+    pid_alive: bool | None = None,
 ) -> dict[str, Any]:
-    """The status as one JSON-able dict, from what the database and status.json say (pure)."""
+    """The status as one JSON-able dict, from what the database and status.json say (pure). `pid_alive`
+    is whether the pid status.json names is a live process (None: not looked at)."""
     written = _parse_time(live.get("written_at")) if live else None
-    running = written is not None and now - written <= STATUS_STALE_AFTER
+    running = written is not None and now - written <= STATUS_STALE_AFTER and pid_alive is not False
     report: dict[str, Any] = {
         "database": {"url": database, "revision": revision, "head": head, "up_to_date": revision == head},
         "gateway": {
             "running": running,
             "pid": live.get("pid") if live else None,
             "status_written_at": _iso(written),
+        },
+        "service": {
+            "pid_alive": pid_alive,
+            "healthy": live.get("healthy") if running and live else None,
+            "tasks": live.get("tasks") if running and live else None,
+            "limits": live.get("limits") if running and live else None,
         },
         "connected_devices": live.get("connected_devices") if running and live else None,
         "outbox_depth": live.get("outbox_depth") if running and live else None,
@@ -118,12 +127,22 @@ def _ago(value: str | None, now: datetime) -> str:
 
 def render_text(report: dict[str, Any], now: datetime) -> str:
     """The report as aligned lines for a terminal (pure)."""
-    db, gw = report["database"], report["gateway"]
+    db, gw, service = report["database"], report["gateway"], report.get("service", {})
     lines = []
     if gw["running"]:
         lines.append(f"gateway      running (pid {gw['pid']}, status written {_ago(gw['status_written_at'], now)})")
+    elif service.get("pid_alive") is False:
+        lines.append(f"gateway      not running (pid {gw['pid']} is gone: stale status from "
+                     f"{_ago(gw['status_written_at'], now)})")
     else:
         lines.append(f"gateway      not running (last status {_ago(gw['status_written_at'], now)})")
+    limits = service.get("limits")
+    if isinstance(limits, dict):
+        lines.append(f"limits       {limits.get('explanation')}")
+    for name, task in sorted((service.get("tasks") or {}).items()):
+        if task.get("state") != "running":
+            lines.append(f"task         {name} {task.get('state')} ({task.get('failures')} failures): "
+                         f"{task.get('last_error')}")
     version = "newest" if db["up_to_date"] else f"newest is {db['head']}: run `edgegate db upgrade`"
     lines.append(f"database     {db['url']} at {db['revision'] or 'no schema'} ({version})")
     hub, cache = report.get("hub"), report.get("cache")
@@ -196,6 +215,25 @@ def _clock_from_disk(config: Config, now: datetime) -> dict[str, Any]:
     return {"state": verdict.state.value, "message": verdict.sentence, "as_of": "the files on disk"}
 
 
+# `edgegate status` exit statuses, as LSB init scripts' `status` action: a probe can tell them apart.
+EXIT_RUNNING = 0
+EXIT_NOT_RUNNING = 3
+
+
+def pid_alive(pid: object) -> bool | None:
+    """Whether `pid` is a live process: a status.json younger than STATUS_STALE_AFTER whose writer was
+    killed (kill -9, a crash, an OOM kill) names a pid that is gone."""
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user (the service's)
+    return True
+
+
 def _status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     url = config.storage.url
@@ -224,6 +262,7 @@ def _status(args: argparse.Namespace) -> int:
         live=live,
         now=now,
         offline_trust=config.sync.offline_trust,
+        pid_alive=pid_alive(live.get("pid")) if live else None,
     )
     if report.get("clock") is None:
         report["clock"] = _clock_from_disk(config, now)
@@ -233,4 +272,4 @@ def _status(args: argparse.Namespace) -> int:
         print(render_text(report, now))
         if summary is None:
             print(f"no device cache yet: run `edgegate db upgrade -c {args.config}`, then `edgegate run`")
-    return 0
+    return EXIT_RUNNING if report["gateway"]["running"] else EXIT_NOT_RUNNING

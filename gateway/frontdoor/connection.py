@@ -94,10 +94,8 @@ class DeviceConnection(asyncio.Protocol):
         self.remote = (str(peername[0]), int(peername[1])) if peername else ("", 0)
         w = self.wiring
         if not w.table.take_slot(self):
+            # Counted here; the gateway logs one summary line per interval (gateway.runtime).
             w.counters.inc("edgegate_connections_refused_total", reason="max_connections")
-            if w.tls_log_limiter.allow("max_connections", self.loop.time()):
-                log.warning("refusing connections from %s:%d and others: all %d connection slots are taken "
-                            "(limits.max_connections)", *self.remote, w.limits.max_connections)
             self.transport.abort()
             self.session.finished()
             return

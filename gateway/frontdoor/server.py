@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Coroutine, Iterator
+from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
@@ -102,6 +103,11 @@ class FrontDoor:
     def release(self, conn: DeviceConnection) -> None:
         if conn.device_id is not None and self.online.get(conn.device_id) is conn:
             del self.online[conn.device_id]
+
+    def set_limits(self, limits: FrontDoorLimits) -> None:
+        """New limits (SIGHUP): connections accepted from now on get them; open ones keep theirs."""
+        self.limits = limits
+        self.wiring = replace(self.wiring, limits=limits)
 
     # ---- the gateway's view ------------------------------------------------------------------
 

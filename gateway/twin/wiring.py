@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +25,7 @@ class TwinParts:
     store: TwinStore
     service: TwinService
     sink: TwinRouter
-    tasks: tuple[Coroutine[Any, Any, None], ...]  # to run for the gateway's lifetime
+    tasks: tuple[tuple[str, Callable[[], Coroutine[Any, Any, None]]], ...]  # (name, start) run for the lifetime
 
     def close(self) -> None:
         self.store.close()
@@ -45,7 +45,8 @@ async def start_twins(url: str, outbox: MessageSink, hub: HubClient | None, deli
     health = HubHealth(time.time())
     service = TwinService(store, hub, deliver, health, counters=counters)
     methods = MethodRelay(hub, deliver, counters) if hub is not None else None
-    tasks: tuple[Coroutine[Any, Any, None], ...] = ()
+    tasks: tuple[tuple[str, Callable[[], Coroutine[Any, Any, None]]], ...] = ()
     if hub is not None and methods is not None:
-        tasks = (service.flush_forever(), DeviceEventsPoll(hub, service, methods, health).run())
+        tasks = (("twin-reported-flush", service.flush_forever),
+                 ("device-events", DeviceEventsPoll(hub, service, methods, health).run))
     return TwinParts(store, service, TwinRouter(outbox, service, methods, counters), tasks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,4 +27,6 @@ def test_demo_offline_drill_shows_the_chain_and_loses_nothing(tmp_path: Path) ->
     assert 'direct method blink on TempSensor-ca -> 200 {"blinked": 3}' in out
     assert "nothing lost" in out
     assert "0 lost, 0 duplicates, in order" in out
+    # The view stayed up until the backlog drained, and says how long that took.
+    assert re.search(r"the backlog drained \d+\.\d s after the hub came back", out), out[-2000:]
     assert not (tmp_path / "demo" / "pki" / "edge-ca.key").stat().st_mode & 0o077
