@@ -20,14 +20,15 @@ from gateway.broker.factory import build_broker
 from gateway.cache.directory import DeviceDirectory
 from gateway.cache.repository import CacheRepository
 from gateway.config import Config
+from gateway.errors import ConfigError
 from gateway.frontdoor.server import FrontDoor, FrontDoorLimits
 from gateway.metrics import Counters
-from gateway.outbox.bounds import OutboxLimits
-from gateway.outbox.store import Outbox
+from gateway.outbox.wiring import OUTBOX_DIR, outbox_from_config
 from gateway.pki import load_certs
 from gateway.records import DeviceRecord
 from gateway.server_identity import ServerCertKeeper, describe_chain
 from gateway.store.db import DatabaseThread, open_engine, redacted
+from gateway.store.guard import history_problems, state_dir_problem, write_note
 from gateway.store.migrate import migrate
 from gateway.sync.hubclient import HubClient
 from gateway.sync.loop import RegistrySync
@@ -67,6 +68,8 @@ class Gateway:
 
     def __init__(self, config: Config, clock: Callable[[], datetime]) -> None:
         self.config, self.clock = config, clock
+        self.outbox_dir = config.state_dir / OUTBOX_DIR
+        self.state_problems: list[str] = []
         self.counters = Counters()
         self.tasks: list[asyncio.Task[Any]] = []
         self.addresses: list[tuple[str, int]] = []
@@ -79,7 +82,12 @@ class Gateway:
 
     async def _start(self) -> None:
         config = self.config
-        config.state_dir.mkdir(parents=True, exist_ok=True)
+        problem = state_dir_problem(config.state_dir)
+        if problem is not None:
+            raise ConfigError(str(config.source), "state_dir", problem)
+        self.state_problems = history_problems(config.state_dir, config.storage.url, self.outbox_dir)
+        for lost in self.state_problems:
+            log.critical("STATE LOST: %s", lost)
         self.keeper = ServerCertKeeper(config, self.clock)
         trust_bundle_path = config.trust_bundle_cert or self.keeper.edge.trust_bundle_path
 
@@ -104,11 +112,9 @@ class Gateway:
             cache_miss_wait=config.sync.cache_miss_wait.total_seconds(),
         )
 
-        ob = config.outbox
-        self.outbox = Outbox(open_engine(url), OutboxLimits(ob.time_to_live.total_seconds(), ob.max_messages,
-                                                            ob.max_bytes, ob.per_device_max_messages),
-                             counters=self.counters)
+        self.outbox = outbox_from_config(config, self.outbox_dir, self.engine, self.counters)
         await self.outbox.open()
+        write_note(config.state_dir, url, self.outbox_dir)
 
         self.tokens = AdmissionTokens()
         self.broker = build_broker(self.tokens)
@@ -157,6 +163,7 @@ class Gateway:
             "connected_devices": len(self.door.online),
             "devices": sorted(self.door.online),
             "outbox_depth": self.outbox.messages,
+            "outbox_store": {**self.outbox.status(), "state_problems": self.state_problems},
             "outbox": self.forwarder.status() if self.forwarder else {"state": "no hub configured",
                                                                        "queue": self.outbox.depth()},
             "sync": self.sync.describe() if self.sync else {"state": "not configured"},
@@ -180,6 +187,7 @@ class Gateway:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await self.outbox.close()
+        write_note(self.config.state_dir, self.config.storage.url, self.outbox_dir)
         if self.hub_client is not None:
             await self.hub_client.close()
         await self.broker.shutdown()

@@ -19,7 +19,7 @@ from urllib.parse import quote
 import aiohttp
 
 from gateway.cache.records import RegisteredCA
-from gateway.errors import HubRejected, HubUnavailable
+from gateway.errors import HubRefusedContent, HubRejected, HubUnavailable
 from gateway.records import DeviceRecord
 from gateway.sync.wire import ChangePage, ScopePage, parse_cas, parse_change_page, parse_device, parse_scope_page
 from gateway.tls.contexts import build_hub_client_context
@@ -31,6 +31,8 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 # A sync request, a long poll and a few single-device fetches at once.
 MAX_CONNECTIONS = 8
+# Statuses that blame the request, not the hub: retrying the same bytes can never succeed.
+PERMANENT_STATUSES = frozenset({400, 413, 422})
 # OpenSSL's names for the alerts a server sends when it does not accept the client certificate.
 _IDENTITY_ALERTS = ("certificate required", "bad certificate", "unknown ca", "certificate unknown",
                     "certificate revoked", "certificate expired", "access denied")
@@ -193,7 +195,10 @@ class HubClient:
             return None
         if status == 409 and reset_ok and reason == "sequence_ahead":
             return None
-        raise HubUnavailable(f"the hub at {where} answered {path} with {status} {reason}: {message}")
+        text = f"the hub at {where} answered {path} with {status} {reason}: {message}"
+        if status in PERMANENT_STATUSES or (isinstance(body, dict) and body.get("permanent") is True):
+            raise HubRefusedContent(status, reason, message, text)
+        raise HubUnavailable(text)
 
 
 def _json(raw: bytes) -> Any:
