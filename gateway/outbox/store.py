@@ -132,6 +132,7 @@ class Outbox:
         self._clock = resumed(0.0, monotonic())
         self._space = DiskSpace(0, 0)
         self._space_at = -1e9
+        self._refused_size = 0
         self._disk_failed: str | None = None  # the last write failure, until a write succeeds
         self._failures = 0
         self._last_commit = 0.0
@@ -212,6 +213,7 @@ class Outbox:
             self._refresh_space(now)
         no_room = space_refusal(self._space, self._reserve_for(self._space), self._queue.bytes, size + 64)
         if no_room is not None:
+            self._refused_size = size + 64
             self._refuse(Bound.DISK_SPACE, no_room)
         new = NewMessage(message.device_id, message.kind, message.topic, message.qos, message.received_at,
                          json.dumps(dict(message.properties), separators=(",", ":")).encode(), message.payload,
@@ -471,6 +473,9 @@ class Outbox:
 
     def status(self) -> dict[str, Any]:
         """For status.json: depth, disk, durability, dead letters, time-to-live."""
+        now = self.monotonic()
+        if now - self._space_at > SPACE_EVERY:
+            self._refresh_space(now)
         return {
             **self.depth(),
             "pending_bytes": self._queue.bytes,
@@ -491,7 +496,8 @@ class Outbox:
     def _refusing(self) -> str | None:
         if self._disk_failed is not None:
             return f"disk failing: {self._disk_failed}"
-        return space_refusal(self._space, self._reserve_for(self._space), self._queue.bytes, 4096)
+        # Refusing while the message last refused for space would still be refused.
+        return space_refusal(self._space, self._reserve_for(self._space), self._queue.bytes, self._refused_size)
 
     async def _sweep_forever(self) -> None:
         loop = asyncio.get_running_loop()
