@@ -166,11 +166,14 @@ class Outbox:
             await self._import_legacy(self.legacy)
         if self.messages:
             log.info("outbox holds %d messages (%d bytes) from before the restart", self.messages, self.bytes)
-        if self.dead_letters is not None:
-            await self.refresh_dead_letters()
         loop = asyncio.get_running_loop()
         self._task = loop.create_task(self._write_forever(), name="outbox-writer")
         self._sweeper = loop.create_task(self._sweep_forever(), name="outbox-expiry")
+        if self.dead_letters is not None:
+            try:
+                await self.refresh_dead_letters()  # re-queue requests made while the gateway was stopped
+            except StorageError as exc:
+                log.error("cannot read the dead-letter table; retrying in %gs: %s", DEAD_LETTER_EVERY, exc)
 
     async def close(self) -> None:
         """Commit what is queued (removals too), stop the sweep, release the threads and files."""
