@@ -48,6 +48,11 @@ class FairQueue(Generic[T]):
         self.count += 1
         self.bytes += size
 
+    def pending_count(self, device_id: str) -> int:
+        """Messages `device_id` has waiting for a commit."""
+        lane = self._lanes.get(device_id)
+        return len(lane.items) if lane is not None else 0
+
     def pending_bytes(self, device_id: str) -> int:
         """Payload bytes `device_id` has waiting for a commit."""
         lane = self._lanes.get(device_id)

@@ -52,6 +52,10 @@ log = logging.getLogger("edgegate.outbox")
 # The group commit's linger: a message waits at most this long for others to share its commit.
 # 1,000 devices x 1 msg/s then share ~33 commits a second instead of ~285 (docs/BENCHMARKS.md).
 COMMIT_INTERVAL = 0.03
+# A device with this many messages waiting for one commit is publishing faster than one message per
+# commit_interval: it is held back by its own in-flight window (paho and mosquitto_pub keep 20), so
+# the commit goes now. A fleet's trickle (one message per device per commit) still lingers.
+EAGER_PENDING = 8
 # Removals alone (no new message to ride along with) are written after at most this long, unsynced:
 # a removal lost to a power cut only means a resend, which the hub deduplicates.
 REMOVAL_EVERY = 1.0
@@ -126,6 +130,7 @@ class Outbox:
         self._listeners: list[Callable[[], None]] = []
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
+        self._eager = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
@@ -179,6 +184,7 @@ class Outbox:
         """Commit what is queued (removals too), stop the sweep, release the threads and files."""
         self._closing = True
         self._closed.set()
+        self._eager.set()
         self._wake.set()
         if self._sweeper is not None:
             self._sweeper.cancel()
@@ -228,6 +234,9 @@ class Outbox:
         self._queue.put(message.device_id, _Pending(new, committed), size)
         self._count(message.device_id, size, 1)
         self._wake.set()
+        if (self._queue.pending_count(message.device_id) >= EAGER_PENDING
+                or len(self._queue) >= self.max_batch):
+            self._eager.set()
         return committed
 
     def pending_bytes(self, device_id: str | None = None) -> int:
@@ -279,13 +288,23 @@ class Outbox:
                     if self._queue:
                         continue
             elif self.commit_interval > 0 and not self._closing:
-                await self._sleep(self.commit_interval)
+                await self._linger()
             if self._failures and not self._closing:
                 await self._sleep(next_backoff(self._failures - 1, 0.5, base=RETRY_BASE, cap=RETRY_CAP))
             await self._commit_once()
             if self._closing and self._failures:
                 self._fail_everything(StorageError("the outbox closed while its disk was failing"))
                 return
+
+    async def _linger(self) -> None:
+        """Wait commit_interval for others to share the commit -- unless a device is already waiting on
+        its own in-flight window (EAGER_PENDING) or the batch is full: then lingering only slows it."""
+        if self._eager.is_set():
+            self._eager.clear()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._eager.wait(), self.commit_interval)
+        self._eager.clear()
 
     async def _sleep(self, seconds: float) -> None:
         """Linger or back off; `close` cuts it short."""
