@@ -131,6 +131,7 @@ class Outbox:
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
         self._eager = asyncio.Event()
+        self._last_sole: str | None = None  # the one device of the last commit, if it was alone
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
@@ -287,7 +288,7 @@ class Outbox:
                         await asyncio.wait_for(self._wake.wait(), left)
                     if self._queue:
                         continue
-            elif self.commit_interval > 0 and not self._closing:
+            elif self.commit_interval > 0 and not self._closing and not self._alone_again():
                 await self._linger()
             if self._failures and not self._closing:
                 await self._sleep(next_backoff(self._failures - 1, 0.5, base=RETRY_BASE, cap=RETRY_CAP))
@@ -295,6 +296,12 @@ class Outbox:
             if self._closing and self._failures:
                 self._fail_everything(StorageError("the outbox closed while its disk was failing"))
                 return
+
+    def _alone_again(self) -> bool:
+        """Only the device that alone filled the last commit is waiting: lingering would not gather anyone
+        else's messages, it would only slow that publisher down to one window per commit_interval."""
+        waiting = list(self._queue.devices())
+        return len(waiting) == 1 and waiting[0] == self._last_sole
 
     async def _linger(self) -> None:
         """Wait commit_interval for others to share the commit -- unless a device is already waiting on
@@ -342,6 +349,8 @@ class Outbox:
             return
         self.commits += 1
         self.largest_batch = max(self.largest_batch, len(batch))
+        devices = {p.message.device_id for p in batch}
+        self._last_sole = devices.pop() if len(devices) == 1 else None
         for pending in batch:
             if pending.waiter is not None and not pending.waiter.done():
                 pending.waiter.set_result(None)

@@ -22,6 +22,7 @@ from gateway.outbox import store
 from gateway.outbox.bounds import MAX_PENDING_QOS0_BYTES_PER_DEVICE, Bound, OutboxLimits, refusal
 from gateway.outbox.dead_letters import DeadLetters
 from gateway.outbox.space import DiskSpace
+from gateway.outbox.store import EAGER_PENDING as EAGER
 from gateway.outbox.store import Outbox
 from gateway.records import InboundMessage
 from gateway.store.db import open_engine, upgrade
@@ -135,6 +136,18 @@ async def test_the_linger_lets_a_trickle_share_one_commit(tmp_path: Path) -> Non
         await asyncio.gather(first, second)
         assert box.commits == 1
         assert box.log.fdatasyncs == 2  # the new segment file and its directory
+    finally:
+        await box.close()
+
+
+async def test_a_lone_publisher_is_not_held_back_by_the_linger(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob", OutboxLimits(), commit_interval=60)  # a linger no test would wait out
+    await box.open()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(box.submit(msg("a", i)) for i in range(EAGER))), 10)  # eager
+        for i in range(3):  # then one at a time: it alone filled the last commit, so nobody is waited for
+            await asyncio.wait_for(box.submit(msg("a", 100 + i)), 10)
+        assert box.commits == 4
     finally:
         await box.close()
 
