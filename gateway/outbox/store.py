@@ -52,6 +52,9 @@ log = logging.getLogger("edgegate.outbox")
 # The group commit's linger: a message waits at most this long for others to share its commit.
 # 1,000 devices x 1 msg/s then share ~33 commits a second instead of ~285 (docs/BENCHMARKS.md).
 COMMIT_INTERVAL = 0.03
+# Payload bytes one device may have waiting for a commit before `room_for` asks the front door to stop
+# reading its socket: about one commit_interval of a fast publisher's traffic, a small share of RSS.
+PAUSE_PENDING_BYTES = 256 * 1024
 # A device with this many messages waiting for one commit is publishing faster than one message per
 # commit_interval: it is held back by its own in-flight window (paho and mosquitto_pub keep 20), so
 # the commit goes now. A fleet's trickle (one message per device per commit) still lingers.
@@ -132,6 +135,7 @@ class Outbox:
         self._closed = asyncio.Event()
         self._eager = asyncio.Event()
         self._last_sole: str | None = None  # the one device of the last commit, if it was alone
+        self._room_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._closing = False
@@ -184,6 +188,7 @@ class Outbox:
     async def close(self) -> None:
         """Commit what is queued (removals too), stop the sweep, release the threads and files."""
         self._closing = True
+        self._wake_room_waiters()
         self._closed.set()
         self._eager.set()
         self._wake.set()
@@ -239,6 +244,23 @@ class Outbox:
                 or len(self._queue) >= self.max_batch):
             self._eager.set()
         return committed
+
+    def room_for(self, device_id: str) -> asyncio.Future[None] | None:
+        """None while `device_id` has less than PAUSE_PENDING_BYTES waiting for a commit; else a future that
+        resolves once it is under half of that. The front door stops reading the device's socket until
+        then, so a flooding device (QoS 0 included) is slowed to the disk's pace by TCP, not by drops."""
+        if self._queue.pending_bytes(device_id) < PAUSE_PENDING_BYTES:
+            return None
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room_waiters.setdefault(device_id, []).append(waiter)
+        return waiter
+
+    def _wake_room_waiters(self) -> None:
+        for device_id in list(self._room_waiters):
+            if self._queue.pending_bytes(device_id) < PAUSE_PENDING_BYTES // 2 or self._closing:
+                for waiter in self._room_waiters.pop(device_id):
+                    if not waiter.done():
+                        waiter.set_result(None)
 
     def pending_bytes(self, device_id: str | None = None) -> int:
         """Payload bytes waiting in memory for a commit: one device's, or everyone's (None).
@@ -329,6 +351,7 @@ class Outbox:
 
     async def _commit_once(self) -> None:
         batch = self._queue.take(self.max_batch)
+        self._wake_room_waiters()  # taken into a commit: no longer waiting in memory for one
         removals, self._removals = self._removals, {}
         plan = self.log.prepare([p.message for p in batch], removals, self._clock.now(self.monotonic()),
                                 self.wallclock())

@@ -23,7 +23,7 @@ from gateway.outbox.bounds import MAX_PENDING_QOS0_BYTES_PER_DEVICE, Bound, Outb
 from gateway.outbox.dead_letters import DeadLetters
 from gateway.outbox.space import DiskSpace
 from gateway.outbox.store import EAGER_PENDING as EAGER
-from gateway.outbox.store import Outbox
+from gateway.outbox.store import PAUSE_PENDING_BYTES, Outbox
 from gateway.records import InboundMessage
 from gateway.store.db import open_engine, upgrade
 from gateway.store.models import load_table_modules
@@ -283,6 +283,22 @@ async def test_a_qos0_flood_is_dropped_past_its_memory_budget(tmp_path: Path) ->
         assert box.pending_bytes("flooder") <= MAX_PENDING_QOS0_BYTES_PER_DEVICE
         assert box.counters.get("edgegate_outbox_full_total", bound="pending_bytes") == dropped
         await box.submit(msg("quiet", 1))  # another device is not refused
+    finally:
+        await box.close()
+
+
+async def test_room_for_tells_the_front_door_when_to_stop_and_resume_reading(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob", OutboxLimits())
+    await box.open()
+    try:
+        assert box.room_for("flooder") is None
+        futures = [box.submit(msg("flooder", i, size=64 * 1024)) for i in range(4)]  # queued, not yet committed
+        assert box.pending_bytes("flooder") == PAUSE_PENDING_BYTES
+        pause = box.room_for("flooder")
+        assert pause is not None
+        assert box.room_for("quiet") is None  # only the device that filled its share is paused
+        await asyncio.wait_for(pause, 10)  # resolves once the commit took them
+        await asyncio.gather(*futures)
     finally:
         await box.close()
 
