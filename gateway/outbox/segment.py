@@ -15,7 +15,7 @@ and its body starts with a type byte:
 
 A MESSAGE has no seq of its own: seqs are consecutive within a segment, starting at the number in the
 file name, so the n-th MESSAGE of a segment is `first_seq + n`. Strings are interned per segment so a
-100-byte telemetry message costs 25 bytes of framing (measured in docs/BENCHMARKS.md), and a segment
+100-byte telemetry message without properties costs 26 bytes of framing (measured in docs/BENCHMARKS.md), and a segment
 is readable on its own. A torn tail (a crash in the middle of an append) fails its length or crc check:
 `decode` stops there and says how many bytes were good.
 """

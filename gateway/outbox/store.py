@@ -231,7 +231,7 @@ class Outbox:
             self._refused_size = size + 64
             self._refuse(Bound.DISK_SPACE, no_room)
         new = NewMessage(message.device_id, message.kind, message.topic, message.qos, message.received_at,
-                         json.dumps(dict(message.properties), separators=(",", ":")).encode(), message.payload,
+                         _properties(message.properties), message.payload,
                          message_id)
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if message.qos == 0:
@@ -440,7 +440,8 @@ class Outbox:
             if not segment.live[index]:
                 continue  # removed while the read ran
             out.append(QueuedMessage(seq, r.message_id or segment.message_id(seq), segment.texts[r.device],
-                                     segment.texts[r.kind], segment.texts[r.topic], json.loads(r.properties),
+                                     segment.texts[r.kind], segment.texts[r.topic],
+                                     json.loads(r.properties) if r.properties else {},
                                      r.payload, r.qos, r.enqueued_at))
         return out
 
@@ -605,6 +606,11 @@ def _legacy_rows(engine: Engine, limit: int) -> list[dict[str, Any]]:
 def _legacy_forget(engine: Engine, seqs: list[int]) -> None:
     with storage_errors("emptying the old outbox table", engine.url), engine.begin() as conn:
         conn.execute(delete(legacy_table).where(legacy_table.c.seq.in_(seqs)))
+
+
+def _properties(properties: tuple[tuple[str, str], ...]) -> bytes:
+    """The property bag as compact JSON; none at all (the usual telemetry) costs no bytes."""
+    return json.dumps(dict(properties), separators=(",", ":")).encode() if properties else b""
 
 
 def _consume_outcome(future: asyncio.Future[None]) -> None:
