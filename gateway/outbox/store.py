@@ -431,6 +431,11 @@ class Outbox:
         if not wanted:
             return []
         ttl, now = self.limits.time_to_live, self._clock.now(self.monotonic())
+        if is_expired(wanted[0][0].queued[wanted[0][1]], now, ttl):
+            # Expired ones are the oldest (the queue clock only moves forward): sweep them now rather
+            # than hand out an empty batch while younger messages wait behind them.
+            await self.expire()
+            wanted = self.log.live(after, limit, max_bytes)
         wanted = [(s, i) for s, i in wanted if not is_expired(s.queued[i], now, ttl)]
         with storage_errors("reading the outbox", str(self.directory)):
             records = await self._reader.run(self.log.read, wanted)

@@ -5,9 +5,13 @@ refuses us (HubRejected: 401/403, logged as an error because an operator must ac
 backs off with jitter and keeps everything; when the hub returns it drains the backlog in order.
 
 A batch the hub refuses for good (HubRefusedContent: 400, 413, 422, or marked permanent) is split in
-halves, each sent on its own, down to the single messages at fault; those move to the dead-letter table
-with the hub's reason and everything else is delivered, in order per device (the left half always goes
-before the right). 5xx, timeouts and TLS failures are not permanent: they back off and retry.
+halves, each sent on its own, down to the single messages at fault; everything else is delivered, in
+order per device (the left half always goes before the right). A message at fault is sent alone once
+more and, refused again, moves to the dead-letter table with the hub's reason -- but only if the hub
+took some other message meanwhile: a hub that refuses everything is broken, not fed poison, and the
+forwarder backs off instead. (If the hub changes its mind between the narrowing and that last try, the
+message is delivered after later messages of its device.) 5xx, timeouts and TLS failures are never
+permanent: they back off and retry.
 
 One POST is in flight at a time, so the hub sees every device's messages in order. Removing delivered
 messages only changes memory (the outbox writes the record later), so a disk that cannot take the
@@ -165,23 +169,52 @@ class Forwarder:
                 await asyncio.sleep(self._next_wait())
 
     async def _deliver(self, batch: list[QueuedMessage]) -> None:
-        """POST `batch`; a permanent refusal is narrowed down by halves to the messages at fault."""
+        """POST `batch`; a permanent refusal is narrowed down by halves to the messages at fault, which
+        become dead letters -- but only once the hub accepted some other message of the batch: a hub
+        that refuses everything is misconfigured, not fed poison, and nothing is dead-lettered for it."""
+        refused: list[tuple[QueuedMessage, HubRefusedContent]] = []
+        delivered = await self._narrow(batch, refused)
+        if refused and not delivered and self.outbox.messages > len(refused):
+            # Nothing of this batch was taken (a lone oversized message, say): try the ones after it.
+            after = await self.outbox.peek(self.batch, after=batch[-1].seq, max_bytes=self.batch_bytes)
+            delivered = await self._narrow(after, refused)
+        if not refused:
+            return
+        if not delivered:
+            exc = refused[0][1]
+            raise HubRefusedContent(exc.status, exc.reason, exc.detail,
+                                    f"the hub refused every message it was sent for good ({exc}); nothing is "
+                                    "dead-lettered while it accepts none: check the hub")
+        for message, _first in refused:
+            # Once more, alone: a hub that changed its mind during the narrowing (a fault cleared, a
+            # deployment finished) must not turn good messages into dead letters.
+            try:
+                await self.uplink.post_messages([wire_message(message)])
+            except HubRefusedContent as exc:
+                await self.outbox.dead_letter([message], exc.status, exc.reason, exc.detail)
+                self.dead_lettered += 1
+                self.counters.inc("edgegate_forward_dead_letters_total")
+                continue
+            await self.outbox.remove([message])
+            self._delivered([message])
+
+    async def _narrow(self, batch: list[QueuedMessage], refused: list[tuple[QueuedMessage, HubRefusedContent]]) -> int:
+        """Deliver what the hub takes of `batch`, in order; collect the single messages it refuses for good."""
+        if not batch:
+            return 0
         try:
             await self.uplink.post_messages([wire_message(m) for m in batch])
         except HubRefusedContent as exc:
             if len(batch) == 1:
-                await self.outbox.dead_letter(batch, exc.status, exc.reason, exc.detail)
-                self.dead_lettered += 1
-                self.counters.inc("edgegate_forward_dead_letters_total")
-                return
+                refused.append((batch[0], exc))
+                return 0
             log.warning("the hub refused a batch of %d for good (%d %s): narrowing it down", len(batch),
                         exc.status, exc.reason)
             middle = len(batch) // 2
-            await self._deliver(batch[:middle])
-            await self._deliver(batch[middle:])
-            return
+            return await self._narrow(batch[:middle], refused) + await self._narrow(batch[middle:], refused)
         await self.outbox.remove(batch)
         self._delivered(batch)
+        return len(batch)
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):

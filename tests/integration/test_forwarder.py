@@ -295,6 +295,44 @@ async def test_a_poison_message_is_dead_lettered_and_everything_else_arrives_in_
     assert stored[-1]["message_id"] == dead.message_id
 
 
+async def test_a_hub_that_refuses_everything_for_good_dead_letters_nothing(
+    sides: Callable[..., Awaitable[Side]], hub: HubProcess, clear_faults: None
+) -> None:
+    side = await sides()
+    devices = side.devices(2)
+    await asyncio.to_thread(hub.admin.fault, "error", 400)  # a broken hub, not a poison message
+    await side.submit(devices, 0, 20)
+    side.start()
+    await wait_until(lambda: side.forwarder.state is ForwarderState.RETRYING, what="forwarder retrying")
+    await asyncio.sleep(0.5)
+    assert side.forwarder.dead_lettered == 0
+    assert side.outbox.messages == 40
+    assert "nothing is dead-lettered while it accepts none" in str(side.forwarder.last_error)
+    await asyncio.to_thread(hub.admin.fault, "clear")  # maybe in the middle of a narrowing
+    await wait_until(lambda: side.outbox.messages == 0, what="drained")
+    assert side.forwarder.dead_lettered == 0
+    for device in devices:  # every one exactly once (a message refused just before the fault cleared is
+        numbers = sorted(int(base64.b64decode(m["payload_b64"])) for m in await side.at_hub(device))
+        assert numbers == list(range(20))  # confirmed alone afterwards, so it may come after later ones)
+
+
+async def test_a_poison_message_alone_in_its_post_is_dead_lettered_once_the_next_one_goes_through(
+    sides: Callable[..., Awaitable[Side]], hub: HubProcess, clear_faults: None
+) -> None:
+    side = await sides()
+    side.forwarder.batch_bytes = 1000  # the big poison goes alone
+    (device,) = side.devices(1)
+    await asyncio.to_thread(hub.admin.fault, "poison", 413)
+    poison = b"POISON" + b"x" * 5000
+    for payload in (poison, b"1", b"2"):
+        await side.outbox.submit(InboundMessage(device, "telemetry", f"devices/{device}/messages/events/", payload, 1,
+                                                (), time.time()))
+    side.start()
+    await wait_until(lambda: side.outbox.messages == 0, what="drained")
+    assert [base64.b64decode(m["payload_b64"]) for m in await side.at_hub(device)] == [b"1", b"2"]
+    assert side.forwarder.dead_lettered == 1
+
+
 async def test_5xx_is_not_a_dead_letter(sides: Callable[..., Awaitable[Side]], hub: HubProcess,
                                         clear_faults: None) -> None:
     side = await sides()
