@@ -9,6 +9,7 @@ queued message and the device cache gone with no word.
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
@@ -38,6 +39,12 @@ def state_dir_problem(path: Path) -> str | None:
             os.close(fd)
         probe.unlink()
     except OSError as exc:
+        probe.unlink(missing_ok=True)
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # Writable, only full: the gateway must start anyway, or a full disk would wedge it for good.
+            log.warning("the state directory %s is full (%s); starting anyway: the outbox refuses new "
+                        "messages until space comes back", path, exc.strerror)
+            return None
         return (f"the state directory {path} is not writable ({exc.strerror or exc}): the outbox, the device "
                 "cache and the certificates live there; make it writable by the gateway's user, or point "
                 "state_dir at a writable directory")
@@ -85,5 +92,9 @@ def write_note(state_dir: Path, url: str, outbox_dir: Path) -> None:
     note = {"database": str(database) if database is not None else None, "outbox": str(outbox_dir),
             "outbox_had_segments": outbox_dir.is_dir() and any(outbox_dir.glob("*.seg"))}
     tmp = state_dir / (STATE_NOTE + ".tmp")
-    tmp.write_text(json.dumps(note))
-    tmp.replace(state_dir / STATE_NOTE)
+    try:
+        tmp.write_text(json.dumps(note))
+        tmp.replace(state_dir / STATE_NOTE)
+    except OSError as exc:  # a full disk must not stop a start; the note is only a witness
+        log.warning("could not write %s: %s", state_dir / STATE_NOTE, exc)
+        tmp.unlink(missing_ok=True)

@@ -179,3 +179,43 @@ class _Stopper:
 
     def close(self) -> None:
         self.gw.stop()
+
+
+def _fill_to_the_last_byte(directory: Path) -> Path:
+    """Something else (a log, a core dump) takes every free byte of the file system."""
+    junk = directory / "junk"
+    fd = os.open(junk, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for chunk in (65536, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * chunk)
+    finally:
+        os.close(fd)
+    return junk
+
+
+def test_a_disk_filled_by_something_else_neither_stops_a_start_nor_wedges_the_outbox(
+    small_disk: Path, tmp_path: Path, hub: HubProcess
+) -> None:
+    gw = start_gateway(small_disk, tmp_path, hub)
+    with contextlib.closing(_Stopper(gw)):
+        fleet = Fleet(gw, tmp_path / "devices")
+        hub.admin.fault("error", 503)
+        for _ in range(20):
+            for device_id in DEVICES:
+                fleet.publish_one(device_id)
+        gw.stop()
+        junk = _fill_to_the_last_byte(small_disk)
+        assert os.statvfs(small_disk).f_bavail == 0
+        gw.restart()  # starts on a full disk
+        hub.admin.fault("clear")
+        wait_for(lambda: all(set(fleet.acked[d]) <= set(hub_payloads(hub, d)) for d in DEVICES), timeout=120,
+                 what="every acknowledged message at the hub")
+        fleet.assert_exactly_once_in_order(hub)
+        junk.unlink()  # space comes back: accepted again, no restart
+        for device_id in DEVICES:
+            fleet.publish_one(device_id)
+        wait_for(lambda: all(set(fleet.acked[d]) <= set(hub_payloads(hub, d)) for d in DEVICES), timeout=60,
+                 what="the new messages at the hub")
+        fleet.assert_exactly_once_in_order(hub)
