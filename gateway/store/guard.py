@@ -9,6 +9,7 @@ queued message and the device cache gone with no word.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -39,7 +40,8 @@ def state_dir_problem(path: Path) -> str | None:
             os.close(fd)
         probe.unlink()
     except OSError as exc:
-        probe.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             # Writable, only full: the gateway must start anyway, or a full disk would wedge it for good.
             log.warning("the state directory %s is full (%s); starting anyway: the outbox refuses new "
@@ -97,4 +99,5 @@ def write_note(state_dir: Path, url: str, outbox_dir: Path) -> None:
         tmp.replace(state_dir / STATE_NOTE)
     except OSError as exc:  # a full disk must not stop a start; the note is only a witness
         log.warning("could not write %s: %s", state_dir / STATE_NOTE, exc)
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
