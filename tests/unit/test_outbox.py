@@ -313,9 +313,9 @@ async def test_expiry_counts_time_queued_not_the_wall_clock(outbox: Outbox, cloc
     clock.now += 100  # at its time-to-live exactly
     assert await outbox.expire() == 0
     clock.now += 1
-    assert numbers(await outbox.peek(10)) == []
-    assert await outbox.expire() == 2
+    assert numbers(await outbox.peek(10)) == []  # a read that meets expired messages sweeps them
     assert outbox.counters.get("edgegate_outbox_expired_total") == 2
+    assert await outbox.expire() == 0
     assert outbox.depth() == {"messages": 0, "bytes": 0, "devices": 0}
 
 
