@@ -10,7 +10,8 @@ and its body starts with a type byte:
     CLOCK   u8 2 | f64 queue clock | f64 wall clock   starts a commit: the messages after it were
                                                       queued at this queue-clock reading
     MESSAGE u8 3 | u16 device | u16 kind | u16 topic | u8 qos | u8 flags | f64 enqueued_at
-                 | u8 len + properties JSON | [u8 len + message id, if flags & 1] | payload
+                 | len + properties JSON | [u8 len + message id, if flags & 1] | payload
+                 (len: one byte under 255, else 255 and a u16)
     REMOVED u8 4 | u8 why | u32 count | count x (u64 first seq, u32 run length)
 
 A MESSAGE has no seq of its own: seqs are consecutive within a segment, starting at the number in the
@@ -102,12 +103,18 @@ def encode_clock(queue_clock: float, wall_clock: float) -> bytes:
     return frame(_CLOCK.pack(RecordType.CLOCK, queue_clock, wall_clock))
 
 
+def _short_length(n: int) -> bytes:
+    if n < 255:
+        return bytes([n])
+    if n > 0xFFFF:
+        raise ValueError(f"{n} bytes of properties do not fit a record (65535 at most)")
+    return b"\xff" + n.to_bytes(2, "little")
+
+
 def encode_message(m: MessageRecord) -> bytes:
-    if len(m.properties) > 255:
-        raise ValueError(f"properties of {len(m.properties)} bytes do not fit a record (255 at most)")
     flags = FLAG_MESSAGE_ID if m.message_id is not None else 0
     parts = [_MESSAGE.pack(RecordType.MESSAGE, m.device, m.kind, m.topic, m.qos, flags, m.enqueued_at),
-             bytes([len(m.properties)]), m.properties]
+             _short_length(len(m.properties)), m.properties]
     if m.message_id is not None:
         raw = m.message_id.encode()
         parts += [bytes([len(raw)]), raw]
@@ -146,9 +153,11 @@ def decode_body(body: bytes) -> Record:
     if kind == RecordType.MESSAGE:
         _, device, kind_ref, topic, qos, flags, enqueued_at = _MESSAGE.unpack_from(body)
         at = _MESSAGE.size
-        props_len = body[at]
-        properties = body[at + 1:at + 1 + props_len]
-        at += 1 + props_len
+        props_len, at = body[at], at + 1
+        if props_len == 255:
+            props_len, at = int.from_bytes(body[at:at + 2], "little"), at + 2
+        properties = body[at:at + props_len]
+        at += props_len
         message_id = None
         if flags & FLAG_MESSAGE_ID:
             id_len = body[at]

@@ -298,13 +298,15 @@ class Outbox:
             if not self._queue:
                 if self._closing and not self._removals:
                     return
-                if not self._removals and not self._clock_due():
+                if not self._removals and not self._clock_due() and self._disk_failed is None:
                     self._wake.clear()
                     await self._wake.wait()
                     continue
                 # Removals alone wait (unsynced) for messages to ride along with, at most REMOVAL_EVERY.
+                # A failing disk is probed with a clock-only write (after the back-off below): new
+                # messages are refused until one succeeds, so nothing else would ever try it.
                 left = REMOVAL_EVERY - (loop.time() - self._last_commit)
-                if left > 0 and not self._closing:
+                if left > 0 and not self._closing and self._disk_failed is None:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), left)
@@ -353,12 +355,16 @@ class Outbox:
         batch = self._queue.take(self.max_batch)
         self._wake_room_waiters()  # taken into a commit: no longer waiting in memory for one
         removals, self._removals = self._removals, {}
-        plan = self.log.prepare([p.message for p in batch], removals, self._clock.now(self.monotonic()),
-                                self.wallclock())
         try:
+            plan = self.log.prepare([p.message for p in batch], removals, self._clock.now(self.monotonic()),
+                                    self.wallclock())
             self._space = await self._writer.run(self._write, plan)
         except OSError as exc:
             self._on_failed(batch, removals, exc)
+            return
+        except Exception as exc:  # the writer must outlive anything, or every later submit waits forever
+            log.exception("outbox commit of %d messages failed unexpectedly", len(batch))
+            self._on_failed(batch, removals, OSError(errno.EIO, f"{exc.__class__.__name__}: {exc}"))
             return
         self._space_at = self.monotonic()
         self._last_commit = asyncio.get_running_loop().time()

@@ -419,6 +419,28 @@ async def test_a_failed_qos0_commit_leaves_no_unretrieved_exception(outbox: Outb
     assert reported == []
 
 
+async def test_an_unexpected_error_in_a_commit_fails_it_and_the_writer_carries_on(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = outbox.log.prepare
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(outbox.log, "prepare", broken)
+    with pytest.raises(StorageError, match="RuntimeError: a bug"):
+        await asyncio.wait_for(outbox.submit(msg("d", 1)), 10)
+    with pytest.raises(OutboxFull, match="cannot write to disk"):
+        outbox.submit(msg("d", 2))  # refused (no PUBACK) until a write succeeds again
+    monkeypatch.setattr(outbox.log, "prepare", real)
+    for _ in range(1000):  # the writer probes the disk by itself, with back-off
+        if outbox.status()["refusing"] is None:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(outbox.submit(msg("d", 2)), 10)  # the writer is still there
+    assert numbers(await outbox.peek(10)) == [2]
+
+
 async def test_submit_before_open_or_after_close_is_refused(tmp_path: Path) -> None:
     box = make(tmp_path / "ob")
     with pytest.raises(StorageError, match="not open"):

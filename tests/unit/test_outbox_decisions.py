@@ -130,6 +130,7 @@ MESSAGE = segment.MessageRecord(1, 2, 3, 1, 1_800_000_000.25, b'{"a":"1"}', b"\x
         segment.ClockRecord(123.5, 1_800_000_000.0),
         MESSAGE,
         segment.MessageRecord(0, 0, 0, 0, 0.0, b"", b"", "dead0000000000000000000000000001"),
+        segment.MessageRecord(0, 0, 0, 1, 0.0, b'{"k":"' + b"v" * 3000 + b'"}', b"p", "dead02"),  # long bag
         segment.RemovedRecord(segment.Removal.DEAD_LETTER, ((1, 3), (9, 1))),
     ],
 )
