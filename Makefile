@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 ARGS   ?=
 
-.PHONY: demo test test-fast lint typecheck bench bench-quick soak sysdeps clean
+.PHONY: demo test test-fast lint typecheck bench bench-quick soak sysdeps clean dist
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,5 +39,10 @@ bench-quick: $(STAMP) sysdeps
 soak: $(STAMP) sysdeps
 	EDGEGATE_SOAK_MINUTES=$${MINUTES:-30} $(BIN)/pytest -m chaos -k soak tests/chaos $(ARGS)
 
+# A wheel and an sdist in dist/ (`pipx install dist/edgegate_mqtt-*.whl` installs the three commands).
+dist: $(STAMP)
+	rm -rf dist
+	$(BIN)/python -m build --outdir dist .
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf dist $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import statistics
 import tempfile
 import time
 from datetime import UTC, datetime
@@ -17,7 +19,14 @@ from pathlib import Path
 from bench import disk
 from bench.authbench import auth_p99_ms
 from bench.edgegate_target import EdgegateProcessTarget, EdgegateTarget
-from bench.load import HeldConnections, device_id, ensure_device_files, open_connections, publish_rate
+from bench.load import (
+    HeldConnections,
+    device_id,
+    ensure_device_files,
+    open_connections,
+    publish_rate,
+    publish_rate_and_cpu,
+)
 from bench.pki import BenchPKI
 from bench.report import Figure, machine, table
 from bench.targets import AmqttTarget, MosquittoPersistTarget, MosquittoTarget, Target
@@ -91,12 +100,15 @@ def measure(name: str, target: Target, s: Sizes, figs: dict[str, Figure], pki: B
         time.sleep(1.0)
         figs["startup"].add(name, target.startup_s)
         figs["idle_rss"].add(name, target.rss() / 2**20)
-        figs["qos1"].add(name, publish_rate(target, [0], s.messages, 1))
-        figs["qos0"].add(name, publish_rate(target, [0], s.messages, 0))
-        figs["fanin10"].add(name, publish_rate(target, list(range(10)), s.messages, 1))
+        for key, publishers, qos in (("qos1", [0], 1), ("qos0", [0], 0), ("fanin10", list(range(10)), 1)):
+            rate, cpu = publish_rate_and_cpu(target, publishers, s.messages, qos)
+            figs[key].add(name, rate)
+            figs[f"{key}_cpu"].add(name, cpu)
         base = target.rss()
         hold(s.fanin)
-        figs["fanin"].add(name, publish_rate(target, list(range(10)), s.messages, 1))
+        rate, cpu = publish_rate_and_cpu(target, list(range(10)), s.messages, 1)
+        figs["fanin"].add(name, rate)
+        figs["fanin_cpu"].add(name, cpu)
         hold(s.mem_small - s.fanin)
         figs["per_conn_small"].add(name, rss_per_connection(base))
         storm = hold(s.storm)
@@ -141,6 +153,24 @@ def drain_rate(target: EdgegateTarget, backlog: int) -> float:
     return backlog / (time.monotonic() - start)
 
 
+def fdatasync_ms(directory: Path, seconds: float = 2.0) -> float:
+    """Median time of a 4 KiB write + fdatasync in `directory`: what one durable commit costs here."""
+    path = directory / "fdatasync-probe"
+    times: list[float] = []
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            start = time.perf_counter()
+            os.pwrite(fd, b"\0" * 4096, 0)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - start)
+    finally:
+        os.close(fd)
+        path.unlink()
+    return statistics.median(times) * 1000
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="small sizes, one run (under a minute)")
@@ -157,9 +187,13 @@ def main() -> None:
         "startup": Figure("start to listening", "s", False),
         "idle_rss": Figure("idle RSS", "MiB", False),
         "qos1": Figure("QoS 1 ingest, 1 publisher", "msg/s", True),
+        "qos1_cpu": Figure("  CPU per message", "µs", False),
         "qos0": Figure("QoS 0 ingest, 1 publisher", "msg/s", True),
+        "qos0_cpu": Figure("  CPU per message", "µs", False),
         "fanin10": Figure("fan-in, 10 publishers, nothing else connected", "msg/s", True),
+        "fanin10_cpu": Figure("  CPU per message", "µs", False),
         "fanin": Figure(f"fan-in, 10 publishers + {sizes.fanin:,} subscribed devices", "msg/s", True),
+        "fanin_cpu": Figure("  CPU per message", "µs", False),
         "per_conn_small": Figure(f"RSS per idle TLS connection at {sizes.mem_small:,}", "KiB", False),
         "admission": Figure(f"reconnect storm, {sizes.storm:,} devices (TLS + CONNECT)", "conn/s", True),
         "refused": Figure("  of which refused or failed", "conns", False),
@@ -195,8 +229,12 @@ def main() -> None:
                 p99 = auth_p99_ms(sizes.auth_devices)
                 figs["auth_ss"].add("edgegate", p99["thumbprint"])
                 figs["auth_ca"].add("edgegate", p99["ca_chain"])
+        sync_ms = fdatasync_ms(work)
     report = (f"Run {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine()}; {runs} run(s) per figure, median "
-              f"(min–max). Load: mosquitto_pub -l (C) for messages, bench/conndriver.py for connections.\n\n"
+              f"(min–max). Load: mosquitto_pub -l (C) for messages, bench/conndriver.py for connections. "
+              f"This disk: fdatasync of a 4 KiB write {sync_ms:.3f} ms, a ceiling of {1000 / sync_ms:,.0f} "
+              f"commits/s (with mosquitto_pub's 20 in flight, {20 * 1000 / sync_ms:,.0f} msg/s for one "
+              f"publisher if every commit carried its whole window).\n\n"
               + table(list(figs.values()), names))
     print(report)
     if args.write:

@@ -20,7 +20,7 @@ from amqtt.session import Session
 
 from gateway.broker.admission import AdmissionTokens
 from gateway.broker.edge_broker import EdgeBroker
-from gateway.broker.factory import broker_config
+from gateway.broker.port import broker_config
 
 
 def topic_filter(i: int) -> str:

@@ -88,6 +88,13 @@ class Target(ABC):
         proc = psutil.Process(self.proc.pid)
         return int(proc.memory_info().rss + sum(c.memory_info().rss for c in proc.children(recursive=True)))
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the broker process (and its children) so far."""
+        assert self.proc is not None
+        proc = psutil.Process(self.proc.pid)
+        times = [proc.cpu_times(), *(c.cpu_times() for c in proc.children(recursive=True))]
+        return sum(t.user + t.system for t in times)
+
     def stop(self) -> None:
         for proc in [self.proc, *self.extra]:
             if proc is not None and proc.poll() is None:

@@ -1,8 +1,9 @@
-"""`tempsensor`: a TempSensor, or a fleet of them (one thread each), publishing through the gateway."""
+"""`tempsensor`: a TempSensor, or a fleet of them (one process, one selector), publishing through the gateway."""
 
 from __future__ import annotations
 
 import argparse
+import resource
 import signal
 import sys
 import threading
@@ -12,8 +13,10 @@ from pathlib import Path
 from cryptography.x509.oid import NameOID
 
 from devices.events import Events
+from devices.fleet import Fleet, FleetSensor
 from devices.sensor import Exit, SensorOptions, TempSensor
 from devices.tls import device_context
+from gateway import __version__
 from gateway.errors import PKIError
 from gateway.pki import load_certs
 
@@ -29,6 +32,7 @@ def _at_least(minimum: float, kind: type[int] | type[float]) -> Callable[[str], 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tempsensor", description="A TempSensor child device for edgegate.")
+    p.add_argument("--version", action="version", version=f"tempsensor (edgegate) {__version__}")
     p.add_argument("--gateway-hostname", required=True,
                    help="the gateway's name: its certificate must carry it, and it goes into the username")
     p.add_argument("--connect-address",
@@ -68,7 +72,8 @@ def _common_name(cert: Path) -> str:
     return str(attrs[0].value)
 
 
-def _sensor(args: argparse.Namespace, events: Events, cert: Path, key: Path, device_id: str | None) -> TempSensor:
+def _sensor(args: argparse.Namespace, events: Events, cert: Path, key: Path, device_id: str | None,
+            kind: type[TempSensor] = TempSensor) -> TempSensor:
     for path, flag in ((args.ca_file, "--ca-file"), (cert, "--cert"), (key, "--key")):
         if not path.is_file():
             raise PKIError(f"{flag} {path}: no such file")
@@ -78,7 +83,7 @@ def _sensor(args: argparse.Namespace, events: Events, cert: Path, key: Path, dev
         device_id=device_id or _common_name(cert), interval=args.interval, count=args.count, qos=args.qos,
         connect_address=args.connect_address, retry_forever=args.retry_forever,
     )
-    return TempSensor(options, context, events)
+    return kind(options, context, events)
 
 
 def _sensors(args: argparse.Namespace, events: Events) -> list[TempSensor]:
@@ -89,7 +94,8 @@ def _sensors(args: argparse.Namespace, events: Events) -> list[TempSensor]:
     ids = fleet_members((p.name for p in args.fleet_dir.iterdir()), args.fleet)
     if len(ids) < args.fleet:
         raise PKIError(f"--fleet {args.fleet}: only {len(ids)} ID.cert.pem files in {args.fleet_dir}")
-    return [_sensor(args, events, args.fleet_dir / f"{i}.cert.pem", args.fleet_dir / f"{i}.key.pem", i) for i in ids]
+    return [_sensor(args, events, args.fleet_dir / f"{i}.cert.pem", args.fleet_dir / f"{i}.key.pem", i, FleetSensor)
+            for i in ids]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,18 +114,35 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    results = [Exit.STOPPED] * len(sensors)  # what a sensor whose thread died reports
+    if args.fleet:
+        return _run_fleet([s for s in sensors if isinstance(s, FleetSensor)], events, stop)
+    return sensors[0].run(stop)
 
-    def run(i: int) -> None:
-        results[i] = sensors[i].run(stop)
 
-    threads = [threading.Thread(target=run, args=(i,), name=s.o.device_id, daemon=True) for i, s in enumerate(sensors)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        while t.is_alive():  # join with a timeout, so that signals are handled promptly
-            t.join(0.2)
-    return fleet_exit(results)
+def _run_fleet(sensors: list[FleetSensor], events: Events, stop: threading.Event) -> int:
+    """All sensors on one selector; the summary (connected, acknowledged, PUBACK latency) at the end."""
+    _raise_open_files(len(sensors))
+    fleet = Fleet(sensors, events)
+    result = fleet_exit(fleet.run(stop))
+    summary = fleet.summary()
+    if events.as_json:
+        events.emit("fleet", "summary", summary.sentence(), sensors=summary.sensors, connected=summary.connected,
+                    acked=summary.acked, latency_ms=summary.latency_ms)
+    else:
+        print(f"tempsensor fleet: {summary.sentence()}", file=sys.stderr)
+    return result
+
+
+def _raise_open_files(sensors: int) -> None:
+    """One descriptor per sensor plus a few: raise the soft limit toward the hard one, and say so if short."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = sensors + 64
+    if soft < want:
+        target = want if hard == resource.RLIM_INFINITY else min(want, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        if target < want:
+            print(f"tempsensor: only {target} open files allowed (hard limit); {sensors} sensors need about {want}: "
+                  "raise `ulimit -Hn`", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,12 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from devices.failures import Explanation, Reason
+from gateway.auth.chain_failure import explain_chain_failure
 from gateway.pki import verify_chain
 
 # verify_chain's reason codes that mean "no path from what was sent to a root in ca-file".
-_NO_PATH = frozenset({"chain_incomplete", "chain_untrusted", "no_trust_anchor"})
+_NO_PATH = frozenset({"chain_incomplete", "chain_untrusted", "no_trust_anchor", "chain_too_deep"})
+_DATES = frozenset({"expired", "not_yet_valid", "expired_or_not_yet_valid"})
 
 
 def server_names(cert: x509.Certificate) -> list[str]:
@@ -76,20 +78,38 @@ def diagnose(dialled: str, presented: Sequence[x509.Certificate], roots: Sequenc
         listed = ", ".join(names) or "(no names)"
         return Explanation(Reason.HOSTNAME_MISMATCH,
                            f"the gateway's certificate is for {listed}, you dialled {dialled}")
-    for cert in presented:
-        which = "certificate" if cert is leaf else f"chain certificate {_subject(cert)}"
-        if cert.not_valid_after_utc < now:
-            return Explanation(Reason.GATEWAY_CERT_EXPIRED,
-                               f"the gateway's {which} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
-        if cert.not_valid_before_utc > now:
-            return Explanation(Reason.GATEWAY_CERT_NOT_YET_VALID,
-                               f"the gateway's {which} is not valid until {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
-                               f"UTC and this device's clock says {now:%Y-%m-%d %H:%M} UTC: check the clock")
+    dated = _dates(presented, leaf, now)
+    if dated is not None:
+        return dated
     # A root the gateway sends along proves nothing (only ca-file's copy counts), and confuses path building.
     intermediates = [c for c in presented[1:] if c.issuer != c.subject]
     verdict = verify_chain(leaf, intermediates, roots, now=now, purpose="server", hostname=dialled)
     if verdict.ok:
         return Explanation(Reason.GATEWAY_TRUSTED, "the gateway's certificate and chain are fine")
+    if verdict.reason in _DATES:
+        issuers = {c.issuer for c in presented}
+        dated = _dates([r for r in roots if r.subject in issuers], None, now, where="root in ca-file")
+        if dated is not None:
+            return dated
     if verdict.reason in _NO_PATH:
         return _no_path(presented, roots)
-    return Explanation(Reason.INVALID_CHAIN, f"the gateway's chain is invalid: {verdict.detail}")
+    # cryptography's own words are not for people; say which certificate is wrong, and how.
+    _, sentence = explain_chain_failure(verdict.reason, leaf, intermediates, roots, now)
+    return Explanation(Reason.INVALID_CHAIN, f"the gateway's chain is invalid: {sentence}")
+
+
+def _dates(certs: Sequence[x509.Certificate], leaf: x509.Certificate | None, now: datetime,
+           where: str = "gateway's chain certificate") -> Explanation | None:
+    """The first certificate outside its validity by this device's clock, in words that name the clock."""
+    for cert in certs:
+        which = "the gateway's certificate" if cert is leaf else f"the {where} {_subject(cert)}"
+        if cert.not_valid_after_utc < now:
+            return Explanation(Reason.GATEWAY_CERT_EXPIRED,
+                               f"{which} expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC and this "
+                               f"device's clock says {now:%Y-%m-%d %H:%M} UTC: if the clock is right, the gateway "
+                               "must renew it; else fix the clock")
+        if cert.not_valid_before_utc > now:
+            return Explanation(Reason.GATEWAY_CERT_NOT_YET_VALID,
+                               f"{which} is not valid until {cert.not_valid_before_utc:%Y-%m-%d %H:%M} "
+                               f"UTC and this device's clock says {now:%Y-%m-%d %H:%M} UTC: check the clock")
+    return None

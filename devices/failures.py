@@ -12,6 +12,9 @@ import errno
 import socket
 import ssl
 from dataclasses import dataclass
+from datetime import datetime
+
+from cryptography import x509
 
 
 class Reason(enum.Enum):
@@ -26,6 +29,7 @@ class Reason(enum.Enum):
     # This device's certificate, as the gateway judges it (TLS alerts).
     DEVICE_CERT_REJECTED = "device_cert_rejected"
     DEVICE_CERT_EXPIRED = "device_cert_expired"
+    DEVICE_CERT_NOT_YET_VALID = "device_cert_not_yet_valid"
     DEVICE_CERT_REVOKED = "device_cert_revoked"
     DEVICE_CERT_MISSING = "device_cert_missing"
     # TLS itself.
@@ -49,7 +53,8 @@ class Reason(enum.Enum):
 
 
 # An expired or not-yet-valid gateway certificate is left to retry: the gateway renews its server
-# certificate on its own, and a Raspberry Pi's clock is wrong only until NTP answers.
+# certificate on its own, and a Raspberry Pi's clock is wrong only until NTP answers. So is this
+# device's own certificate when this device's clock says it is not valid yet.
 FATAL = frozenset({
     Reason.HOSTNAME_MISMATCH, Reason.UNTRUSTED_CHAIN, Reason.INVALID_CHAIN, Reason.NO_GATEWAY_CERT,
     Reason.DEVICE_CERT_REJECTED, Reason.DEVICE_CERT_EXPIRED, Reason.DEVICE_CERT_REVOKED, Reason.DEVICE_CERT_MISSING,
@@ -77,8 +82,34 @@ class Explanation:
         return self.message
 
 
-def connack_refusal(code: int, device_id: str, username: str) -> Explanation:
-    """A refused CONNACK (MQTT 3.1.1 return code) in words."""
+def _utc(moment: datetime) -> str:
+    return f"{moment:%Y-%m-%d %H:%M} UTC"
+
+
+def own_cert_dates(cert: x509.Certificate, now: datetime) -> Explanation | None:
+    """This device's certificate outside its validity by this device's clock: the likeliest reason a
+    gateway refuses it, and one a wrong clock (a Raspberry Pi before NTP answers) explains."""
+    if now < cert.not_valid_before_utc:
+        return Explanation(Reason.DEVICE_CERT_NOT_YET_VALID,
+                           f"this device's certificate is valid from {_utc(cert.not_valid_before_utc)} and this "
+                           f"device's clock says {_utc(now)}: check the clock here and on the gateway (NTP); "
+                           "retrying, as a corrected clock fixes this")
+    if now > cert.not_valid_after_utc:
+        return Explanation(Reason.DEVICE_CERT_EXPIRED,
+                           f"this device's certificate expired on {_utc(cert.not_valid_after_utc)} and this "
+                           f"device's clock says {_utc(now)}: issue it a new certificate (or, if the clock is "
+                           "wrong, fix the clock)")
+    return None
+
+
+def connack_refusal(code: int, device_id: str, username: str, *, own_cert: x509.Certificate | None = None,
+                    now: datetime | None = None) -> Explanation:
+    """A refused CONNACK (MQTT 3.1.1 return code) in words; with this device's certificate and clock, a
+    refusal its dates explain says so."""
+    if code == 5 and own_cert is not None and now is not None:
+        dated = own_cert_dates(own_cert, now)
+        if dated is not None:
+            return Explanation(dated.reason, f"not authorized: {dated.message}")
     if code == 1:
         return Explanation(Reason.UNACCEPTABLE_PROTOCOL,
                            "unacceptable protocol version: the gateway does not speak MQTT 3.1.1")
@@ -121,7 +152,8 @@ _TLS_REASONS: dict[str, tuple[Reason, str]] = {
                       "the gateway could not verify this device's TLS signature (TLS alert decrypt_error)"),
     "CERTIFICATE_EXPIRED": (Reason.DEVICE_CERT_EXPIRED,
                             "the gateway says this device's certificate has expired, or is not valid yet by "
-                            "the gateway's clock (TLS alert certificate_expired); issue a new one"),
+                            "the gateway's clock (TLS alert certificate_expired): check both clocks, and if "
+                            "they are right, issue a new certificate"),
     "CERTIFICATE_REVOKED": (Reason.DEVICE_CERT_REVOKED,
                             "the gateway says this device's certificate is revoked (TLS alert certificate_revoked)"),
     "CERTIFICATE_REQUIRED": (Reason.DEVICE_CERT_MISSING,
@@ -172,8 +204,10 @@ def verification_failure(verify_code: int, verify_message: str, hostname: str, d
     """This device refused the gateway's certificate, from OpenSSL's verdict alone (`detail` says why
     nothing better is known)."""
     why = _VERIFY_CODES.get(verify_code, Reason.INVALID_CHAIN)
+    clock = (": check this device's clock (NTP) and the gateway's"
+             if why in (Reason.GATEWAY_CERT_EXPIRED, Reason.GATEWAY_CERT_NOT_YET_VALID) else "")
     return Explanation(why, f"the gateway's certificate failed verification for {hostname}: {verify_message} "
-                            f"({detail})")
+                            f"({detail}){clock}")
 
 
 def socket_failure(exc: OSError, address: str, port: int, timeout: float) -> Explanation:

@@ -1,5 +1,7 @@
 """One TempSensor: dials the gateway over TLS with its device certificate and publishes readings at
-QoS 1, counting a reading as sent only when its PUBACK arrives.
+QoS 1, counting a reading as sent only when its PUBACK arrives. It also speaks IoT Hub's twin and
+direct-method topics (devices/twin.py): reports its firmware and interval, follows a desired interval,
+answers `blink` and `reboot`.
 
 The sensor drives paho's network loop itself, on its own thread, so that every way a connection
 ends passes through one place that explains it in words and decides whether, and after how long, to
@@ -10,6 +12,7 @@ id, same seq) after each reconnect: every acknowledged reading is one the gatewa
 from __future__ import annotations
 
 import enum
+import json
 import random
 import ssl
 import threading
@@ -18,12 +21,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from devices import twin
 from devices.backoff import next_backoff
 from devices.diagnose import diagnose
 from devices.events import Events
@@ -105,6 +110,10 @@ class TempSensor:
         self.roots = load_certs(options.ca_file)
         self.topic = f"devices/{options.device_id}/messages/events/"
         self.c2d_filter = f"devices/{options.device_id}/messages/devicebound/#"
+        self.interval = options.interval  # a desired `interval` changes it
+        self._rid = 0  # request ids of this sensor's twin GETs and reported patches
+        self._get_rid = ""
+        self._reboot = False
         self.acked: list[int] = []
         self._pending: dict[int, Reading] = {}  # packet id -> reading awaiting its PUBACK
         self._last: Reading | None = None
@@ -180,7 +189,8 @@ class TempSensor:
                 return None
             rc = self.client.loop(self._loop_timeout())
             if self._connack is not None and self._connack != 0:
-                return connack_refusal(self._connack, self.o.device_id, self.o.username)
+                return connack_refusal(self._connack, self.o.device_id, self.o.username,
+                                       own_cert=self.context.own_cert, now=self.clock())
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 lost = connection_lost(self._connack == 0, self.context.last_error, mqtt.error_string(rc))
                 return lost if self._connack == 0 else self._hung_up(lost)
@@ -190,6 +200,10 @@ class TempSensor:
                                                       f"within {CONNACK_TIMEOUT:g} s")
             if self._connack == 0:
                 self._take_reading()
+            if self._reboot:
+                self._reboot = False
+                self.client.disconnect()
+                return Explanation(Reason.CONNECTION_LOST, "rebooting, as the direct method `reboot` asked")
         self.client.disconnect()
         return None
 
@@ -239,7 +253,7 @@ class TempSensor:
         now = time.monotonic()
         if now < self._next_due or not self._can_take():
             return
-        self._next_due = now + self.o.interval  # from now, not from the last due time: no burst after an outage
+        self._next_due = now + self.interval  # from now, not from the last due time: no burst after an outage
         self._last = (first_reading(self.clock(), self.rand.random()) if self._last is None else
                       next_reading(self._last, self.clock(), self.rand.uniform(-1, 1), self.rand.uniform(-1, 1)))
         info = self.client.publish(self.topic, self._last.to_json(), qos=self.o.qos)
@@ -259,15 +273,25 @@ class TempSensor:
         via = f" via {self.o.address}" if self.o.address != self.o.gateway_hostname else ""
         self._emit("connected", f"connected to {self.o.gateway_hostname}:{self.o.port}{via}",
                    session_present=flags.session_present, pending=len(self._pending))
-        client.subscribe(self.c2d_filter, qos=1)
+        client.subscribe([(self.c2d_filter, 1), *((f, 0) for f in twin.SUBSCRIPTIONS)])
 
-    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, reasons: list[ReasonCode],
+    def _on_subscribe(self, client: mqtt.Client, _userdata: object, _mid: int, reasons: list[ReasonCode],
                       _properties: Properties | None) -> None:
-        if any(r.is_failure for r in reasons):
+        if reasons and reasons[0].is_failure:
             self._emit("subscribe_refused", f"the gateway refused the subscription to {self.c2d_filter}: "
                                             "cloud-to-device messages will not arrive")
         else:
             self._emit("subscribed", f"listening for cloud-to-device messages on {self.c2d_filter}")
+        if any(r.is_failure for r in reasons[1:]):
+            self._emit("subscribe_refused", "the gateway refused the twin and method subscriptions: "
+                                            "desired properties and direct methods will not arrive")
+            return
+        # As IoT Hub tells device apps: report what we are, then GET the twin for the desired state.
+        self._rid += 1
+        client.publish(twin.report_topic(self._rid), twin.startup_report(self.interval), qos=0)
+        self._rid += 1
+        self._get_rid = str(self._rid)
+        client.publish(twin.get_topic(self._rid), b"", qos=0)
 
     def _on_publish(self, _client: mqtt.Client, _userdata: object, mid: int, _reason: ReasonCode,
                     _properties: Properties) -> None:
@@ -278,6 +302,54 @@ class TempSensor:
         self._emit("acked", f"reading {reading.seq} acknowledged: {reading.temperature} °C, {reading.humidity} %",
                    seq=reading.seq, temperature=reading.temperature, humidity=reading.humidity)
 
-    def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-        text = msg.payload.decode(errors="replace")
-        self._emit("c2d", f"cloud-to-device message on {msg.topic}: {text}", topic=msg.topic, payload=text)
+    def _on_message(self, client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        incoming = twin.classify(msg.topic)
+        payload = bytes(msg.payload)
+        if incoming.kind == "other":
+            text = msg.payload.decode(errors="replace")
+            self._emit("c2d", f"cloud-to-device message on {msg.topic}: {text}", topic=msg.topic, payload=text)
+        elif incoming.kind == "twin_response":
+            self._on_twin_response(client, incoming, payload)
+        elif incoming.kind == "desired":
+            self._follow_desired(client, _json(payload), f"desired patch v{incoming.version}")
+        else:
+            status, body = twin.answer_method(incoming.method, payload)
+            client.publish(twin.method_response_topic(status, incoming.rid), json.dumps(body), qos=0)
+            self._emit("method", f"direct method {incoming.method!r} answered {status}: {json.dumps(body)}",
+                       method=incoming.method, status=status)
+            if incoming.method == "reboot" and status == 200:
+                self._reboot = True
+
+    def _on_twin_response(self, client: mqtt.Client, incoming: twin.Incoming, payload: bytes) -> None:
+        if incoming.rid != self._get_rid:
+            if incoming.status >= 300:
+                self._emit("report_refused", f"the gateway refused a reported patch ({incoming.status}): "
+                                             f"{payload.decode(errors='replace')}", status=incoming.status)
+            return
+        if incoming.status != 200:
+            self._emit("twin_unavailable", f"twin GET answered {incoming.status}; keeping interval "
+                                           f"{self.interval:g} s", status=incoming.status)
+            return
+        document = _json(payload)
+        desired = document.get("desired") if isinstance(document, dict) else None
+        self._follow_desired(client, desired, "twin")
+
+    def _follow_desired(self, client: mqtt.Client, desired: Any, source: str) -> None:
+        interval, why = twin.desired_interval(desired)
+        if why:
+            self._emit("desired_refused", f"{source}: {why}; keeping interval {self.interval:g} s")
+            return
+        if interval is None or interval == self.interval:
+            return
+        self.interval = interval
+        self._next_due = min(self._next_due, time.monotonic() + interval)
+        self._rid += 1
+        client.publish(twin.report_topic(self._rid), json.dumps({"interval": interval}), qos=0)
+        self._emit("interval", f"{source}: reading every {interval:g} s now", interval=interval)
+
+
+def _json(payload: bytes) -> Any:
+    try:
+        return json.loads(payload)
+    except ValueError:
+        return None

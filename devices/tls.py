@@ -8,6 +8,8 @@ import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cryptography import x509
+
 from gateway.errors import PKIError
 from gateway.pki import key_matches_cert, load_certs, load_private_key
 
@@ -52,6 +54,7 @@ class DeviceTLSContext(ssl.SSLContext):
     sslsocket_class = _RecordingSocket
     gateway_hostname: str = ""
     last_error: OSError | None = None
+    own_cert: x509.Certificate | None = None  # this device's certificate, to explain a refusal by its dates
 
     def wrap_socket(
         self,
@@ -76,6 +79,7 @@ def device_context(gateway_hostname: str, ca_file: Path, cert: Path, key: Path) 
         raise PKIError(f"the key in {key} does not belong to the certificate in {cert}")
     ctx = DeviceTLSContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED and check_hostname by default
     ctx.gateway_hostname = gateway_hostname
+    ctx.own_cert = chain[0]
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     try:
         ctx.load_verify_locations(cafile=str(ca_file))

@@ -20,6 +20,7 @@ from gateway.config import HubConfig
 from gateway.errors import PKIError
 from gateway.pki import verify_chain
 from gateway.pki.edge_ca import server_cert_problem
+from gateway.service.budget import ConnectionBudget
 
 # iotedge check warns when a certificate has less than a week left.
 WARN_DAYS = 7
@@ -207,6 +208,22 @@ def classify_hub_error(exc: BaseException, timeout: float) -> HubProbe:
     return HubProbe(failure=HubFailure.TLS_FAILED, detail=f"{type(exc).__name__}: {exc}")
 
 
+def closed_after_handshake(tls_version: str | None, how: str) -> HubProbe:
+    """The hub completed the handshake, then closed without a byte of HTTP answer.
+
+    With TLS 1.3 the client's certificate is judged after the client's side of the handshake is done,
+    so a hub that refuses it may close before its alert is read: the probe then sees an EOF or a reset
+    where it expected an answer. That is the refusal, not a network fault.
+    """
+    if tls_version == "TLSv1.3":
+        return HubProbe(failure=HubFailure.IDENTITY_REJECTED,
+                        detail=f"the hub refused the gateway's identity certificate (it closed the connection "
+                               f"right after the TLS 1.3 handshake without answering: {how}); "
+                               "is hub.gateway_id registered with this certificate or its CA?")
+    return HubProbe(failure=HubFailure.TLS_FAILED,
+                    detail=f"the hub closed the connection without answering ({how})")
+
+
 def _verification_failure(code: int, message: str) -> HubProbe:
     if code == _HOSTNAME_MISMATCH:
         return HubProbe(failure=HubFailure.WRONG_HOSTNAME,
@@ -251,6 +268,27 @@ def database(shown_url: str, status: tuple[str | None, str] | None, error: str |
         return warn(title, f"at {current or 'no migration'}, latest is {head}; run `edgegate db upgrade` "
                            "(`edgegate run` does it too)")
     return ok(title, head)
+
+
+# ---- clock -------------------------------------------------------------------------------------
+
+
+def system_clock(state: str, sentence: str) -> CheckResult:
+    """⚠ when the clock floor (gateway.clock_floor) says the system clock is behind or ahead."""
+    if state == "trusted":
+        return ok("system clock is plausible", sentence)
+    return warn("system clock is wrong", sentence)
+
+
+# ---- resources ---------------------------------------------------------------------------------
+
+
+def connection_budget(budget: ConnectionBudget) -> CheckResult:
+    """⚠ when the open-files or memory limit caps the configured max_connections, with the figures."""
+    title = "connection budget (max_connections against open files and memory)"
+    if budget.capped:
+        return warn(title, budget.sentence())
+    return ok(title, budget.sentence())
 
 
 # ---- state directory and outbox ------------------------------------------------------------------

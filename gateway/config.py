@@ -29,6 +29,14 @@ from gateway.config_checks import (
     validate_device_id,
     validate_hostname,
 )
+from gateway.config_est import (
+    EstConfig,
+    EstEdgeCAConfig,
+    check_est_files,
+    edge_ca_paths,
+    est_edge_ca,
+    parse_est,
+)
 from gateway.config_files import (
     check_is_ca,
     check_key_matches,
@@ -61,11 +69,22 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
     "": frozenset(
         {"hostname", "alt_names", "trust_bundle_cert", "state_dir"}
         | {"edge_ca", "listener", "limits", "auth", "hub", "sync", "outbox", "storage"}
+        | {"cert_issuance"}
+        | {"health", "log"}
     ),
-    "edge_ca": frozenset({"cert", "pk", "auto_generated_edge_ca_expiry_days", "auto_renew"}),
-    "edge_ca.auto_renew": frozenset({"threshold"}),
+    "edge_ca": frozenset({"cert", "pk", "auto_generated_edge_ca_expiry_days", "auto_renew"} | {"method", "url"}),
+    "edge_ca.auto_renew": frozenset({"threshold"} | {"rotate_key", "retry"}),
+    "cert_issuance": frozenset({"est"}),
+    "cert_issuance.est": frozenset({"trusted_certs", "auth", "urls", "identity_auto_renew"}),
+    "cert_issuance.est.auth": frozenset(
+        {"username", "password", "identity_cert", "identity_pk", "bootstrap_identity_cert", "bootstrap_identity_pk"}
+    ),
+    "cert_issuance.est.urls": frozenset({"default"}),
+    "cert_issuance.est.identity_auto_renew": frozenset({"rotate_key", "threshold", "retry"}),
     "listener": frozenset({"bind", "port"}),
-    "limits": frozenset({"max_connections", "max_packet_size", "handshake_timeout", "max_keep_alive"}),
+    "limits": frozenset({"max_connections", "max_packet_size", "handshake_timeout", "max_keep_alive", "memory"}),
+    "health": frozenset({"listen"}),
+    "log": frozenset({"level", "format"}),
     "auth": frozenset({"clock_skew_tolerance"}),
     "hub": frozenset(
         {"hostname", "port", "url", "gateway_id", "identity_cert", "identity_pk", "trust_bundle_cert"}
@@ -86,12 +105,10 @@ IOT_EDGE_ONLY_KEYS: dict[str, frozenset[str]] = {
             "connect",
             "listen",
             "moby_runtime",
-            "cert_issuance",
             "aziot_keys",
         }
     ),
-    "edge_ca": frozenset({"method", "url", "bootstrap_identity_cert", "bootstrap_identity_pk"}),
-    "edge_ca.auto_renew": frozenset({"rotate_key", "retry"}),
+    "edge_ca": frozenset({"bootstrap_identity_cert", "bootstrap_identity_pk"}),
 }
 
 HUB_REQUIRED = ("hostname", "gateway_id", "identity_cert", "identity_pk", "trust_bundle_cert")
@@ -118,6 +135,7 @@ class EdgeCAConfig:
     pk: Path | None = None
     auto_generated_edge_ca_expiry: timedelta = timedelta(days=90)
     auto_renew: AutoRenewConfig = AutoRenewConfig()
+    est: EstEdgeCAConfig | None = None  # method = "est": cert/pk are where the EST-issued Edge CA is kept
 
     @property
     def quickstart(self) -> bool:
@@ -141,6 +159,22 @@ class LimitsConfig:
     max_packet_size: int = 256 * 1024  # edgeHub's message size limit
     handshake_timeout: timedelta = timedelta(seconds=10)  # TLS handshake + CONNECT, cache-miss wait included
     max_keep_alive: timedelta = timedelta(minutes=10)  # edgeHub caps keep-alive at 10 minutes
+    memory: int | None = None  # bytes the gateway may use; None: the cgroup's limit, if any
+
+
+@dataclass(frozen=True, slots=True)
+class HealthConfig:
+    """The local HTTP endpoint for /healthz and /metrics; off unless `listen` is given."""
+
+    listen: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    """Log level (SIGHUP applies a change) and format; `edgegate run --log-level/--log-format` override them."""
+
+    level: str = "INFO"
+    format: str = "text"
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +248,9 @@ class Config:
     sync: SyncConfig
     outbox: OutboxConfig
     storage: StorageConfig
+    est: EstConfig | None = None  # [cert_issuance.est]: the identity (and maybe the Edge CA) come from EST
+    health: HealthConfig = HealthConfig()
+    log: LogConfig = LogConfig()
 
 
 def load_config(path: str | Path) -> Config:
@@ -249,6 +286,8 @@ def parse_config(text: str, *, source: Path) -> Config:
         for index, name in enumerate(root.strings("alt_names"))
     )
     edge_ca = _edge_ca(root.table("edge_ca"), base)
+    est = parse_est(root, base, root.path("state_dir", base) or base / "state")
+    edge_ca = _with_est_edge_ca(root, edge_ca, est, base)
     trust_bundle_cert = root.path("trust_bundle_cert", base)
     if trust_bundle_cert is None and not edge_ca.quickstart:
         raise root.error(
@@ -272,10 +311,13 @@ def parse_config(text: str, *, source: Path) -> Config:
                 "clock_skew_tolerance", AuthConfig().clock_skew_tolerance, low=timedelta(0), high=_DAY
             )
         ),
-        hub=_hub(root, base),
+        hub=_hub(root, base, est),
         sync=_sync(root.table("sync"), limits),
         outbox=_outbox(root.table("outbox"), limits),
         storage=_storage(root.table("storage"), base, state_dir),
+        est=est,
+        health=_health(root.table("health")),
+        log=_log(root.table("log")),
     )
 
 
@@ -338,6 +380,17 @@ def _edge_ca(section: Section, base: Path) -> EdgeCAConfig:
     )
 
 
+def _with_est_edge_ca(root: Section, edge_ca: EdgeCAConfig, est: EstConfig | None, base: Path) -> EdgeCAConfig:
+    section = root.table("edge_ca")
+    name = root.table("hub").string("gateway_id") or root.string("hostname") or "edgegate"
+    settings = est_edge_ca(section, est, f"{name} Edge CA")
+    if settings is None:
+        return edge_ca
+    cert, pk = edge_ca_paths(section, base, root.path("state_dir", base) or base / "state")
+    auto = AutoRenewConfig(threshold=settings.auto_renew.threshold)
+    return EdgeCAConfig(cert=cert, pk=pk, auto_renew=auto, est=settings)
+
+
 def _listener(section: Section) -> ListenerConfig:
     defaults = ListenerConfig()
     bind = section.string("bind") or defaults.bind
@@ -367,14 +420,65 @@ def _limits(section: Section) -> LimitsConfig:
         max_keep_alive=section.duration(
             "max_keep_alive", defaults.max_keep_alive, low=_SECOND, high=timedelta(seconds=65_535)
         ),
+        memory=_memory_size(section, "memory"),
     )
 
 
-def _hub(root: Section, base: Path) -> HubConfig | None:
+_SIZE_UNITS = {"": 1, "k": 1024, "kib": 1024, "m": 1024**2, "mib": 1024**2, "g": 1024**3, "gib": 1024**3}
+
+
+def _memory_size(section: Section, key: str) -> int | None:
+    """A size in bytes: an integer, or a string like "256MiB", "512M", "1G" (binary units, as systemd's MemoryMax=)."""
+    if not section.given(key):
+        return None
+    fix = 'write a size such as "256MiB" or "1GiB" (at least 64MiB)'
+    raw = section.data[key]
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise section.error(key, f"must be a size, got {raw!r}", fix)
+    match = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", str(raw))
+    if match is None or match.group(2).lower() not in _SIZE_UNITS:
+        raise section.error(key, f"is not a size: {raw!r}", fix)
+    value = int(match.group(1)) * _SIZE_UNITS[match.group(2).lower()]
+    if value < 64 * 1024**2:
+        raise section.error(key, f"is {value} bytes, too small to run the gateway", fix)
+    return value
+
+
+def _log(section: Section) -> LogConfig:
+    level = (section.string("level") or LogConfig().level).upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise section.error("level", f"is {level!r}", "use DEBUG, INFO, WARNING or ERROR")
+    style = section.string("format") or LogConfig().format
+    if style not in ("text", "json"):
+        raise section.error("format", f"is {style!r}", 'use "text" or "json" (under systemd, text becomes '
+                                                       "journald's format by itself)")
+    return LogConfig(level=level, format=style)
+
+
+def _health(section: Section) -> HealthConfig:
+    listen = section.string("listen")
+    if listen is None:
+        return HealthConfig()
+    host, sep, port = listen.rpartition(":")
+    host = host.strip("[]")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise section.error("listen", f"must be HOST:PORT, got {listen!r}",
+                            'use "127.0.0.1:9883" (keep it on loopback or a management network)')
+    return HealthConfig(listen=(host, int(port)))
+
+
+def _hub(root: Section, base: Path, est: EstConfig | None = None) -> HubConfig | None:
     if not root.given("hub"):
         return None
     section = root.table("hub")
-    missing = [key for key in HUB_REQUIRED if not section.given(key)]
+    if est is not None:
+        for key in ("identity_cert", "identity_pk"):
+            if section.given(key):
+                raise section.error(key, "is given, but with [cert_issuance.est] the identity comes from EST",
+                                    "remove it (cert_issuance.est.auth.identity_cert/_pk say where it is kept)")
+    required = HUB_REQUIRED if est is None else tuple(k for k in HUB_REQUIRED if k not in ("identity_cert",
+                                                                                            "identity_pk"))
+    missing = [key for key in required if not section.given(key)]
     if len(missing) > 1:
         raise root.error(
             "hub",
@@ -393,8 +497,8 @@ def _hub(root: Section, base: Path) -> HubConfig | None:
         hostname=hostname,
         url=_hub_url(section, hostname),
         gateway_id=gateway_id,
-        identity_cert=section.required_path("identity_cert", base, why),
-        identity_pk=section.required_path("identity_pk", base, why),
+        identity_cert=section.required_path("identity_cert", base, why) if est is None else est.identity_cert,
+        identity_pk=section.required_path("identity_pk", base, why) if est is None else est.identity_pk,
         trust_bundle_cert=section.required_path("trust_bundle_cert", base, why),
     )
 
@@ -530,12 +634,16 @@ def _check_files(config: Config) -> None:
     if config.trust_bundle_cert is not None:
         read_certificates(file, "trust_bundle_cert", config.trust_bundle_cert)
     edge_ca = config.edge_ca
-    if edge_ca.cert is not None and edge_ca.pk is not None:
+    if edge_ca.cert is not None and edge_ca.pk is not None and edge_ca.est is None:
         chain = read_certificates(file, "edge_ca.cert", edge_ca.cert)
         check_is_ca(file, "edge_ca.cert", chain[0])
         key = read_private_key(file, "edge_ca.pk", edge_ca.pk)
         check_key_matches(file, "edge_ca.pk", key, chain, "edge_ca.cert")
-    if config.hub is not None:
+    if config.est is not None:
+        check_est_files(file, config.est)
+    if config.hub is not None and config.est is not None:
+        read_certificates(file, "hub.trust_bundle_cert", config.hub.trust_bundle_cert)
+    elif config.hub is not None:
         hub = config.hub
         identity = read_certificates(file, "hub.identity_cert", hub.identity_cert)
         key = read_private_key(file, "hub.identity_pk", hub.identity_pk)

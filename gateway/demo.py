@@ -4,7 +4,9 @@ It builds the PKI (root -> intermediate -> Edge CA -> server cert for the hostna
 hub-mock and a real `edgegate run`, registers two TempSensors (one self-signed by thumbprint, one
 CA-signed), shows the chain a device verifies, then shows readings arriving at the hub. With
 `--offline-drill` the hub goes away for a while: the outbox grows, the sensors keep publishing, and
-the backlog drains with nothing lost. Every part is the real component; nothing is simulated here.
+the backlog drains with nothing lost. A few seconds in, the hub sets a desired `interval` on one
+sensor (which follows it and reports it back) and calls the direct method `blink` on the other.
+Every part is the real component; nothing is simulated here.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from rich.table import Table
 from devices.diagnose import diagnose
 from devices.probe import presented_chain
 from gateway.pki import CA, load_certs, self_signed_device_cert
-from hub_mock.adminclient import AdminClient
+from hub_mock.adminclient import AdminClient, AdminError
 
 GATEWAY_ID = "edge-gateway"
 HUB_HOSTNAME = "hub.local"
@@ -45,6 +47,7 @@ class DemoOptions:
     drill_after: float = 8.0
     drill_length: float = 12.0
     interval: float = 0.5
+    twin_after: float = 2.0  # seconds before the desired-interval change and the method call
 
 
 @dataclass
@@ -189,7 +192,38 @@ def gateway_status(d: Path) -> dict[str, Any]:
         return {}
 
 
-def view(admin: AdminClient, d: Path, phase: str, chain: list[str]) -> Group:
+def twin_step(admin: AdminClient, o: DemoOptions) -> list[str]:
+    """Set a desired interval on one sensor and wait for it to report it; call `blink` on the other."""
+    sensor, other = SENSORS
+    wanted = round(o.interval * 2, 3)
+    desired = admin.twins.set_desired(sensor, {"interval": wanted})["properties"]["desired"]
+    lines = [f"hub: desired interval = {wanted} s for {sensor} (desired $version {desired['$version']})"]
+    deadline = time.monotonic() + 15
+    reported: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        reported = admin.twins.show(sensor)["properties"]["reported"]
+        if reported.get("interval") == wanted:
+            lines.append(f"{sensor} (firmware {reported.get('firmware')}) reports interval = {wanted} s: "
+                         "the desired change took effect")
+            break
+        time.sleep(0.2)
+    else:
+        lines.append(f"{sensor} did not report interval {wanted} s within 15 s (reported: {reported})")
+    while True:
+        try:
+            answer = admin.twins.invoke(other, "blink", {"times": 3}, timeout=10)
+        except AdminError as exc:
+            if exc.status == 404 and time.monotonic() < deadline:  # not connected yet
+                time.sleep(0.3)
+                continue
+            lines.append(f"hub: direct method blink on {other} failed: {exc}")
+            break
+        lines.append(f"hub: direct method blink on {other} -> {answer['status']} {json.dumps(answer['payload'])}")
+        break
+    return lines
+
+
+def view(admin: AdminClient, d: Path, phase: str, chain: list[str], twin: list[str] | None = None) -> Group:
     readings = hub_readings(admin)
     status = gateway_status(d)
     table = Table(title="Readings arriving at the hub", expand=True)
@@ -204,7 +238,11 @@ def view(admin: AdminClient, d: Path, phase: str, chain: list[str]) -> Group:
     sync = status.get("sync", {})
     info = (f"phase: [bold]{phase}[/]   hub: {sync.get('state', '?')}   forwarder: {outbox.get('state', '?')}   "
             f"outbox depth: [bold]{status.get('outbox_depth', '?')}[/]   connected: {status.get('devices', [])}")
-    return Group(Panel("\n".join(chain), title="what a TempSensor verifies"), table, Panel(info, title="gateway"))
+    panels: list[Panel | Table] = [Panel("\n".join(chain), title="what a TempSensor verifies"), table,
+                                   Panel(info, title="gateway")]
+    if twin:
+        panels.append(Panel("\n".join(twin), title="twins and direct methods"))
+    return Group(*panels)
 
 
 def run(o: DemoOptions, console: Console | None = None) -> int:
@@ -237,26 +275,57 @@ def run(o: DemoOptions, console: Console | None = None) -> int:
         console.print("stopped: sensors, gateway, hub-mock")
 
 
+def drained(status: dict[str, Any], live_traffic: float) -> bool:
+    """The backlog is gone: the hub is online and the outbox holds no more than about one second of the
+    sensors' live traffic (they keep publishing, so it is rarely exactly empty when status.json is written)."""
+    depth = status.get("outbox_depth")
+    return status.get("sync", {}).get("state") == "online" and isinstance(depth, int) and depth <= live_traffic
+
+
+# The drill's view stays up after `duration` until the backlog drains, but not for ever.
+DRAIN_WAIT = 180.0
+
+
 def _live(o: DemoOptions, admin: AdminClient, d: Path, chain: list[str], console: Console) -> int:
     start = time.monotonic()
     phase = "online"
-    drill_done = False
+    back_at: float | None = None
+    drain_took: float | None = None
+    live_traffic = max(1.0, len(SENSORS) / max(o.interval, 0.01))
+    twin: list[str] = []
     with Live(view(admin, d, phase, chain), console=console, refresh_per_second=2) as live:
         while True:
-            elapsed = time.monotonic() - start
-            if o.offline_drill and not drill_done:
+            now = time.monotonic()
+            elapsed = now - start
+            if not twin and elapsed >= o.twin_after:
+                twin = twin_step(admin, o)
+                for line in twin:
+                    console.print(line)
+            if o.offline_drill and back_at is None:
                 if phase == "online" and elapsed >= o.drill_after:
                     admin.fault("down")
                     phase = "hub DOWN: sensors keep publishing, the outbox grows"
                 elif phase.startswith("hub DOWN") and elapsed >= o.drill_after + o.drill_length:
                     admin.fault("up")
+                    back_at = now
                     phase = "hub back: the backlog drains"
-                    drill_done = True
+            if back_at is not None and drain_took is None:
+                if drained(gateway_status(d), live_traffic):
+                    drain_took = now - back_at
+                    phase = f"hub back: the backlog drained in {drain_took:.1f} s"
+                else:
+                    phase = f"hub back: the backlog drains ({now - back_at:.0f} s so far)"
+            live.update(view(admin, d, phase, chain, twin))
             if o.duration and elapsed >= o.duration:
-                break
-            live.update(view(admin, d, phase, chain))
+                waiting = o.offline_drill and drain_took is None
+                if not waiting or now - (back_at or now) >= DRAIN_WAIT:
+                    break
             time.sleep(0.5)
     if o.offline_drill:
+        if drain_took is None:
+            console.print(f"[bold red]the backlog had not drained {DRAIN_WAIT:g} s after the hub came back[/]")
+        else:
+            console.print(f"the backlog drained {drain_took:.1f} s after the hub came back")
         return _verify_nothing_lost(admin, d, console)
     return 0
 

@@ -9,6 +9,10 @@
     │   ├── HubUnavailable     refused, timed out, blackholed, 5xx, bad server cert: go offline
     │   │   └── HubRefusedContent  400/413/422 (or marked permanent): the request, not the hub, is wrong
     │   └── HubRejected        the hub refused *us* (401/403): loud, but the cache is kept
+    ├── EstError               enrolling or renewing a certificate over EST (RFC 7030) failed
+    │   ├── EstUnavailable     refused, timed out, 5xx, pending: keep what we hold and retry
+    │   ├── EstRejected        the EST server refused us (untrusted server, auth, CSR policy)
+    │   └── EstReplyInvalid    the reply is unusable (PKCS#7 that does not parse, wrong key, wrong kind)
     └── StorageError           the gateway's database failed
         └── OutboxFull         the outbox is at its bound; the message was not accepted
 
@@ -76,6 +80,26 @@ class HubRefusedContent(HubUnavailable):
 
 class HubRejected(HubError):
     """The hub refused the gateway's own identity (401/403)."""
+
+
+class EstError(EdgegateError):
+    """Enrolling or renewing a certificate over EST failed; `reason` is a stable code."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        self.reason = reason
+        super().__init__(message)
+
+
+class EstUnavailable(EstError):
+    """The EST server cannot be reached or did not issue now; retrying later may work."""
+
+
+class EstRejected(EstError):
+    """The EST server (or its certificate) was refused, or it refused us: an operator must act."""
+
+
+class EstReplyInvalid(EstError):
+    """The EST server answered with something the gateway cannot use."""
 
 
 class StorageError(EdgegateError):

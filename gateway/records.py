@@ -68,7 +68,9 @@ class InboundMessage:
     """A device-to-cloud message the front door accepted, on its way into the outbox.
 
     `kind` is the IoT Hub topic family (telemetry, twin_get, twin_reported, method_response);
-    `properties` the decoded property bag of the topic; `received_at` seconds since the epoch (UTC).
+    `properties` the decoded property bag of the topic, system ($.mid, $.cid, ...) and application
+    properties together; `received_at` seconds since the epoch (UTC); `retain` the PUBLISH's retain flag
+    (carried to the hub as the `mqtt-retain` property, never acted on).
     """
 
     device_id: str
@@ -78,3 +80,4 @@ class InboundMessage:
     qos: int
     properties: tuple[tuple[str, str], ...]
     received_at: float
+    retain: bool = False

@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from gateway.records import AuthType
+from hub_mock import twin_api
 from hub_mock.errors import Invalid, NotFound
 from hub_mock.ingest import parse_payload, parse_properties
 from hub_mock.registry import KEEP, DeviceUpdate, GatewayRegistration
@@ -180,6 +181,26 @@ async def _add_ca(request: web.Request) -> web.Response:
     return web.json_response({"name": ca.name, "thumbprint": ca.thumbprint}, status=201)
 
 
+async def _replace_ca(request: web.Request) -> web.Response:
+    hub, name = _hub(request), request.match_info["name"]
+    body = json_object(await json_body(request))
+    ca = await hub.db.run(hub.registry.replace_ca, name, body.get("pem"))
+    trust(hub.api_context, [ca.pem])
+    hub.wakeup.fire()
+    log.info("CA replaced: %s thumbprint=%s", ca.name, ca.thumbprint)
+    return web.json_response({"name": ca.name, "thumbprint": ca.thumbprint})
+
+
+async def _remove_ca(request: web.Request) -> web.Response:
+    hub, name = _hub(request), request.match_info["name"]
+    ca = await hub.db.run(hub.registry.remove_ca, name)
+    hub.wakeup.fire()
+    # An ssl.SSLContext cannot forget a CA: gateway identity certs chained to it still pass the TLS
+    # handshake until the hub restarts, and are then refused by thumbprint like any unregistered one.
+    log.info("CA removed: %s thumbprint=%s", ca.name, ca.thumbprint)
+    return web.json_response({"removed": ca.name, "thumbprint": ca.thumbprint})
+
+
 async def _list_gateways(request: web.Request) -> web.Response:
     hub = _hub(request)
     gateways = await hub.db.run(hub.registry.list_gateways)
@@ -239,6 +260,8 @@ async def _messages(request: web.Request) -> web.Response:
                     "received_time": utc_iso(m.received_time),
                     "properties": m.properties,
                     "payload_b64": base64.b64encode(m.payload).decode(),
+                    "kind": m.kind,
+                    "system_properties": m.system_properties,
                 }
                 for m in messages
             ],
@@ -290,6 +313,8 @@ def build_admin_app(hub: HubServices, token: str | None) -> web.Application:
     app.router.add_delete("/admin/devices/{device_id}", _remove_device)
     app.router.add_get("/admin/cas", _list_cas)
     app.router.add_post("/admin/cas", _add_ca)
+    app.router.add_put("/admin/cas/{name}", _replace_ca)
+    app.router.add_delete("/admin/cas/{name}", _remove_ca)
     app.router.add_get("/admin/gateways", _list_gateways)
     app.router.add_post("/admin/gateways", _add_gateway)
     app.router.add_put("/admin/gateways/{gateway_id}", _update_gateway)
@@ -297,4 +322,5 @@ def build_admin_app(hub: HubServices, token: str | None) -> web.Application:
     app.router.add_post("/admin/c2d", _send_c2d)
     app.router.add_get("/admin/faults", _faults)
     app.router.add_post("/admin/faults", _set_fault)
+    twin_api.add_admin_routes(app, hub)
     return app

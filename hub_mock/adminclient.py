@@ -25,6 +25,7 @@ class AdminClient:
         self.url = url.rstrip("/")
         self.token = token
         self.timeout = timeout
+        self.twins = TwinAdmin(self)
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None, **query: Any) -> Any:
         params = {k: v for k, v in query.items() if v is not None}
@@ -89,6 +90,12 @@ class AdminClient:
     def add_ca(self, name: str, pem: str) -> dict[str, Any]:
         return dict(self.call("POST", "/admin/cas", {"name": name, "pem": pem}))
 
+    def replace_ca(self, name: str, pem: str) -> dict[str, Any]:
+        return dict(self.call("PUT", f"/admin/cas/{_quote(name)}", {"pem": pem}))
+
+    def remove_ca(self, name: str) -> dict[str, Any]:
+        return dict(self.call("DELETE", f"/admin/cas/{_quote(name)}"))
+
     def cas(self) -> list[dict[str, Any]]:
         return list(self.call("GET", "/admin/cas")["cas"])
 
@@ -149,6 +156,29 @@ class AdminClient:
     def fault(self, action: str, value: int | None = None) -> dict[str, Any]:
         """down | up | blackhole | error STATUS | latency MS | clear; returns the fault state."""
         return dict(self.call("POST", "/admin/faults", {"action": action, "value": value}))
+
+
+class TwinAdmin:
+    """Twins and direct methods on the admin API (`AdminClient.twins`)."""
+
+    def __init__(self, client: AdminClient) -> None:
+        self.client = client
+
+    def show(self, device_id: str) -> dict[str, Any]:
+        return dict(self.client.call("GET", f"/admin/twins/{_quote(device_id)}"))
+
+    def set_desired(self, device_id: str, patch: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.client.call("PATCH", f"/admin/twins/{_quote(device_id)}/desired", patch))
+
+    def reported_patches(self, device_id: str) -> list[dict[str, Any]]:
+        return list(self.client.call("GET", f"/admin/twins/{_quote(device_id)}/reported-patches")["patches"])
+
+    def invoke(self, device_id: str, method: str, payload: Any = None, timeout: int = 30) -> dict[str, Any]:
+        """{"status", "payload"} from the device; AdminError 404 (not connected) or 504 (no answer in time)."""
+        # The HTTP call outlives the method's own timeout, so the hub's 504 is what the caller sees.
+        waiting = AdminClient(self.client.url, self.client.token, timeout + 10.0)
+        return dict(waiting.call("POST", f"/admin/methods/{_quote(device_id)}/{_quote(method)}",
+                                 {"payload": payload, "timeout": timeout}))
 
 
 def _quote(segment: str) -> str:

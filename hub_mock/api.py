@@ -14,13 +14,16 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from cryptography import x509
 
+from hub_mock import twin_api
 from hub_mock.c2d import C2DMessage
 from hub_mock.errors import Invalid, NotFound, SequenceAhead
+from hub_mock.est_auth import authenticate_est_gateway
 from hub_mock.faults import fault_middleware
 from hub_mock.identity import PeerThumbprints, authenticate_gateway
 from hub_mock.ingest import parse_batch
-from hub_mock.registry import ChangePage
+from hub_mock.registry import ChangePage, RegisteredCA
 from hub_mock.services import HubServices
 from hub_mock.wire import (
     device_json,
@@ -57,6 +60,12 @@ def _peer(request: web.Request) -> PeerThumbprints | None:
     return PeerThumbprints.of_der(der) if der else None
 
 
+def _peer_cert(request: web.Request) -> x509.Certificate | None:
+    ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+    der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+    return x509.load_der_x509_certificate(der) if der else None
+
+
 @web.middleware
 async def gateway_auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     gateway_id = request.match_info.get("gw")
@@ -66,6 +75,9 @@ async def gateway_auth_middleware(request: web.Request, handler: Handler) -> web
     peer = _peer(request)
     registration = await hub.db.run(hub.registry.get_gateway, gateway_id)
     decision = authenticate_gateway(gateway_id, registration, peer)
+    if not decision.ok and hub.est_ca is not None:
+        decision = authenticate_est_gateway(gateway_id, registration, _peer_cert(request), hub.est_ca,
+                                            hub.clock()) or decision
     if not decision.ok:
         log.warning(
             "rejected gateway=%s sha256=%s reason=%s: %s",
@@ -98,7 +110,9 @@ async def _device(request: web.Request) -> web.Response:
 
 
 def _changes_json(page: ChangePage) -> dict[str, Any]:
-    return {
+    # "cas" appears only when a CA changed in the page's range: the whole list of registered CAs.
+    cas = {} if page.cas is None else {"cas": [_ca_json(ca) for ca in page.cas]}
+    return cas | {
         "changes": [
             {
                 "seq": change.seq,
@@ -111,6 +125,10 @@ def _changes_json(page: ChangePage) -> dict[str, Any]:
         "sequence": page.sequence,
         "more": page.more,
     }
+
+
+def _ca_json(ca: RegisteredCA) -> dict[str, Any]:
+    return {"name": ca.name, "pem": ca.pem, "thumbprint": ca.thumbprint}
 
 
 async def _long_poll(
@@ -137,7 +155,9 @@ async def _read_changes(request: web.Request, wait_seconds: float) -> web.Respon
         return await hub.db.run(hub.registry.changes_since, gateway_id, since=since, limit=limit)
 
     # A `since` beyond the latest seq never becomes ready by waiting: answer at once.
-    page = await _long_poll(hub, wait_seconds, read, lambda page: bool(page.changes) or since > page.sequence)
+    page = await _long_poll(
+        hub, wait_seconds, read, lambda page: bool(page.changes) or page.cas is not None or since > page.sequence
+    )
     if since > page.sequence:
         raise SequenceAhead(
             f"since={since} is beyond this hub's latest change {page.sequence}: the registry was reset; "
@@ -221,4 +241,5 @@ def build_api_app(hub: HubServices) -> web.Application:
     app.router.add_post("/gateways/{gw}/messages", _messages)
     app.router.add_get("/gateways/{gw}/c2d/wait", _c2d_wait)
     app.router.add_post("/gateways/{gw}/c2d/ack", _c2d_ack)
+    twin_api.add_gateway_routes(app, hub)
     return app

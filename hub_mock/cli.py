@@ -45,6 +45,7 @@ def _init(args: argparse.Namespace) -> int:
             admin_token=args.admin_token or "",
             storage_url=args.storage_url,
             force=args.force,
+            est=args.est,
         )
     except FileExistsError as exc:
         raise UsageError(str(exc)) from exc
@@ -60,7 +61,8 @@ def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     configure_logging(args.log_level)
     return asyncio.run(
-        serve(config, api_port=args.port, admin_port=args.admin_port, ready_file=args.ready_file)
+        serve(config, api_port=args.port, admin_port=args.admin_port, ready_file=args.ready_file,
+              est_port=args.est_port)
     )
 
 
@@ -186,6 +188,36 @@ def _ca_add(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ca_replace(args: argparse.Namespace) -> int:
+    ca = _client(args).replace_ca(args.name, _read(args.file))
+    print(f"{ca['name']}: replaced, thumbprint {ca['thumbprint']}")
+    return 0
+
+
+def _ca_remove(args: argparse.Namespace) -> int:
+    ca = _client(args).remove_ca(args.name)
+    print(f"{ca['removed']}: removed (thumbprint {ca['thumbprint']}); gateways drop the sessions that relied on it")
+    return 0
+
+
+def _identity_leaf(path: Path) -> str:
+    """The first certificate of `path`: `edgegate certs create-identity` writes the leaf followed by its
+    issuers, and the hub registers only the leaf. Says so when it leaves certificates out."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    text = _read(path)
+    try:
+        certs = x509.load_pem_x509_certificates(text.encode())
+    except ValueError:
+        return text  # the hub names what is wrong with it
+    if len(certs) > 1:
+        subject = certs[0].subject.rfc4514_string()
+        print(f"{path} holds {len(certs)} certificates; registering the first, the identity certificate "
+              f"{subject} (the others are its issuers)", file=sys.stderr)
+    return certs[0].public_bytes(Encoding.PEM).decode()
+
+
 def _ca_list(args: argparse.Namespace) -> int:
     cas = _client(args).cas()
     if args.json:
@@ -201,7 +233,7 @@ def _gateways_put(replace: bool) -> Callable[[argparse.Namespace], int]:
             raise UsageError("give exactly one of --thumbprint T or --cert FILE")
         client = _client(args)
         put = client.update_gateway if replace else client.add_gateway
-        pem = _read(args.cert) if args.cert is not None else None
+        pem = _identity_leaf(args.cert) if args.cert is not None else None
         gateway = put(args.gateway_id, thumbprint=args.thumbprint, secondary=args.secondary, cert_pem=pem)
         print(
             f"{gateway['gateway_id']}: {'updated' if replace else 'registered'}, "
@@ -247,12 +279,13 @@ def _messages(args: argparse.Namespace) -> int:
             [
                 m["received_time"],
                 m["device_id"],
+                m.get("kind", "telemetry"),
                 m["gateway_id"],
                 m["message_id"],
                 text if len(text) <= 60 else text[:57] + "...",
             ]
         )
-    _print_table(rows, ["RECEIVED", "DEVICE", "GATEWAY", "MESSAGE ID", "PAYLOAD"])
+    _print_table(rows, ["RECEIVED", "DEVICE", "KIND", "GATEWAY", "MESSAGE ID", "PAYLOAD"])
     print(f"{len(rows)} shown, {answer['total']} stored")
     return 0
 
@@ -283,6 +316,87 @@ def _fault(args: argparse.Namespace) -> int:
     return 0
 
 
+def _est_show(args: argparse.Namespace) -> int:
+    view = _client(args).call("GET", "/admin/est")
+    if args.json:
+        _print_json(view)
+        return 0
+    policy, faults = view["policy"], view["faults"]
+    from datetime import timedelta
+
+    from gateway.config_checks import format_duration
+
+    lifetimes = [format_duration(timedelta(seconds=policy[k])) for k in ("identity_lifetime", "edge_ca_lifetime")]
+    print(f"EST port {view['port']}, CA {view['ca']}; identity lifetime {lifetimes[0]}, "
+          f"Edge CA lifetime {lifetimes[1]}, Basic {'on' if policy['basic_auth'] else 'off'}; "
+          f"faults {faults}; misbehave {view['misbehave'] or 'off'}")
+    _print_table([[i["issued_at"], i["operation"], i["profile"], i["subject"], i["client"], i["not_after"]]
+                  for i in view["issued"]], ["ISSUED", "OPERATION", "PROFILE", "SUBJECT", "CLIENT", "NOT AFTER"])
+    return 0
+
+
+def _est_fault(args: argparse.Namespace) -> int:
+    if (args.action in ("error", "latency")) != (args.value is not None):
+        raise UsageError(f"fault {args.action} " + ("needs a value" if args.value is None else "takes no value"))
+    _print_json(_client(args).call("POST", "/admin/est/faults", {"action": args.action, "value": args.value}))
+    return 0
+
+
+def _est_policy(args: argparse.Namespace) -> int:
+    body = {k: v for k, v in (("identity_lifetime", args.identity_lifetime),
+                              ("edge_ca_lifetime", args.edge_ca_lifetime)) if v is not None}
+    if not body:
+        raise UsageError("give --identity-lifetime and/or --edge-ca-lifetime (seconds)")
+    _print_json(_client(args).call("POST", "/admin/est/policy", body)["policy"])
+    return 0
+
+
+def _est_misbehave(args: argparse.Namespace) -> int:
+    mode = None if args.mode == "off" else args.mode
+    print(f"EST misbehave: {_client(args).call('POST', '/admin/est/misbehave', {'mode': mode})['misbehave'] or 'off'}")
+    return 0
+
+
+def _est_bootstrap_cert(args: argparse.Namespace) -> int:
+    from gateway.pki import CA
+
+    ca_cert, ca_key = args.dir / "est-bootstrap-ca.pem", args.dir / "est-bootstrap-ca.key"
+    if not ca_key.exists():
+        raise UsageError(f"{ca_key} does not exist: run `hub-mock init --est` first")
+    issued = CA.load(ca_cert, ca_key).issue_identity_cert(args.gateway_id, days=args.days)
+    args.out.mkdir(parents=True, exist_ok=True)
+    cert = issued.cert_pem.write_to_path(args.out / f"{args.gateway_id}-bootstrap.pem")
+    key = issued.private_key_pem.write_to_path(args.out / f"{args.gateway_id}-bootstrap.key", private=True)
+    print(f"wrote {cert}\nwrote {key} (private key, mode 0600)")
+    return 0
+
+
+def _json_arg(text: str, what: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise UsageError(f"{what} is not JSON ({exc}); quote it, e.g. '{{\"interval\": 5}}'") from exc
+
+
+def _twin_show(args: argparse.Namespace) -> int:
+    _print_json(_client(args).twins.show(args.device_id))
+    return 0
+
+
+def _twin_set_desired(args: argparse.Namespace) -> int:
+    patch = _json_arg(args.patch, "the patch")
+    if not isinstance(patch, dict):
+        raise UsageError('the patch must be a JSON object, e.g. \'{"interval": 5}\' (null deletes a key)')
+    _print_json(_client(args).twins.set_desired(args.device_id, patch))
+    return 0
+
+
+def _invoke(args: argparse.Namespace) -> int:
+    payload = _json_arg(args.payload, "--payload") if args.payload is not None else None
+    print(json.dumps(_client(args).twins.invoke(args.device_id, args.method, payload, args.timeout)))
+    return 0
+
+
 # -- parser ----------------------------------------------------------------------------------------
 
 
@@ -291,6 +405,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hub-mock", description="The IoT Hub stand-in for edgegate tests and drills."
     )
+    from gateway import __version__
+
+    parser.add_argument("--version", action="version", version=f"hub-mock (edgegate) {__version__}")
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     init = verbs.add_parser("init", help="create a hub directory: hub.toml, hub root, server cert")
@@ -309,12 +426,15 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--admin-token", help="require this bearer token on the admin API")
     init.add_argument("--storage-url", default="sqlite:///registry.db", help="SQLAlchemy URL of the registry")
     init.add_argument("--force", action="store_true", help="replace an existing hub.toml and certificates")
+    init.add_argument("--est", action="store_true",
+                      help="also set up the EST server: EST root and CA, a bootstrap CA, an [est] table")
     init.set_defaults(func=_init)
 
     run = verbs.add_parser("run", help="serve until SIGTERM/SIGINT")
     run.add_argument("-c", "--config", type=Path, required=True, help="path to hub.toml")
     run.add_argument("--port", type=int, help="API port (overrides hub.toml; 0 = any free port)")
     run.add_argument("--admin-port", type=int, help="admin port (overrides hub.toml; 0 = any free port)")
+    run.add_argument("--est-port", type=int, help="EST port (overrides hub.toml [est] port; 0 = any free port)")
     run.add_argument("--ready-file", type=Path, help="write the bound ports here as JSON once listening")
     run.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     run.set_defaults(func=_run)
@@ -374,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     ca_add.add_argument("name")
     ca_add.add_argument("file", type=Path)
     ca_add.set_defaults(func=_ca_add)
+    ca_replace = ca.add_parser("replace", parents=[conn], help="put a new certificate under a registered CA's name")
+    ca_replace.add_argument("name")
+    ca_replace.add_argument("file", type=Path)
+    ca_replace.set_defaults(func=_ca_replace)
+    ca_remove = ca.add_parser("remove", parents=[conn], help="unregister a CA (live sessions chained to it end)")
+    ca_remove.add_argument("name")
+    ca_remove.set_defaults(func=_ca_remove)
     ca_list = ca.add_parser("list", parents=[conn])
     ca_list.add_argument("--json", action="store_true")
     ca_list.set_defaults(func=_ca_list)
@@ -389,7 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
         gw.add_argument(
             "--thumbprint", help="identity cert thumbprint (its chain must reach a registered CA)"
         )
-        gw.add_argument("--cert", type=Path, help="identity cert file (self-signed certs need this)")
+        gw.add_argument("--cert", type=Path, help="identity cert file, or its chain file (the first "
+                                                  "certificate is taken); self-signed certs need this")
         gw.add_argument("--secondary", help="secondary identity thumbprint")
         gw.set_defaults(func=_gateways_put(replace))
     gw_list = gateways.add_parser("list", parents=[conn])
@@ -408,11 +536,53 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--property", type=_property, action="append", default=[], metavar="KEY=VALUE")
     send.set_defaults(func=_send)
 
+    twin = verbs.add_parser("twin", help="device twins").add_subparsers(
+        dest="twin_verb", metavar="VERB", required=True
+    )
+    twin_show = twin.add_parser("show", parents=[conn], help="a device's twin with $metadata")
+    twin_show.add_argument("device_id")
+    twin_show.set_defaults(func=_twin_show)
+    twin_set = twin.add_parser("set-desired", parents=[conn], help="merge a patch into the desired properties")
+    twin_set.add_argument("device_id")
+    twin_set.add_argument("patch", help='a JSON merge patch, e.g. \'{"interval": 5}\'; null deletes a key')
+    twin_set.set_defaults(func=_twin_set_desired)
+
+    invoke = verbs.add_parser("invoke", parents=[conn], help="call a direct method on a device")
+    invoke.add_argument("device_id")
+    invoke.add_argument("method")
+    invoke.add_argument("--payload", help="JSON payload (default: null)")
+    invoke.add_argument("--timeout", type=int, default=30, help="seconds to wait for the answer (5-300)")
+    invoke.set_defaults(func=_invoke)
+
     fault = verbs.add_parser("fault", parents=[conn], help="fault switches on the API port")
     fault.add_argument("action", choices=["down", "up", "blackhole", "error", "latency", "clear", "poison"])
     fault.add_argument("value", type=int, nargs="?",
                        help="error: HTTP status; latency: milliseconds; poison: the 4xx for a POISON payload")
     fault.set_defaults(func=_fault)
+
+    est = verbs.add_parser("est", help="the EST server (RFC 7030): issued certificates, policy, faults").add_subparsers(
+        dest="est_verb", metavar="VERB", required=True
+    )
+    show = est.add_parser("show", parents=[conn], help="policy, faults and the certificates it issued")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=_est_show)
+    est_fault = est.add_parser("fault", parents=[conn], help="fault switches on the EST port")
+    est_fault.add_argument("action", choices=["down", "up", "blackhole", "error", "latency", "clear"])
+    est_fault.add_argument("value", type=int, nargs="?", help="error: HTTP status; latency: milliseconds")
+    est_fault.set_defaults(func=_est_fault)
+    policy = est.add_parser("policy", parents=[conn], help="change lifetimes of newly issued certificates")
+    policy.add_argument("--identity-lifetime", type=float, metavar="SECONDS")
+    policy.add_argument("--edge-ca-lifetime", type=float, metavar="SECONDS")
+    policy.set_defaults(func=_est_policy)
+    bad = est.add_parser("misbehave", parents=[conn], help="answer enrollments with garbage or another key's cert")
+    bad.add_argument("mode", choices=["garbage", "wrong_key", "off"])
+    bad.set_defaults(func=_est_misbehave)
+    boot = est.add_parser("bootstrap-cert", help="issue a bootstrap certificate from the hub's EST bootstrap CA")
+    boot.add_argument("gateway_id")
+    boot.add_argument("--dir", type=Path, required=True, help="the hub directory (`hub-mock init --est`)")
+    boot.add_argument("--out", type=Path, default=Path("."), help="where to write ID-bootstrap.pem/.key")
+    boot.add_argument("--days", type=int, default=365)
+    boot.set_defaults(func=_est_bootstrap_cert)
     return parser
 
 

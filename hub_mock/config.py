@@ -15,6 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from gateway.errors import ConfigError
+from hub_mock.est_config import EstServerConfig, parse_est_table
 
 DEFAULT_API_PORT = 8443
 DEFAULT_ADMIN_PORT = 8444
@@ -36,6 +37,7 @@ class HubConfig:
     server_key: Path
     gateway_cas: tuple[Path, ...]  # CA files a gateway identity cert may chain to, besides registered CAs
     storage_url: str
+    est: EstServerConfig | None = None  # [est]: the EST server, off when absent
 
     @property
     def admin_url(self) -> str:
@@ -117,6 +119,7 @@ def load_config(path: Path) -> HubConfig:
         server_key=_file(base, tls.get("server_key"), "tls.server_key", file),
         gateway_cas=tuple(_file(base, item, "tls.gateway_cas", file) for item in cas),
         storage_url=_storage_url(base, storage.get("url", DEFAULT_STORAGE_URL), file),
+        est=parse_est_table(data.get("est"), base, file),
     )
 
 

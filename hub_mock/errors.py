@@ -4,7 +4,8 @@ HubMockError        reason (machine-readable) + message (a sentence for a human)
 ├── Invalid         400: a malformed or contradictory request
 ├── NotFound        404: no such device / CA / gateway (or not in the asking gateway's scope)
 ├── AlreadyExists   409: the id or name is taken
-└── SequenceAhead   409: a gateway asked for changes after a seq this hub never reached (registry reset)
+├── SequenceAhead   409: a gateway asked for changes after a seq this hub never reached (registry reset)
+└── MethodTimeout   504: a direct method call the device did not answer in time
 """
 
 from __future__ import annotations
@@ -43,3 +44,10 @@ class AlreadyExists(HubMockError):
 class SequenceAhead(HubMockError):
     status = 409
     default_reason = "sequence_ahead"
+
+
+class MethodTimeout(HubMockError):
+    """504: a direct method reached a device that did not answer in time."""
+
+    status = 504
+    default_reason = "gateway_timeout"

@@ -20,6 +20,7 @@ class GatewayAuthReason(enum.Enum):
     NO_CLIENT_CERTIFICATE = "no_client_certificate"
     UNKNOWN_GATEWAY = "unknown_gateway"
     THUMBPRINT_MISMATCH = "thumbprint_mismatch"
+    IDENTITY_EXPIRED = "identity_expired"  # an EST identity (hub_mock.est_auth) past its dates
 
 
 @dataclass(frozen=True, slots=True)

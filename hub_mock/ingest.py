@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -42,6 +42,9 @@ class MessageRow(Base):
     received_time: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     properties: Mapped[str] = mapped_column(Text)  # JSON object of strings
     payload: Mapped[bytes] = mapped_column(LargeBinary)
+    # What the device sent it as: only "telemetry" comes through this door (twins and methods have theirs).
+    kind: Mapped[str] = mapped_column(String(32), default="telemetry")
+    system_properties: Mapped[str] = mapped_column(Text, default="{}")  # $.mid, $.cid, $.ct, ... as sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +56,8 @@ class Telemetry:
     enqueued_time: datetime
     properties: dict[str, str]
     payload: bytes
+    kind: str = "telemetry"
+    system_properties: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,8 @@ class StoredMessage:
     received_time: datetime
     properties: dict[str, str]
     payload: bytes
+    kind: str = "telemetry"
+    system_properties: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +99,13 @@ def parse_properties(value: object, field: str) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise Invalid(f"{field}: expected an object of string values")
     return dict(value)
+
+
+def parse_kind(value: object, field: str) -> str:
+    """The IoT Hub topic family a message came in on (the gateway's name for it)."""
+    if not isinstance(value, str) or not 0 < len(value) <= 32:
+        raise Invalid(f"{field}: expected a short string such as 'telemetry'")
+    return value
 
 
 def parse_payload(value: object, field: str) -> bytes:
@@ -125,6 +139,8 @@ def parse_batch(body: object) -> list[Telemetry]:
                 enqueued_time=parse_time(item.get("enqueued_time"), f"{where}.enqueued_time"),
                 properties=parse_properties(item.get("properties"), f"{where}.properties"),
                 payload=parse_payload(item.get("payload_b64"), f"{where}.payload_b64"),
+                kind=parse_kind(item.get("kind", "telemetry"), f"{where}.kind"),
+                system_properties=parse_properties(item.get("system_properties"), f"{where}.system_properties"),
             )
         )
     return batch
@@ -164,6 +180,8 @@ class MessageStore:
                         "received_time": received_time,
                         "properties": json.dumps(m.properties, separators=(",", ":")),
                         "payload": m.payload,
+                        "kind": m.kind,
+                        "system_properties": json.dumps(m.system_properties, separators=(",", ":")),
                     }
                     for m in fresh.values()
                 ]
@@ -200,6 +218,8 @@ class MessageStore:
                 received_time=_utc(row.received_time),
                 properties=json.loads(row.properties),
                 payload=row.payload,
+                kind=row.kind,
+                system_properties=json.loads(row.system_properties or "{}"),
             )
             for row in rows
         ]

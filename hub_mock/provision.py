@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gateway.pki import CA, load_certs
 from hub_mock.config import DEFAULT_ADMIN_PORT, DEFAULT_API_PORT, DEFAULT_STORAGE_URL, render_config
+from hub_mock.est_config import init_est_files
 
 HUB_ROOT_NAME = "edgegate hub-mock root"
 SERVER_CERT_DAYS = 365
@@ -30,6 +31,7 @@ def init_hub_dir(
     admin_token: str = "",
     storage_url: str = DEFAULT_STORAGE_URL,
     force: bool = False,
+    est: bool = False,
 ) -> Path:
     """Create `directory`/hub.toml and the hub's certificates; the path of the hub root cert."""
     config_path = directory / "hub.toml"
@@ -58,6 +60,8 @@ def init_hub_dir(
         admin_token=admin_token,
         storage_url=storage_url,
     )
+    if est:
+        text += init_est_files(directory, now=now)
     # With an admin token the file holds a secret: owner-only from the first byte.
     mode = 0o600 if admin_token else 0o644
     fd = os.open(config_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)

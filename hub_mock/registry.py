@@ -64,6 +64,7 @@ class ChangeRow(Base):
     __table_args__ = (
         Index("ix_hub_changes_old_parent", "old_parent", "seq"),
         Index("ix_hub_changes_new_parent", "new_parent", "seq"),
+        Index("ix_hub_changes_kind", "kind", "seq"),  # CA changes concern every gateway's feed
         {"sqlite_autoincrement": True},  # a seq is never reused
     )
 
@@ -128,9 +129,13 @@ class ScopeChange:
 
 @dataclass(frozen=True, slots=True)
 class ChangePage:
+    """Device changes of one gateway's scope; `cas` is the whole list of registered CAs when any CA was
+    added, replaced or removed in the page's range (None: the CAs did not change)."""
+
     changes: tuple[ScopeChange, ...]
     sequence: int  # pass as `since` next time; the hub's latest seq unless `more`
     more: bool
+    cas: tuple[RegisteredCA, ...] | None = None
 
 
 def check_id(kind: str, value: object) -> str:
@@ -305,6 +310,7 @@ class Registry:
         A device that left the scope (moved, deleted) comes back with `device` None. Several changes
         of one device inside a page collapse into its last one. Reads only this gateway's rows of the
         change log, so the cost follows the number of changes, not the size of the registry.
+        Registered CAs concern every gateway: a CA change in the page's range brings the whole CA list.
         """
         query = (
             select(ChangeRow.seq, ChangeRow.subject)
@@ -325,6 +331,12 @@ class Registry:
                 row.device_id: row
                 for row in session.scalars(select(DeviceRow).where(DeviceRow.device_id.in_(list(last_seq))))
             }
+            end = rows[-1][0] if more else latest
+            ca_changed = session.scalar(
+                select(ChangeRow.seq).where(ChangeRow.kind == "ca", ChangeRow.seq > since, ChangeRow.seq <= end)
+                .limit(1)
+            )
+            cas = self._cas(session) if ca_changed is not None else None
         changes = []
         for device_id, seq in sorted(last_seq.items(), key=lambda item: item[1]):
             row = current.get(device_id)
@@ -332,7 +344,7 @@ class Registry:
             changes.append(
                 ScopeChange(seq, device_id, _record(row) if row is not None and in_scope else None)
             )
-        return ChangePage(tuple(changes), rows[-1][0] if more else latest, more)
+        return ChangePage(tuple(changes), end, more, cas)
 
     def latest_sequence(self) -> int:
         with self._sessions() as session:
@@ -356,10 +368,40 @@ class Registry:
             self._log(session, "ca", name, "upsert", None, None)
         return ca
 
+    def replace_ca(self, name: str, pem: str) -> RegisteredCA:
+        """Put a new certificate under a registered CA's name (a CA renewed or re-keyed)."""
+        cert = parse_single_cert(pem, f"CA {name}")
+        ca = RegisteredCA(name, cert.public_bytes(Encoding.PEM).decode(), thumbprint_sha256(cert))
+        with self._sessions.begin() as session:
+            row = session.get(CARow, name)
+            if row is None:
+                raise NotFound(f"no CA named {name} is registered")
+            other = session.scalar(select(CARow.name).where(CARow.thumbprint == ca.thumbprint, CARow.name != name))
+            if other is not None:
+                raise AlreadyExists(f"this certificate is already registered as CA {other}")
+            row.pem, row.thumbprint = ca.pem, ca.thumbprint
+            self._log(session, "ca", name, "upsert", None, None)
+        return ca
+
+    def remove_ca(self, name: str) -> RegisteredCA:
+        """Unregister a CA: devices chained only to it are no longer admitted, live sessions included."""
+        with self._sessions.begin() as session:
+            row = session.get(CARow, name)
+            if row is None:
+                raise NotFound(f"no CA named {name} is registered")
+            ca = RegisteredCA(row.name, row.pem, row.thumbprint)
+            session.delete(row)
+            self._log(session, "ca", name, "delete", None, None)
+        return ca
+
     def list_cas(self) -> list[RegisteredCA]:
         with self._sessions() as session:
-            rows = session.scalars(select(CARow).order_by(CARow.name))
-            return [RegisteredCA(row.name, row.pem, row.thumbprint) for row in rows]
+            return list(self._cas(session))
+
+    @staticmethod
+    def _cas(session: Session) -> tuple[RegisteredCA, ...]:
+        rows = session.scalars(select(CARow).order_by(CARow.name))
+        return tuple(RegisteredCA(row.name, row.pem, row.thumbprint) for row in rows)
 
     # -- gateways ----------------------------------------------------------------------------------
 

@@ -20,9 +20,10 @@ class DeviceFiles:
     key: Path
 
     @classmethod
-    def write(cls, issued: IssuedCert, directory: Path, name: str, *, with_chain: bool = True) -> DeviceFiles:
+    def write(cls, issued: IssuedCert, directory: Path, name: str, *, with_chain: bool = True,
+              with_root: bool = False) -> DeviceFiles:
         directory.mkdir(parents=True, exist_ok=True)
-        blob = issued.fullchain_pem() if with_chain else issued.cert_pem
+        blob = issued.fullchain_pem(include_root=with_root) if with_chain else issued.cert_pem
         cert = blob.write_to_path(directory / f"{name}.cert.pem")
         key = issued.private_key_pem.write_to_path(directory / f"{name}.key.pem", private=True)
         return cls(cert, key)
@@ -43,6 +44,7 @@ class PahoDevice:
     username: str | None = None
     clean_session: bool = True
     keepalive: int = 60
+    legacy_crypto: bool = False  # a device whose own certificate is SHA-1 signed (OpenSSL refuses it by default)
     connack: Any = None
     messages: queue.Queue[mqtt.MQTTMessage] = field(default_factory=queue.Queue)
     subacks: queue.Queue[list[int]] = field(default_factory=queue.Queue)
@@ -54,6 +56,8 @@ class PahoDevice:
         ctx = ssl.create_default_context(cafile=str(self.ca_file))
         # The test dials 127.0.0.1; the hostname check is proven separately with openssl s_client.
         ctx.check_hostname = False
+        if self.legacy_crypto:
+            ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
         if self.files is not None:
             ctx.load_cert_chain(str(self.files.cert), str(self.files.key))
         c.tls_set_context(ctx)

@@ -14,8 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth.decision import AuthPolicy
-from gateway.broker.admission import AdmissionTokens
-from gateway.broker.factory import build_broker
+from gateway.broker.port import BrokerPort
 from gateway.frontdoor.server import FrontDoor, FrontDoorLimits
 from gateway.pki import CA, IssuedCert
 from gateway.records import DeviceRecord, InboundMessage, TrustAnchors
@@ -128,17 +127,16 @@ class FrontDoorThread:
             self._ready.set()
 
     async def _main(self) -> None:
-        tokens = AdmissionTokens()
-        broker = build_broker(tokens)
+        broker = BrokerPort()
         await broker.start()
         self.broker = broker
         contexts = ServerContextHolder(self.pki.chain_path, self.pki.key_path)
         self.contexts = contexts
-        self.door = FrontDoor(contexts=contexts, directory=self.directory, sink=self.sink, broker=broker,
-                              tokens=tokens, limits=self.limits, clock=self.clock)
+        self.door = FrontDoor(contexts=contexts, directory=self.directory, sink=self.sink, port=broker,
+                              limits=self.limits, clock=self.clock)
         (_, self.port), *_ = await self.door.start("127.0.0.1", 0)
         self._stop = asyncio.Event()
         self._ready.set()
         await self._stop.wait()
         await self.door.stop()
-        await broker.shutdown()
+        await broker.stop()

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -34,11 +35,13 @@ class GatewayProcess:
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self.identity: IssuedCert | None = None
+        self.env: dict[str, str] = {}  # added to the process environment (e.g. tests/faketime.py)
 
     @classmethod
     def start(cls, directory: Path, hub: HubProcess | None, *, hub_url: str | None = None,
-              extra: str = "", port: int = 0) -> GatewayProcess:
+              extra: str = "", port: int = 0, env: dict[str, str] | None = None) -> GatewayProcess:
         gw = cls(directory, hub, hub_url)
+        gw.env = dict(env or {})
         directory.mkdir(parents=True, exist_ok=True)
         gw._write_config(extra, port)
         gw._launch()
@@ -70,7 +73,7 @@ class GatewayProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "gateway.cli.main", "run", "-c", str(self.config_path), "--ready-file",
              str(ready), "--log-level", "DEBUG"],
-            cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **self.env},
         )
         deadline = time.monotonic() + 30
         while not ready.exists():

@@ -13,9 +13,11 @@ from datetime import datetime, timedelta
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from gateway.auth.chain_failure import explain_chain_failure
 from gateway.auth.identity import username_device, validate_device_id
-from gateway.auth.reasons import CHAIN_REASONS, Reason
+from gateway.auth.reasons import Reason
 from gateway.pki.chain import verify_chain
+from gateway.pki.thumbprint import thumbprint_sha256
 from gateway.records import AuthType, DeviceRecord, PeerIdentity, TrustAnchors
 
 
@@ -42,11 +44,16 @@ class AuthPolicy:
 
 @dataclass(frozen=True, slots=True)
 class AuthDecision:
+    """The verdict. `message` is for people; `detail` is the library's own words, for the debug log only;
+    `anchor` is the SHA-256 thumbprint of the trust anchor a CA device's chain reached."""
+
     ok: bool
     device_id: str
     reason: Reason
     message: str
     thumbprint: str | None = None
+    detail: str = ""
+    anchor: str | None = None
 
 
 def authenticate(
@@ -55,8 +62,8 @@ def authenticate(
     """Decide whether `peer` may connect as `claim.client_id`, given the cached `record`."""
     device_id = claim.client_id
 
-    def refuse(reason: Reason, message: str | None = None) -> AuthDecision:
-        return AuthDecision(False, device_id, reason, message or reason.sentence, peer.sha256)
+    def refuse(reason: Reason, message: str | None = None, detail: str = "") -> AuthDecision:
+        return AuthDecision(False, device_id, reason, message or reason.sentence, peer.sha256, detail)
 
     problem = validate_device_id(device_id)
     if problem is not None:
@@ -79,22 +86,27 @@ def authenticate(
                                            f"this gateway {policy.gateway_id!r}")
     if not record.enabled:
         return refuse(Reason.DEVICE_DISABLED)
-    failure = _leaf_dates(leaf, now, policy.clock_skew) or _leaf_eku(leaf)
+    failure = leaf_dates(leaf, now, policy.clock_skew) or _leaf_eku(leaf)
     if failure is not None:
         return refuse(*failure)
     if record.auth_type is AuthType.SELF_SIGNED:
         failure = _thumbprint(peer, record)
-    else:
-        failure = _ca_chain(peer, leaf, device_id, policy, now)
-    if failure is not None:
-        return refuse(*failure)
-    return AuthDecision(True, device_id, Reason.OK, Reason.OK.sentence, peer.sha256)
+        if failure is not None:
+            return refuse(*failure)
+        return AuthDecision(True, device_id, Reason.OK, Reason.OK.sentence, peer.sha256)
+    chained = _ca_chain(peer, leaf, device_id, policy, now)
+    if isinstance(chained, tuple):
+        return refuse(*chained)
+    return AuthDecision(True, device_id, Reason.OK, Reason.OK.sentence, peer.sha256, anchor=chained)
 
 
 Failure = tuple[Reason, str]
+ChainFailure = tuple[Reason, str, str]  # reason, sentence, the library's words for the debug log
 
 
-def _leaf_dates(leaf: x509.Certificate, now: datetime, skew: timedelta) -> Failure | None:
+def leaf_dates(leaf: x509.Certificate, now: datetime, skew: timedelta) -> Failure | None:
+    """The device certificate outside its validity (with `skew` tolerance), in the words a device gets
+    at CONNECT and in the log when a live session is closed for it."""
     if leaf.not_valid_before_utc > now + skew:
         return Reason.CERT_NOT_YET_VALID, (
             f"the device certificate is valid from {leaf.not_valid_before_utc:%Y-%m-%d %H:%M:%S}Z but the "
@@ -135,28 +147,27 @@ def _thumbprint(peer: PeerIdentity, record: DeviceRecord) -> Failure | None:
 
 def _ca_chain(
     peer: PeerIdentity, leaf: x509.Certificate, device_id: str, policy: AuthPolicy, now: datetime
-) -> Failure | None:
+) -> ChainFailure | str:
+    """The anchor's thumbprint when the chain verifies, else why not."""
     cns = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
     cn = str(cns[0].value) if cns else ""
     if cn != device_id:
         hint = " (CN is case-sensitive)" if cn.lower() == device_id.lower() else ""
-        return Reason.CN_MISMATCH, f"certificate CN {cn!r} does not match client id {device_id!r}{hint}"
+        return Reason.CN_MISMATCH, f"certificate CN {cn!r} does not match client id {device_id!r}{hint}", ""
     if _is_ca(leaf):
-        return Reason.LEAF_IS_CA, Reason.LEAF_IS_CA.sentence
+        return Reason.LEAF_IS_CA, Reason.LEAF_IS_CA.sentence, ""
     anchors = policy.anchors
     if not anchors.roots:
-        return Reason.NO_TRUSTED_CA, Reason.NO_TRUSTED_CA.sentence
+        return Reason.NO_TRUSTED_CA, Reason.NO_TRUSTED_CA.sentence, ""
     # The leaf's own dates were checked with the skew tolerance; verify the chain at an instant inside
     # them so the tolerance is not undone here.
     at = min(max(now, leaf.not_valid_before_utc), leaf.not_valid_after_utc)
     intermediates = [*peer.chain[1:], *anchors.intermediates]
     verdict = verify_chain(leaf, intermediates, anchors.roots, now=at, purpose="client")
     if verdict.ok:
-        return None
-    reason = CHAIN_REASONS.get(verdict.reason, Reason.CHAIN_INVALID)
-    if reason is Reason.CHAIN_EXPIRED and any(c.not_valid_before_utc > at for c in intermediates):
-        reason = Reason.CHAIN_NOT_YET_VALID
-    return reason, f"{reason.sentence}: {verdict.detail}"
+        return thumbprint_sha256(verdict.chain[-1])
+    reason, sentence = explain_chain_failure(verdict.reason, leaf, peer.chain[1:], anchors.roots, at)
+    return reason, sentence, verdict.detail
 
 
 def _is_ca(cert: x509.Certificate) -> bool:

@@ -31,7 +31,12 @@ class Reason(enum.Enum):
     CHAIN_EXPIRED = "chain_expired"
     CHAIN_NOT_YET_VALID = "chain_not_yet_valid"
     CHAIN_INCOMPLETE = "chain_incomplete"
+    CHAIN_UNKNOWN_CA = "chain_unknown_ca"
     CHAIN_UNTRUSTED = "chain_untrusted"
+    WEAK_SIGNATURE = "weak_signature_algorithm"
+    WEAK_KEY = "weak_key"
+    UNKNOWN_CRITICAL_EXTENSION = "unknown_critical_extension"
+    CHAIN_TOO_DEEP = "chain_too_deep"
     CHAIN_INVALID = "chain_invalid"
     NO_TRUSTED_CA = "no_trusted_ca"
     WILL_TOPIC_DENIED = "will_topic_denied"
@@ -78,9 +83,18 @@ _SENTENCES: dict[Reason, str] = {
     Reason.PATH_LENGTH_EXCEEDED: "the chain violates an issuer's path length constraint",
     Reason.CHAIN_EXPIRED: "a certificate in the chain has expired",
     Reason.CHAIN_NOT_YET_VALID: "a certificate in the chain is not valid yet",
-    Reason.CHAIN_INCOMPLETE: "the chain does not reach a registered CA (missing intermediate or unknown CA)",
+    Reason.CHAIN_INCOMPLETE: "the device sent no intermediate certificates and its issuer is not a registered CA "
+                             "(missing intermediate)",
+    Reason.CHAIN_UNKNOWN_CA: "the chain ends at a CA that is not registered in the hub (unknown CA)",
     Reason.CHAIN_UNTRUSTED: "a signature in the chain does not verify",
-    Reason.CHAIN_INVALID: "the certificate chain is invalid",
+    Reason.WEAK_SIGNATURE: "a certificate in the chain is signed with a weak algorithm (MD5 or SHA-1); "
+                           "re-issue it with SHA-256",
+    Reason.WEAK_KEY: "a certificate in the chain has a key that is too weak; re-issue it with ECDSA P-256 or "
+                     "RSA 2048 bits or more",
+    Reason.UNKNOWN_CRITICAL_EXTENSION: "a certificate in the chain has a critical extension the gateway does not "
+                                       "understand",
+    Reason.CHAIN_TOO_DEEP: "no path to a registered CA within the longest chain the gateway builds",
+    Reason.CHAIN_INVALID: "the certificate chain is invalid (the gateway's debug log has the details)",
     Reason.NO_TRUSTED_CA: "no CA is registered or trusted for CA-signed devices",
     Reason.WILL_TOPIC_DENIED: "the will message is not addressed to the device's own telemetry topic",
 }
@@ -97,4 +111,8 @@ CHAIN_REASONS: dict[str, Reason] = {
     "chain_untrusted": Reason.CHAIN_UNTRUSTED,
     "chain_incomplete": Reason.CHAIN_INCOMPLETE,
     "no_trust_anchor": Reason.NO_TRUSTED_CA,
+    "weak_signature_algorithm": Reason.WEAK_SIGNATURE,
+    "weak_key": Reason.WEAK_KEY,
+    "unknown_critical_extension": Reason.UNKNOWN_CRITICAL_EXTENSION,
+    "chain_too_deep": Reason.CHAIN_TOO_DEEP,
 }

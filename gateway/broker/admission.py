@@ -11,8 +11,7 @@ from __future__ import annotations
 import secrets
 from dataclasses import dataclass, field
 
-from amqtt.plugins.base import BaseAuthPlugin
-from amqtt.session import Session
+from gateway.broker.amqtt_surface import BaseAuthPlugin, Session
 
 
 class AdmissionTokens:

@@ -27,11 +27,19 @@ import asyncio
 from collections import deque
 from typing import Any
 
-from amqtt.broker import Broker
-from amqtt.contexts import Action
-from amqtt.mqtt.constants import QOS_1, QOS_2
-from amqtt.session import OutgoingApplicationMessage, Session
-
+from gateway.broker.amqtt_surface import (
+    QOS_0,
+    QOS_1,
+    QOS_2,
+    Action,
+    Broker,
+    BrokerError,
+    BrokerEvents,
+    BrokerProtocolHandler,
+    MachineError,
+    OutgoingApplicationMessage,
+    Session,
+)
 from gateway.broker.filter_index import FilterIndex
 
 
@@ -48,6 +56,14 @@ class EdgeBroker(Broker):
         self._subscriptions = _Subscriptions()
         self._filters_of: dict[str | None, set[str]] = {}  # client id -> the filters it holds
         self._filter_index = FilterIndex()  # every filter in `_subscriptions`
+
+    def filters_of(self, client_id: str) -> tuple[str, ...]:
+        """The topic filters one device's session holds."""
+        return tuple(self._filters_of.get(client_id, ()))
+
+    def filter_count(self, client_id: str) -> int:
+        """How many topic filters one device's session holds."""
+        return len(self._filters_of.get(client_id, ()))
 
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         granted: int = await super().add_subscription(subscription, session)
@@ -71,6 +87,42 @@ class EdgeBroker(Broker):
             if self._del_subscription(a_filter, session) and not self._subscriptions.get(a_filter, True):
                 del self._subscriptions[a_filter]
                 self._filter_index.discard(a_filter)
+
+    async def _handle_client_session(self, reader: Any, writer: Any, client_session: Session,
+                                     handler: BrokerProtocolHandler, server: Any, listener_name: str) -> None:
+        """amqtt 0.12.1's session start, step for step, but for the last: amqtt offers retained messages
+        for every filter in the broker to each connecting session (a walk over the whole table per
+        CONNECT, the cost of a reconnect storm); here only the session's own filters, and only when
+        anything is retained at all."""
+        authenticated = await self._authenticate(client_session, self.listeners_config[listener_name])
+        if client_session.client_id is None:
+            raise BrokerError("Client ID was not correctly created/set.")
+        while True:
+            try:
+                client_session.transitions.connect()
+                break
+            except (MachineError, ValueError):
+                if client_session.transitions.is_connected():
+                    # A second connection with the same id takes the session over.
+                    _old_session, old_handler = self._sessions[client_session.client_id]
+                    await old_handler.handle_connection_closed()
+                    await old_handler.stop()
+                    break
+                await asyncio.sleep(1)
+        handler.attach(client_session, reader, writer)
+        self._sessions[client_session.client_id] = (client_session, handler)
+        await handler.mqtt_connack_authorize(authenticated)
+        if not authenticated:
+            await writer.close()
+            return
+        await self.plugins_manager.fire_event(BrokerEvents.CLIENT_CONNECTED, client_id=client_session.client_id,
+                                              client_session=client_session)
+        await handler.start()
+        await self._publish_session_retained_messages(client_session)
+        if self._retained_messages:
+            for a_filter in list(self._filters_of.get(client_session.client_id, ())):
+                await self._publish_retained_messages_for_subscription((a_filter, QOS_0), client_session)
+        await self._client_message_loop(client_session, handler)
 
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                           session: Session) -> None:

@@ -6,7 +6,7 @@ import asyncio
 import ssl
 from collections.abc import Callable
 
-from amqtt.adapters import ReaderAdapter, WriterAdapter
+from gateway.broker.amqtt_surface import ReaderAdapter, WriterAdapter
 
 LISTENER_NAME = "devices"
 

@@ -12,8 +12,7 @@ the machine amqtt would have built, so an amqtt upgrade that changes it fails a 
 
 from __future__ import annotations
 
-from amqtt.session import Session
-from transitions import MachineError
+from gateway.broker.amqtt_surface import MachineError, Session
 
 # (trigger, state) -> next state; the transitions amqtt's Session._init_states declares.
 SESSION_TRANSITIONS: dict[tuple[str, str], str] = {

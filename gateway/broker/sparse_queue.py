@@ -16,8 +16,7 @@ import collections
 from collections.abc import Callable
 from typing import Any
 
-import amqtt.mqtt.protocol.broker_handler
-import amqtt.session
+from gateway.broker.amqtt_surface import broker_handler_module, session_module
 
 
 def _set_event() -> asyncio.Event:
@@ -64,5 +63,5 @@ class SparseQueue(asyncio.Queue):  # type: ignore[type-arg]
 
 def install() -> None:
     """Make amqtt build its per-device queues as SparseQueue. Idempotent."""
-    amqtt.session.Queue = SparseQueue
-    amqtt.mqtt.protocol.broker_handler.Queue = SparseQueue
+    session_module.Queue = SparseQueue
+    broker_handler_module.Queue = SparseQueue

@@ -8,20 +8,22 @@ from collections.abc import Iterable, Sequence
 from cryptography import x509
 
 from gateway.cache.records import RegisteredCA
-from gateway.pki import is_self_signed
 from gateway.records import TrustAnchors
 
 log = logging.getLogger("edgegate.cache")
 
 
 def build_anchors(trust_bundle: Sequence[x509.Certificate], cas: Iterable[RegisteredCA]) -> TrustAnchors:
-    """Bundle certs and self-signed registered CAs are roots; other registered CAs are intermediates.
+    """Every bundle cert and every registered CA, root or intermediate, is a trust anchor.
+
+    IoT Hub's semantics: a verified CA certificate, whether a root or an intermediate, vouches for the
+    devices whose chain reaches it; the certificates above a registered intermediate are never needed.
+    cryptography's verifier ends a path at any certificate of its store, so anchors are all "roots".
 
     A registered CA that does not parse is left out with a warning: one bad entry must not cost the
     other devices their trust anchors.
     """
     roots = list(trust_bundle)
-    intermediates: list[x509.Certificate] = []
     for ca in cas:
         try:
             certs = x509.load_pem_x509_certificates(ca.pem.encode())
@@ -29,8 +31,5 @@ def build_anchors(trust_bundle: Sequence[x509.Certificate], cas: Iterable[Regist
             log.warning("registered CA %s (thumbprint %s) is not a PEM certificate, ignored: %s",
                         ca.name, ca.thumbprint, exc)
             continue
-        for cert in certs:
-            target = roots if is_self_signed(cert) else intermediates
-            if cert not in target:
-                target.append(cert)
-    return TrustAnchors(roots=tuple(roots), intermediates=tuple(intermediates))
+        roots.extend(cert for cert in certs if cert not in roots)
+    return TrustAnchors(roots=tuple(roots))

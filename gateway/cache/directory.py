@@ -34,6 +34,7 @@ log = logging.getLogger("edgegate.cache")
 
 Fetcher = Callable[[str], Awaitable[DeviceRecord | None]]
 RevocationCallback = Callable[[str, str], object]
+AnchorsCallback = Callable[[TrustAnchors, TrustAnchors, tuple[RegisteredCA, ...]], object]
 
 # Misses remembered for throttling. Client ids are chosen by whoever connects: without a bound a flood
 # of made-up ids would grow this without end (and each would cost a hub request).
@@ -79,6 +80,7 @@ class DeviceDirectory:
         self._stale = False  # the tables are behind memory after a failed write
         self._version = 0  # counts changes to the device dict, to detect a change during an off-loop diff
         self._callbacks: list[RevocationCallback] = []
+        self._anchor_callbacks: list[AnchorsCallback] = []
         self._inflight: dict[str, asyncio.Task[DeviceRecord | None]] = {}
         self._last_fetch: dict[str, float] = {}
 
@@ -113,8 +115,13 @@ class DeviceDirectory:
             return None
 
     def anchors(self) -> TrustAnchors:
-        """Trust bundle roots plus registered CAs (self-signed ones as roots, others as intermediates)."""
+        """The trust anchors: the trust bundle plus every registered CA, root or intermediate."""
         return self._anchors
+
+    def replace_trust_bundle(self, trust_bundle: Sequence[x509.Certificate]) -> None:
+        """A new trust bundle (SIGHUP): device chains checked from now on use it."""
+        self._trust_bundle = tuple(trust_bundle)
+        self._anchors = build_anchors(self._trust_bundle, self._cas)
 
     def cache_fresh(self) -> bool:
         """False once the last successful sync is older than `offline_trust`."""
@@ -143,6 +150,17 @@ class DeviceDirectory:
     def on_revoked(self, callback: RevocationCallback) -> None:
         """Call `callback(device_id, reason_code)` whenever a change ends what a session relied on."""
         self._callbacks.append(callback)
+
+    def on_anchors_changed(self, callback: AnchorsCallback) -> None:
+        """Call `callback(old, new, removed_cas)` whenever the registered CAs change (added, replaced, removed)."""
+        self._anchor_callbacks.append(callback)
+
+    def _anchors_changed(self, old: TrustAnchors, removed: tuple[RegisteredCA, ...]) -> None:
+        for callback in self._anchor_callbacks:
+            try:
+                callback(old, self._anchors, removed)
+            except Exception:
+                log.exception("trust anchor callback failed")
 
     def _revoke(self, device_id: str, reason: RevocationReason) -> None:
         # INFO: most revoked devices are not connected; ending a live session is logged where it happens.
@@ -180,8 +198,13 @@ class DeviceDirectory:
                 revoked.append((device_id, reason))
         cas = changes.cas if changes.cas is not None and changes.cas != self._cas else None
         if cas is not None:
+            old_cas, old_anchors = self._cas, self._anchors
             self._cas = cas
             self._anchors = build_anchors(self._trust_bundle, cas)
+            removed = tuple(ca for ca in old_cas if ca not in cas)
+            log.info("registered CAs now: %s%s", ", ".join(ca.name for ca in cas) or "none",
+                     f" (removed: {', '.join(ca.name for ca in removed)})" if removed else "")
+            self._anchors_changed(old_anchors, removed)
         sequence = changes.sequence if changes.sequence != self._sequence else None
         if sequence is not None:
             self._sequence = sequence

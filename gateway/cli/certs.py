@@ -118,6 +118,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     p.add_argument("--force", action="store_true", help="overwrite an existing file")
     p.set_defaults(func=_trust_bundle)
 
+    p = verbs.add_parser("est-enroll", help="enroll once over EST with config.toml's [cert_issuance.est] and write "
+                         "the certificate and key to --out (tests a PKI provider's endpoint)")
+    p.add_argument("-c", "--config", type=Path, required=True)
+    p.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output directory (default ./certs)")
+    p.add_argument("--edge-ca", action="store_true", help="ask for an Edge CA (CA:TRUE) instead of an identity")
+    p.add_argument("--url", help="EST base URL (default: the config's, e.g. https://est/.well-known/est)")
+    p.add_argument("--common-name", help="subject CN (default: hub.gateway_id, or '<id> Edge CA')")
+    p.add_argument("--force", action="store_true", help="overwrite existing files")
+    p.set_defaults(func=_est_enroll)
+
 
 # ---- arguments and files -----------------------------------------------------------------------
 
@@ -340,4 +350,19 @@ def _trust_bundle(args: argparse.Namespace) -> int:
         raise PKIError(f"{out} already exists; pass --force to replace it")
     path = Blob(cert_pem(*load_certs(source))).write_to_path(out)
     print(f"wrote {path} (from {source}): give it to child devices as their CA file")
+    return 0
+
+
+# ---- EST -----------------------------------------------------------------------------------------
+
+
+def _est_enroll(args: argparse.Namespace) -> int:
+    from gateway.est.manual import manual_enroll
+
+    pair, slot = manual_enroll(load_config(args.config), args.out, edge_ca=args.edge_ca, url=args.url,
+                               common_name=args.common_name, force=args.force)
+    print(f"enrolled at {slot.url}: {pair.leaf.subject.rfc4514_string()} issued by "
+          f"{pair.leaf.issuer.rfc4514_string()}, valid until {pair.leaf.not_valid_after_utc:%Y-%m-%d %H:%M:%S} UTC")
+    print(f"wrote {slot.store.cert} ({len(pair.chain)} certificate(s), leaf first)")
+    print(f"wrote {slot.store.key} (private key, mode 0600)")
     return 0

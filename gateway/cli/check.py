@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import socket
+import ssl
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -41,13 +43,45 @@ def run_checks(path: Path, now: datetime) -> list[CheckResult]:
     results += _files(config)
     results += _certificates(config, now)
     results.append(_resolve(config.hostname))
-    results.append(checks.hub_not_configured() if config.hub is None
-                   else checks.hub_reachable(config.hub, probe_hub(config.hub, HUB_TIMEOUT)))
+    if config.est is not None:
+        from gateway.est.checks import est_results
+
+        results += est_results(config, now)
+    if config.hub is not None and config.est is not None and not config.hub.identity_cert.exists():
+        results.append(checks.warn("hub reachable", "the EST identity is not enrolled yet; `edgegate run` "
+                                                    "enrolls it, then the hub is dialled with it"))
+    else:
+        results.append(checks.hub_not_configured() if config.hub is None
+                       else checks.hub_reachable(config.hub, probe_hub(config.hub, HUB_TIMEOUT)))
     results.append(_database(config.storage.url))
     results.append(checks.state_dir_writable(config.state_dir, state_dir_problem(config.state_dir)))
     ob = config.outbox
     results.append(checks.outbox_promise(ob.time_to_live, ob.durability, ob.max_bytes))
+    results.append(_clock(config, now))
+    results.append(_capacity(config))
     return results
+
+
+def _clock(config: Config, now: datetime) -> CheckResult:
+    from gateway.clock_watch import judge_offline
+    from gateway.server_identity import held_certificates
+
+    verdict = judge_offline(config.state_dir, held_certificates(config), now, config.auth.clock_skew_tolerance)
+    return checks.system_clock(verdict.state.value, verdict.sentence)
+
+
+def _capacity(config: Config) -> CheckResult:
+    """What `edgegate run` will allow: it raises its soft open-files limit to the hard one first."""
+    import resource
+
+    from gateway.service.budget import connection_budget
+    from gateway.service.resources import read_resources
+
+    found = read_resources(config.limits.memory)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY:
+        found = replace(found, open_files=int(hard))
+    return checks.connection_budget(connection_budget(config.limits.max_connections, found))
 
 
 # ---- files -------------------------------------------------------------------------------------
@@ -71,6 +105,11 @@ def _files(config: Config) -> list[CheckResult]:
     if config.hub is not None:
         named += [("hub.identity_cert", config.hub.identity_cert), ("hub.identity_pk", config.hub.identity_pk),
                   ("hub.trust_bundle_cert", config.hub.trust_bundle_cert)]
+    if config.est is not None:
+        # EST-issued files appear at the first `edgegate run`; the EST checks report them.
+        managed = {config.est.identity_cert, config.est.identity_pk} | (
+            {config.edge_ca.cert, config.edge_ca.pk} if config.edge_ca.est is not None else set())
+        named = [(what, path) for what, path in named if path not in managed or (path and path.exists())]
     present = [(what, path, path.exists()) for what, path in named if path is not None]
     keys = [path for what, path in named if path is not None and what.endswith("pk")]
     # The gateway's own keys in state_dir are checked too: config.toml does not name them.
@@ -95,6 +134,8 @@ def _certificates(config: Config, now: datetime) -> list[CheckResult]:
     edge_path, key_path, bundle_path = _edge_ca_paths(config)
     if quickstart and not (edge_path.exists() and key_path.exists() and bundle_path.exists()):
         return [checks.quickstart_not_created(edge_path)]
+    if config.edge_ca.est is not None and not (edge_path.exists() and key_path.exists()):
+        return [checks.warn("Edge CA is valid", f"{edge_path} not enrolled yet; `edgegate run` obtains it over EST")]
     results: list[CheckResult] = []
     try:
         edge_ca = CA.load(edge_path, key_path)
@@ -139,11 +180,15 @@ def probe_hub(hub: HubConfig, timeout: float) -> HubProbe:
         with socket.create_connection(address, timeout=timeout) as raw, \
                 ctx.wrap_socket(raw, server_hostname=hub.hostname) as tls:
             version = tls.version()
-            tls.sendall(request)
             try:
-                tls.recv(1)
+                tls.sendall(request)
+                answer = tls.recv(1)
             except TimeoutError:
                 return HubProbe(tls_version=version, detail=f"no HTTP answer within {timeout:g} s")
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError, BrokenPipeError) as exc:
+                return checks.closed_after_handshake(version, str(exc) or type(exc).__name__)
+            if not answer:
+                return checks.closed_after_handshake(version, "end of stream")
     except (OSError, EdgegateError) as exc:
         return checks.classify_hub_error(exc, timeout)
     return HubProbe(tls_version=version)

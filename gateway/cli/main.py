@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.errors import ConfigError, PKIError, StorageError
+from gateway.errors import ConfigError, EstError, PKIError, StorageError
 
 # Each verb group lives in its own module and adds its sub-commands with `register(subparsers)`.
 VERB_MODULES = (
@@ -19,6 +19,7 @@ VERB_MODULES = (
     "gateway.cli.db",
     "gateway.cli.demo",
     "gateway.cli.outbox",
+    "gateway.cli.service",
 )
 
 EXIT_CONFIG = 2
@@ -58,6 +59,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_CONFIG
     except StorageError as exc:
         print(f"edgegate: database error: {exc}", file=sys.stderr)
+        return 1
+    except EstError as exc:
+        print(f"edgegate: EST enrollment failed ({exc.reason}): {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

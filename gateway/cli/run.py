@@ -1,19 +1,24 @@
-"""`edgegate run -c config.toml`: start the gateway in the foreground until SIGTERM/SIGINT."""
+"""`edgegate run -c config.toml`: start the gateway in the foreground until SIGTERM/SIGINT (SIGHUP reloads)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import sys
 from pathlib import Path
 
 from gateway.config import load_config
-from gateway.logs import configure_logging
+from gateway.logs import LEVELS, configure_logging
+
+EXIT_START_FAILED = 1
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser("run", help="run the gateway (front door, broker, sync, upstream)")
     parser.add_argument("-c", "--config", type=Path, required=True, help="path to config.toml")
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--log-level", choices=LEVELS, help="default: [log] level in config.toml, else INFO")
+    parser.add_argument("--log-format", choices=["text", "json"],
+                        help="default: [log] format, else text (journald's format when stderr is the journal)")
     parser.add_argument("--ready-file", type=Path, help="write the bound ports here as JSON once listening")
     parser.set_defaults(func=_run)
 
@@ -21,11 +26,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 def _run(args: argparse.Namespace) -> int:
     # Parse and validate everything before anything starts: a bad config exits 2 (ConfigError).
     config = load_config(args.config)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level or config.log.level, args.log_format or config.log.format)
     from gateway.runtime import serve
+    from gateway.service.failures import operational_sentence
 
     try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(serve(config, ready_file=args.ready_file))
-    return uvloop.run(serve(config, ready_file=args.ready_file))
+        try:
+            import uvloop
+        except ImportError:
+            return asyncio.run(serve(config, ready_file=args.ready_file))
+        return uvloop.run(serve(config, ready_file=args.ready_file))
+    except OSError as exc:
+        print(f"edgegate: {operational_sentence(exc, config)}", file=sys.stderr)
+        return EXIT_START_FAILED

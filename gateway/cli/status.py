@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Any
 from gateway.cache.freshness import cache_usable
 from gateway.cache.records import CacheSummary
 from gateway.cache.repository import CacheRepository
-from gateway.config import load_config
+from gateway.config import Config, load_config
 from gateway.errors import StorageError
 from gateway.outbox.dead_letters import DeadLetters
 from gateway.store.db import current_revision, database_exists, head_revision, open_engine, redacted
@@ -60,10 +61,12 @@ def build_report(
     time_to_live: timedelta | None = None,
     durability: str = "fsync",
     dead_letters: tuple[int, int] | None = None,
+    pid_alive: bool | None = None,
 ) -> dict[str, Any]:
-    """The status as one JSON-able dict, from what the database and status.json say (pure)."""
+    """The status as one JSON-able dict, from what the database and status.json say (pure). `pid_alive`
+    is whether the pid status.json names is a live process (None: not looked at)."""
     written = _parse_time(live.get("written_at")) if live else None
-    running = written is not None and now - written <= STATUS_STALE_AFTER
+    running = written is not None and now - written <= STATUS_STALE_AFTER and pid_alive is not False
     store = live.get("outbox_store") if running and live else None
     report: dict[str, Any] = {
         "database": {"url": database, "revision": revision, "head": head, "up_to_date": revision == head},
@@ -71,6 +74,12 @@ def build_report(
             "running": running,
             "pid": live.get("pid") if live else None,
             "status_written_at": _iso(written),
+        },
+        "service": {
+            "pid_alive": pid_alive,
+            "healthy": live.get("healthy") if running and live else None,
+            "tasks": live.get("tasks") if running and live else None,
+            "limits": live.get("limits") if running and live else None,
         },
         "connected_devices": live.get("connected_devices") if running and live else None,
         "outbox_depth": live.get("outbox_depth") if running and live else None,
@@ -84,7 +93,11 @@ def build_report(
             "requeue_requested": dead_letters[1] if dead_letters else None,
             "live": store if isinstance(store, dict) else None,
         },
+        "twins": live.get("twins") if running and live else None,
+        "clock": live.get("clock") if running and live else None,
     }
+    if running and live and isinstance(live.get("est"), dict):
+        report["est"] = live["est"]  # EST-issued certificates: time left, level, next renewal, last error
     if summary is None:
         return report
     status = summary.status
@@ -127,12 +140,22 @@ def _ago(value: str | None, now: datetime) -> str:
 
 def render_text(report: dict[str, Any], now: datetime) -> str:
     """The report as aligned lines for a terminal (pure)."""
-    db, gw = report["database"], report["gateway"]
+    db, gw, service = report["database"], report["gateway"], report.get("service", {})
     lines = []
     if gw["running"]:
         lines.append(f"gateway      running (pid {gw['pid']}, status written {_ago(gw['status_written_at'], now)})")
+    elif service.get("pid_alive") is False:
+        lines.append(f"gateway      not running (pid {gw['pid']} is gone: stale status from "
+                     f"{_ago(gw['status_written_at'], now)})")
     else:
         lines.append(f"gateway      not running (last status {_ago(gw['status_written_at'], now)})")
+    limits = service.get("limits")
+    if isinstance(limits, dict):
+        lines.append(f"limits       {limits.get('explanation')}")
+    for name, task in sorted((service.get("tasks") or {}).items()):
+        if task.get("state") != "running":
+            lines.append(f"task         {name} {task.get('state')} ({task.get('failures')} failures): "
+                         f"{task.get('last_error')}")
     version = "newest" if db["up_to_date"] else f"newest is {db['head']}: run `edgegate db upgrade`"
     lines.append(f"database     {db['url']} at {db['revision'] or 'no schema'} ({version})")
     hub, cache = report.get("hub"), report.get("cache")
@@ -156,6 +179,10 @@ def render_text(report: dict[str, Any], now: datetime) -> str:
         )
         lines.append(f"             oldest entry {_ago(cache['oldest_entry_at'], now)}")
         lines.append(f"             offline trust {trust_text}: {usable}")
+    clock = report.get("clock")
+    if isinstance(clock, dict):
+        mark = "" if clock.get("state") == "trusted" else "⚠ "
+        lines.append(f"clock        {mark}{clock.get('state')}: {clock.get('message')}")
     if report["connected_devices"] is not None:
         names = report.get("devices") or []
         shown = ", ".join(names[:20]) + (f", ... ({len(names) - 20} more)" if len(names) > 20 else "")
@@ -165,8 +192,60 @@ def render_text(report: dict[str, Any], now: datetime) -> str:
         state = forwarder.get("state", "?")
         error = f"; last error: {forwarder['last_error']}" if forwarder.get("last_error") else ""
         lines.append(f"outbox       {report['outbox_depth']} messages waiting, forwarder {state}{error}")
+    lines += _est_lines(report.get("est"))
+    twins = report.get("twins")
+    if twins:
+        waiting = twins.get("queued_reported_patches")
+        lines.append(f"twins        {twins.get('cached_twins')} cached, {waiting} reported patches waiting for "
+                     f"the hub; hub {twins.get('hub')}")
     lines += outbox_lines(report.get("outbox_store"))
     return "\n".join(lines)
+
+
+def _est_lines(est: Any) -> list[str]:
+    """One line per EST-issued certificate: time left, level, next renewal, last error (pure)."""
+    if not isinstance(est, dict):
+        return []
+    lines = []
+    for name, label in (("identity", "EST identity"), ("edge_ca", "EST Edge CA ")):
+        entry = est.get(name)
+        if not isinstance(entry, dict):
+            continue
+        if "left" not in entry:
+            lines.append(f"{label} not enrolled yet")
+            continue
+        error = entry.get("last_error")
+        failed = f"; last error: {error['reason']}: {error['message']}" if isinstance(error, dict) else ""
+        lines.append(f"{label} {entry['left']} ({entry['level']}), next renewal {entry['next_renewal']}{failed}")
+    return lines
+
+
+def _clock_from_disk(config: Config, now: datetime) -> dict[str, Any]:
+    """The clock as the gateway would judge it now, when no running gateway says (gateway.clock_floor)."""
+    from gateway.clock_watch import judge_offline
+    from gateway.server_identity import held_certificates
+
+    verdict = judge_offline(config.state_dir, held_certificates(config), now, config.auth.clock_skew_tolerance)
+    return {"state": verdict.state.value, "message": verdict.sentence, "as_of": "the files on disk"}
+
+
+# `edgegate status` exit statuses, as LSB init scripts' `status` action: a probe can tell them apart.
+EXIT_RUNNING = 0
+EXIT_NOT_RUNNING = 3
+
+
+def pid_alive(pid: object) -> bool | None:
+    """Whether `pid` is a live process: a status.json younger than STATUS_STALE_AFTER whose writer was
+    killed (kill -9, a crash, an OOM kill) names a pid that is gone."""
+    if not isinstance(pid, int) or pid <= 0:
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # alive, owned by another user (the service's)
+    return True
 
 
 def outbox_lines(store: dict[str, Any] | None) -> list[str]:
@@ -229,11 +308,14 @@ def _status(args: argparse.Namespace) -> int:
         time_to_live=config.outbox.time_to_live,
         durability=config.outbox.durability,
         dead_letters=dead_letters,
+        pid_alive=pid_alive(live.get("pid")) if live else None,
     )
+    if report.get("clock") is None:
+        report["clock"] = _clock_from_disk(config, now)
     if args.json:
         print(json.dumps(report, indent=2))
     else:
         print(render_text(report, now))
         if summary is None:
             print(f"no device cache yet: run `edgegate db upgrade -c {args.config}`, then `edgegate run`")
-    return 0
+    return EXIT_RUNNING if report["gateway"]["running"] else EXIT_NOT_RUNNING

@@ -9,6 +9,7 @@ class ConnState(enum.Enum):
     HANDSHAKING = "handshaking"  # TLS handshake under way; deadline armed at accept
     AWAITING_CONNECT = "awaiting_connect"  # TLS up, no CONNECT yet; same deadline
     AUTHENTICATING = "authenticating"  # CONNECT received, decision (maybe a hub lookup) pending
+    ATTACHING = "attaching"  # admitted; the broker session is being prepared
     ONLINE = "online"  # admitted: packets are authorized and forwarded
     CLOSING = "closing"
     CLOSED = "closed"
@@ -17,14 +18,17 @@ class ConnState(enum.Enum):
 ALLOWED: dict[ConnState, frozenset[ConnState]] = {
     ConnState.HANDSHAKING: frozenset({ConnState.AWAITING_CONNECT, ConnState.CLOSING}),
     ConnState.AWAITING_CONNECT: frozenset({ConnState.AUTHENTICATING, ConnState.CLOSING}),
-    ConnState.AUTHENTICATING: frozenset({ConnState.ONLINE, ConnState.CLOSING}),
+    ConnState.AUTHENTICATING: frozenset({ConnState.ATTACHING, ConnState.CLOSING}),
+    ConnState.ATTACHING: frozenset({ConnState.ONLINE, ConnState.CLOSING}),
     ConnState.ONLINE: frozenset({ConnState.CLOSING}),
     ConnState.CLOSING: frozenset({ConnState.CLOSED}),
     ConnState.CLOSED: frozenset(),
 }
 
 # States in which the handshake/CONNECT deadline still applies.
-PRE_ADMISSION = frozenset({ConnState.HANDSHAKING, ConnState.AWAITING_CONNECT, ConnState.AUTHENTICATING})
+PRE_ADMISSION = frozenset({
+    ConnState.HANDSHAKING, ConnState.AWAITING_CONNECT, ConnState.AUTHENTICATING, ConnState.ATTACHING,
+})
 
 
 class IllegalTransition(RuntimeError):

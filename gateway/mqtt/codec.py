@@ -189,6 +189,8 @@ def decode_publish(packet: RawPacket) -> Publish:
         raise ProtocolError("malformed_packet", "PUBLISH with QoS 3 (MQTT-3.3.1-4)")
     r = _Reader(packet.body, "PUBLISH")
     topic = r.text("topic")
+    if "+" in topic or "#" in topic:
+        raise ProtocolError("wildcard_in_topic", "PUBLISH topic name contains a wildcard (MQTT-3.3.2-2)")
     packet_id = None
     if qos:
         packet_id = r.u16()
@@ -220,6 +222,31 @@ def decode_subscribe(packet: RawPacket) -> Subscribe:
     if not filters:
         raise ProtocolError("malformed_packet", "SUBSCRIBE without a topic filter (MQTT-3.8.3-3)")
     return Subscribe(packet_id=packet_id, filters=tuple(filters))
+
+
+def decode_unsubscribe(packet: RawPacket) -> tuple[int, tuple[str, ...]]:
+    """UNSUBSCRIBE (MQTT-3.10): packet id and at least one topic filter."""
+    if packet.flags != 0x02:
+        raise ProtocolError("malformed_packet", "UNSUBSCRIBE fixed-header flags must be 0010 (MQTT-3.10.1-1)")
+    r = _Reader(packet.body, "UNSUBSCRIBE")
+    packet_id = r.u16()
+    filters: list[str] = []
+    while not r.at_end():
+        filters.append(r.text("topic filter"))
+    if not filters:
+        raise ProtocolError("malformed_packet", "UNSUBSCRIBE without a topic filter (MQTT-3.10.3-2)")
+    return packet_id, tuple(filters)
+
+
+def suback_packet_id(data: bytes) -> int | None:
+    """The packet id of a whole SUBACK packet, whatever the size of its remaining length; None if
+    `data` is not a SUBACK."""
+    if not data or data[0] != 0x90:
+        return None
+    length, header_len = _remaining_length(bytearray(data[:5]))
+    if header_len == 0 or length < 2 or len(data) < header_len + 2:
+        return None
+    return int.from_bytes(data[header_len : header_len + 2], "big")
 
 
 # ---- encoding ----------------------------------------------------------------------------------
@@ -282,6 +309,10 @@ def encode_connect(
 def encode_subscribe(packet_id: int, filters: list[tuple[str, int]]) -> bytes:
     body = packet_id.to_bytes(2, "big") + b"".join(_str(f) + bytes((q,)) for f, q in filters)
     return _packet(0x82, body)
+
+
+def encode_unsubscribe(packet_id: int, filters: list[str]) -> bytes:
+    return _packet(0xA2, packet_id.to_bytes(2, "big") + b"".join(_str(f) for f in filters))
 
 
 def encode_publish(topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,

@@ -37,7 +37,7 @@ from gateway.pki.thumbprint import thumbprint_sha1, thumbprint_sha256
 
 _EKU = {"serverAuth": ExtendedKeyUsageOID.SERVER_AUTH, "clientAuth": ExtendedKeyUsageOID.CLIENT_AUTH}
 # Backdating absorbs small clock differences between issuer and verifier (a Pi before NTP sync).
-_BACKDATE = timedelta(minutes=5)
+BACKDATE = timedelta(minutes=5)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +101,7 @@ def _window(
     now: datetime | None, days: int, not_before: datetime | None, not_after: datetime | None
 ) -> tuple[datetime, datetime]:
     now = now or datetime.now(UTC)
-    start = not_before or (now - _BACKDATE)
+    start = not_before or (now - BACKDATE)
     end = not_after or (now + timedelta(days=days))
     return start, end
 
@@ -230,10 +230,13 @@ class CA:
         eku: Sequence[str] = ("clientAuth",),
         is_ca: bool = False,
         common_name: str | None = None,
+        extra_extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
     ) -> IssuedCert:
-        """A CA-signed device identity cert, CN = device id (the knobs exist to make wrong ones on purpose)."""
+        """A CA-signed device identity cert, CN = device id (the knobs exist to make wrong ones on purpose;
+        `extra_extensions` are (extension, critical) pairs added as given)."""
         return self._issue_leaf(common_name or device_id, (), tuple(eku), days=days, now=now,
-                                key_type=key_type, not_before=not_before, not_after=not_after, is_ca=is_ca)
+                                key_type=key_type, not_before=not_before, not_after=not_after, is_ca=is_ca,
+                                extra_extensions=extra_extensions)
 
     def issue_identity_cert(
         self, gateway_id: str, *, days: int = 365, now: datetime | None = None,
@@ -254,6 +257,7 @@ class CA:
         not_before: datetime | None = None,
         not_after: datetime | None = None,
         is_ca: bool = False,
+        extra_extensions: Sequence[tuple[x509.ExtensionType, bool]] = (),
     ) -> IssuedCert:
         key = generate_key(key_type)
         start, end = _window(now, days, not_before, not_after)
@@ -261,6 +265,8 @@ class CA:
             end = min(end, self.cert.not_valid_after_utc)
         builder = _leaf_builder(_name(common_name), self.cert.subject, key, start, end, san, eku, is_ca)
         builder = self._with_key_ids(builder, key)
+        for extension, critical in extra_extensions:
+            builder = builder.add_extension(extension, critical=critical)
         cert = builder.sign(self.private_key, _signing_hash(self.private_key))
         return IssuedCert(cert, key, (self.cert, *self.chain))
 

@@ -44,7 +44,13 @@ def classify_error(message: str) -> str:
     return "chain_invalid"
 
 
+# Ordered: the first needle found wins. cryptography's words are matched here and never shown to a
+# user; each code gets its own sentence in gateway.auth.reasons (and devices/diagnose.py).
 _ERROR_CODES: tuple[tuple[str, str], ...] = (
+    ("forbidden signature algorithm", "weak_signature_algorithm"),
+    ("forbidden public key", "weak_key"),
+    ("unaccounted-for critical extension", "unknown_critical_extension"),
+    ("exceeds max depth", "chain_too_deep"),
     ("basicconstraints.ca must be asserted", "issuer_not_ca"),
     ("path length constraint", "path_length_exceeded"),
     ("clientauth", "eku_not_client_auth"),

@@ -49,11 +49,22 @@ class ServerCertMaterial:
         return self.cert.not_valid_after_utc
 
 
-def renewal_due(not_before: datetime, not_after: datetime, now: datetime, threshold: float) -> bool:
-    """True once `threshold` (a fraction, e.g. 0.8) of the lifetime has passed, or outside the window."""
+def renewal_due(
+    not_before: datetime, not_after: datetime, now: datetime, threshold: float, lifetime: timedelta | None = None
+) -> bool:
+    """True once `threshold` (a fraction, e.g. 0.8) of the lifetime has passed, or outside the window.
+
+    `lifetime` is what the certificate was issued for; a certificate backdated to the clock floor
+    (gateway.clock_floor) looks longer-lived than that, and must still be renewed as often.
+    """
     if now < not_before or now >= not_after:
         return True
-    return (now - not_before) >= (not_after - not_before) * threshold
+    return now >= _due_at(not_before, not_after, threshold, lifetime)
+
+
+def _due_at(not_before: datetime, not_after: datetime, threshold: float, lifetime: timedelta | None) -> datetime:
+    span = not_after - not_before if lifetime is None else min(not_after - not_before, lifetime)
+    return not_after - span * (1 - threshold)
 
 
 def server_cert_problem(
@@ -63,8 +74,10 @@ def server_cert_problem(
     alt_names: Sequence[str],
     now: datetime,
     threshold: float,
+    hold: bool = False,
 ) -> str | None:
-    """Why the stored server cert must be re-issued, or None when it is still right."""
+    """Why the stored server cert must be re-issued, or None when it is still right. With `hold` (the
+    clock cannot be trusted) its dates are no reason: only a wrong issuer or wrong names are."""
     if cert.issuer != issuer.subject:
         return "its issuer is not the current Edge CA"
     try:
@@ -76,7 +89,8 @@ def server_cert_problem(
     wanted = {hostname, *alt_names}
     if present != wanted:
         return f"its names {sorted(present)} differ from the configured {sorted(wanted)}"
-    if renewal_due(cert.not_valid_before_utc, cert.not_valid_after_utc, now, threshold):
+    if not hold and renewal_due(cert.not_valid_before_utc, cert.not_valid_after_utc, now, threshold,
+                                timedelta(days=SERVER_CERT_MAX_DAYS)):
         return f"it is due for renewal (valid until {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC)"
     return None
 
@@ -84,33 +98,54 @@ def server_cert_problem(
 # ---- quickstart -------------------------------------------------------------------------------
 
 
-def ensure_quickstart_edge_ca(
-    state_dir: Path, *, expiry_days: int = 90, threshold: float = 0.8, now: datetime
-) -> EdgeCAMaterial:
-    """Create (first start), reuse (restart) or renew (due) the quickstart Edge CA under a stable root."""
+def quickstart_paths(state_dir: Path) -> tuple[Path, Path, Path, Path]:
+    """Root cert, root key, Edge CA cert, Edge CA key of the quickstart PKI under `state_dir`."""
     pki = state_dir / "pki"
-    root_cert, root_key = pki / "quickstart-root.pem", pki / "quickstart-root.key"
-    ca_cert, ca_key = pki / "edge-ca.pem", pki / "edge-ca.key"
+    return pki / "quickstart-root.pem", pki / "quickstart-root.key", pki / "edge-ca.pem", pki / "edge-ca.key"
+
+
+def server_cert_paths(state_dir: Path) -> tuple[Path, Path]:
+    server_dir = state_dir / "pki" / "server"
+    return server_dir / "server.pem", server_dir / "server.key"
+
+
+def ensure_quickstart_edge_ca(
+    state_dir: Path,
+    *,
+    expiry_days: int = 90,
+    threshold: float = 0.8,
+    now: datetime,
+    hold: bool = False,
+    not_before: datetime | None = None,
+) -> EdgeCAMaterial:
+    """Create (first start), reuse (restart) or renew (due) the quickstart Edge CA under a stable root.
+
+    `hold`: the clock cannot be trusted, so a CA that looks due is kept (only a missing one is made);
+    `not_before` backdates what is issued (see gateway.clock_floor.issue_not_before).
+    """
+    root_cert, root_key, ca_cert, ca_key = quickstart_paths(state_dir)
     log.warning("quickstart Edge CA in use: fine for trials, not for production "
                 "(configure [edge_ca] cert and pk from your own PKI)")
     if root_cert.exists() and root_key.exists():
         root = CA.load(root_cert, root_key)
     else:
-        root = CA.create_root("edgegate quickstart root", days=QUICKSTART_ROOT_DAYS, path_length=1, now=now)
+        root = CA.create_root("edgegate quickstart root", days=QUICKSTART_ROOT_DAYS, path_length=1, now=now,
+                              not_before=not_before)
         root.private_key_pem.write_to_path(root_key, private=True)
         root.cert_pem.write_to_path(root_cert)
         log.info("created quickstart root %s (give this file to child devices)", root_cert)
     edge: CA | None = None
     if ca_cert.exists() and ca_key.exists():
         edge = CA.load(ca_cert, ca_key)
-        if edge.cert.issuer != root.cert.subject or renewal_due(
-            edge.cert.not_valid_before_utc, edge.cert.not_valid_after_utc, now, threshold
-        ):
+        due = renewal_due(edge.cert.not_valid_before_utc, edge.cert.not_valid_after_utc, now, threshold,
+                          timedelta(days=expiry_days))
+        if edge.cert.issuer != root.cert.subject or (due and not hold):
             log.info("renewing quickstart Edge CA (valid until %s) under the same root",
                      edge.cert.not_valid_after_utc)
             edge = None
     if edge is None:
-        edge = root.create_child_ca("edgegate quickstart Edge CA", days=expiry_days, path_length=0, now=now)
+        edge = root.create_child_ca("edgegate quickstart Edge CA", days=expiry_days, path_length=0, now=now,
+                                    not_before=not_before)
         edge.private_key_pem.write_to_path(ca_key, private=True)
         write_file_atomic(ca_cert, cert_pem(edge.cert))
     else:
@@ -188,19 +223,21 @@ def ensure_server_cert(
     now: datetime,
     threshold: float = 0.8,
     days: int = SERVER_CERT_MAX_DAYS,
+    hold: bool = False,
+    not_before: datetime | None = None,
 ) -> ServerCertMaterial:
-    """Reuse the stored server cert while it is right; otherwise issue one (≤ 30 days, ≤ the Edge CA)."""
-    server_dir = state_dir / "pki" / "server"
-    chain_path, key_path = server_dir / "server.pem", server_dir / "server.key"
+    """Reuse the stored server cert while it is right; otherwise issue one (≤ 30 days, ≤ the Edge CA).
+    `hold` and `not_before` as for `ensure_quickstart_edge_ca`."""
+    chain_path, key_path = server_cert_paths(state_dir)
     if chain_path.exists() and key_path.exists():
         certs = load_certs(chain_path)
         key = load_private_key(key_path)
-        problem = server_cert_problem(certs[0], edge_ca.cert, hostname, alt_names, now, threshold)
+        problem = server_cert_problem(certs[0], edge_ca.cert, hostname, alt_names, now, threshold, hold)
         if problem is None and key_matches_cert(key, certs[0].public_key()):
             return ServerCertMaterial(chain_path, key_path, certs[0], tuple(certs[1:]), issued=False)
         log.info("re-issuing the server certificate: %s", problem or "its key does not match")
     lifetime = min(days, SERVER_CERT_MAX_DAYS)
-    issued = edge_ca.issue_server_cert(hostname, *alt_names, days=lifetime, now=now)
+    issued = edge_ca.issue_server_cert(hostname, *alt_names, days=lifetime, now=now, not_before=not_before)
     issued.private_key_pem.write_to_path(key_path, private=True)
     write_file_atomic(chain_path, issued.fullchain_pem().bytes)
     chain = tuple(c for c in issued.chain if not is_self_signed(c))
@@ -211,6 +248,6 @@ def ensure_server_cert(
 
 def next_renewal_check(cert: x509.Certificate, threshold: float, now: datetime) -> timedelta:
     """How long until the server cert is due (at least a minute, at most six hours between checks)."""
-    lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
-    due_at = cert.not_valid_before_utc + lifetime * threshold
+    due_at = _due_at(cert.not_valid_before_utc, cert.not_valid_after_utc, threshold,
+                     timedelta(days=SERVER_CERT_MAX_DAYS))
     return max(timedelta(minutes=1), min(due_at - now, timedelta(hours=6)))

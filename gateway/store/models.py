@@ -12,7 +12,7 @@ from sqlalchemy import MetaData
 
 from gateway.store import base
 
-TABLE_MODULES = ("gateway.cache.tables", "gateway.outbox.tables")
+TABLE_MODULES = ("gateway.cache.tables", "gateway.outbox.tables", "gateway.twin.tables")
 
 
 def load_table_modules() -> MetaData:

@@ -8,10 +8,13 @@ about our identity certificate): the hub refused *us*, which an operator must fi
 
 from __future__ import annotations
 
+import asyncio
 import errno
 import json
 import ssl
 from collections.abc import Callable
+from datetime import datetime
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote
@@ -33,6 +36,8 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 MAX_CONNECTIONS = 8
 # Statuses that blame the request, not the hub: retrying the same bytes can never succeed.
 PERMANENT_STATUSES = frozenset({400, 413, 422})
+# The longest a request may be in flight on a retired session: the hub's cap on a long poll.
+MAX_LONG_POLL = 120.0
 # OpenSSL's names for the alerts a server sends when it does not accept the client certificate.
 _IDENTITY_ALERTS = ("certificate required", "bad certificate", "unknown ca", "certificate unknown",
                     "certificate revoked", "certificate expired", "access denied")
@@ -59,6 +64,9 @@ class HubClient:
         self._base = f"{self.url}/gateways/{quote(gateway_id, safe='')}"
         self._ssl = ssl_context
         self._session: aiohttp.ClientSession | None = None
+        self._retired: set[asyncio.Task[None]] = set()
+        # Told the hub's Date header of every answer: the clock floor's best evidence (gateway.clock_watch).
+        self.on_date: Callable[[datetime], object] | None = None
 
     @classmethod
     def from_files(
@@ -129,7 +137,59 @@ class HubClient:
         """Tell the hub every cloud-to-device message up to `cursor` reached the broker."""
         await self._request("/c2d/ack", {}, method="POST", payload={"cursor": cursor})
 
+    def use_ssl_context(self, ssl_context: ssl.SSLContext) -> None:
+        """Present a renewed identity from the next request on, without a restart.
+
+        Requests in flight (long polls) finish on the old session, which is closed once they are done.
+        """
+        old, self._ssl, self._session = self._session, ssl_context, None
+        if old is not None:
+            task = asyncio.get_running_loop().create_task(_close_later(old, self.request_timeout + MAX_LONG_POLL))
+            self._retired.add(task)
+            task.add_done_callback(self._retired.discard)
+
+    # -- twins and direct methods (wire format: docs/HUB_MOCK.md) ----------------------------------
+
+    async def get_twin(self, device_id: str) -> dict[str, Any] | None:
+        """The device's twin as the device sees it; None when the hub says it is not in our scope."""
+        body = await self._request(f"/twins/{quote(device_id, safe='')}", {}, missing_ok=True)
+        if body is not None and not isinstance(body, dict):
+            raise HubUnavailable(f"the hub at {self.url} answered a twin GET with an unexpected shape")
+        return body
+
+    async def patch_reported(self, device_id: str, patch_id: str, patch: dict[str, Any]) -> int | None:
+        """Apply a reported patch once per `patch_id`; the reported $version, None if the device is gone."""
+        body = await self._request(f"/twins/{quote(device_id, safe='')}/reported", {}, method="POST",
+                                   payload={"patch_id": patch_id, "patch": patch}, missing_ok=True)
+        if body is None:
+            return None
+        version = body.get("version") if isinstance(body, dict) else None
+        if not isinstance(version, int):
+            raise HubUnavailable(f"the hub at {self.url} answered a reported patch with an unexpected shape")
+        return version
+
+    async def wait_device_events(self, after: int, wait: float) -> tuple[list[dict[str, Any]], int]:
+        """Desired patches and method calls after cursor `after` (-1: from now on), long-polled."""
+        params = {"after": str(after), "timeout": f"{wait:g}"}
+        body = await self._request("/device-events/wait", params, extra_time=wait)
+        events = body.get("events") if isinstance(body, dict) else None
+        cursor = body.get("cursor") if isinstance(body, dict) else None
+        if not isinstance(events, list) or not isinstance(cursor, int):
+            raise HubUnavailable(f"the hub at {self.url} answered /device-events/wait with an unexpected shape")
+        return events, cursor
+
+    async def method_response(self, request_id: str, device_id: str, status: int, payload: Any,
+                              *, delivered: bool = True) -> bool:
+        """A device's answer to a direct method; False if the hub no longer waits for it."""
+        body = await self._request(
+            f"/methods/{quote(request_id, safe='')}/response", {}, method="POST", missing_ok=True,
+            payload={"device_id": device_id, "status": status, "payload": payload, "delivered": delivered},
+        )
+        return body is not None
+
     async def close(self) -> None:
+        for task in list(self._retired):
+            task.cancel()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -163,6 +223,7 @@ class HubClient:
             ) as response:
                 status = response.status
                 raw = await response.read()
+                self._note_date(response.headers.get("Date"))
         except aiohttp.ClientConnectorCertificateError as exc:
             raise HubUnavailable(
                 f"the hub at {where} presented a certificate we do not trust: {_verify_message(exc)}"
@@ -199,6 +260,24 @@ class HubClient:
         if status in PERMANENT_STATUSES or (isinstance(body, dict) and body.get("permanent") is True):
             raise HubRefusedContent(status, reason, message, text)
         raise HubUnavailable(text)
+
+
+    def _note_date(self, header: str | None) -> None:
+        if self.on_date is None or not header:
+            return
+        try:
+            date = parsedate_to_datetime(header)
+        except (TypeError, ValueError):
+            return
+        if date.tzinfo is not None:
+            self.on_date(date)
+
+
+async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
+    try:
+        await asyncio.sleep(delay)
+    finally:
+        await session.close()
 
 
 def _json(raw: bytes) -> Any:

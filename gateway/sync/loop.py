@@ -40,7 +40,8 @@ LONG_POLL_FAILURES_BEFORE_FALLBACK = 3
 
 
 def changes_from_page(page: ChangePage, fetched_at: datetime) -> CacheChanges:
-    """A change-feed page as cache changes: upserts, removals (deletes and moves out), the new cursor."""
+    """A change-feed page as cache changes: upserts, removals (deletes and moves out), the registered CAs
+    when one of them changed, the new cursor."""
     upserts: list[DeviceRecord] = []
     deletes: list[str] = []
     for change in page.changes:
@@ -48,7 +49,8 @@ def changes_from_page(page: ChangePage, fetched_at: datetime) -> CacheChanges:
             deletes.append(change.device_id)
         else:
             upserts.append(change.device)
-    return CacheChanges(fetched_at=fetched_at, upserts=tuple(upserts), deletes=tuple(deletes), sequence=page.sequence)
+    return CacheChanges(fetched_at=fetched_at, upserts=tuple(upserts), deletes=tuple(deletes), sequence=page.sequence,
+                        cas=page.cas)
 
 
 class RegistrySync:

@@ -38,6 +38,7 @@ class ChangePage:
     sequence: int
     more: bool
     reset: bool = False
+    cas: tuple[RegisteredCA, ...] | None = None  # all registered CAs, when one changed in this page
 
 
 def _field(obj: Any, key: str, kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
@@ -93,7 +94,8 @@ def parse_change_page(obj: Any) -> ChangePage:
             raise ValueError(f"field 'op' is {op!r}")
         device = parse_device(_field(item, "device", dict)) if op == "upsert" else None
         changes.append(FeedChange(_field(item, "seq", int), _field(item, "device_id", str), device))
-    return ChangePage(tuple(changes), _field(obj, "sequence", int), bool(_field(obj, "more", bool)))
+    cas = parse_cas(obj) if _field(obj, "cas", list, optional=True) is not None else None
+    return ChangePage(tuple(changes), _field(obj, "sequence", int), bool(_field(obj, "more", bool)), cas=cas)
 
 
 def parse_cas(obj: Any) -> tuple[RegisteredCA, ...]:

@@ -11,14 +11,18 @@ import random
 from typing import Any, Protocol
 from urllib.parse import quote
 
-from amqtt.broker import Broker
-
 from gateway.errors import HubError
 from gateway.sync.backoff import next_backoff
 
 log = logging.getLogger("edgegate.c2d")
 
 LONG_POLL = 25.0
+
+
+class Delivery(Protocol):
+    """The broker side: gateway.broker.port.BrokerPort."""
+
+    async def deliver(self, topic: str, payload: bytes, qos: int = 1) -> None: ...
 
 
 class C2DSource(Protocol):
@@ -34,7 +38,7 @@ def devicebound_topic(device_id: str, properties: dict[str, str]) -> str:
 
 
 class CloudToDevice:
-    def __init__(self, hub: C2DSource, broker: Broker) -> None:
+    def __init__(self, hub: C2DSource, broker: Delivery) -> None:
         self.hub, self.broker = hub, broker
         self.cursor = 0
         self.delivered = 0
@@ -55,7 +59,7 @@ class CloudToDevice:
                 device_id = str(message["device_id"])
                 payload = base64.b64decode(message["payload_b64"])
                 topic = devicebound_topic(device_id, dict(message.get("properties") or {}))
-                await self.broker.internal_message_broadcast(topic, payload, 1)
+                await self.broker.deliver(topic, payload, 1)
                 self.delivered += 1
             if cursor != self.cursor:
                 self.cursor = cursor

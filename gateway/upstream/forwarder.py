@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Protocol
 
+from gateway.auth.topics import split_properties
 from gateway.errors import HubError, HubRefusedContent, HubRejected, StorageError
 from gateway.metrics import Counters
 from gateway.outbox.store import Outbox, QueuedMessage
@@ -83,12 +84,15 @@ def utcnow() -> datetime:
 def wire_message(message: QueuedMessage) -> dict[str, Any]:
     """The hub API's JSON for one message (POST /gateways/{gw}/messages)."""
     enqueued = datetime.fromtimestamp(message.enqueued_at, UTC).isoformat(timespec="microseconds")
+    system, application = split_properties(message.properties.items())
     return {
         "message_id": message.message_id,
         "device_id": message.device_id,
         "enqueued_time": enqueued.replace("+00:00", "Z"),
-        "properties": message.properties,
+        "properties": application,
         "payload_b64": base64.b64encode(message.payload).decode(),
+        "kind": message.kind,
+        "system_properties": system,
     }
 
 

@@ -36,8 +36,10 @@ def test_row_over_real_tls(row: certmatrix.Row, gateway: FrontDoorThread, tmp_pa
     gateway.directory.records = {r.device_id: r for r in row.records}
     files = None
     if row.cert is not None:
-        files = DeviceFiles.write(row.cert, tmp_path, "device", with_chain=row.send_intermediates)
-    device = PahoDevice(gateway.port, gateway.pki.root_path, row.client_id, files, username=row.username)
+        files = DeviceFiles.write(row.cert, tmp_path, "device", with_chain=row.send_intermediates,
+                                 with_root=row.send_root)
+    device = PahoDevice(gateway.port, gateway.pki.root_path, row.client_id, files, username=row.username,
+                        legacy_crypto=row.legacy_crypto)
     caplog.set_level(logging.INFO, logger="edgegate")
     try:
         code = device.connect()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import shutil
 import socket
 import ssl
-import statistics
 import subprocess
 import sys
 import time
@@ -66,10 +65,10 @@ def test_slowloris_is_closed_at_the_timeout_and_real_devices_get_in(gw: FrontDoo
             sock.close()
 
 
-def publish_rate(gw: FrontDoorThread, files: dict[str, DeviceFiles], per_device: int) -> float:
+def publish_all(gw: FrontDoorThread, files: dict[str, DeviceFiles], per_device: int) -> None:
+    """Every real device sends `per_device` QoS 1 messages with mosquitto_pub; each must finish cleanly."""
     lines = b"\n".join(b'{"t":21.5,"seq":%d}' % n for n in range(per_device)) + b"\n"
     procs = []
-    start = time.monotonic()
     for name in DEVICES:
         f = files[name]
         procs.append(subprocess.Popen(
@@ -82,14 +81,14 @@ def publish_rate(gw: FrontDoorThread, files: dict[str, DeviceFiles], per_device:
         proc.stdin.close()
     for proc in procs:
         assert proc.wait(120) == 0, proc.stderr.read() if proc.stderr else ""
-    return len(DEVICES) * per_device / (time.monotonic() - start)
 
 
 @pytest.mark.skipif(shutil.which("mosquitto_pub") is None, reason="mosquitto-clients not installed")
-def test_unauthenticated_flood_costs_real_devices_less_than_half(gw: FrontDoorThread,
-                                                                 files: dict[str, DeviceFiles]) -> None:
-    # Medians of three: one 1,000-message run on 2 shared cores swings by a third on its own.
-    baseline = statistics.median(publish_rate(gw, files, 1000) for _ in range(3))
+def test_real_devices_get_through_an_unauthenticated_flood(gw: FrontDoorThread,
+                                                           files: dict[str, DeviceFiles]) -> None:
+    # What the flood costs real devices in throughput is a figure, measured by `python -m bench.flood_bench`;
+    # here: the flood is refused, and every real device's every message still gets in, acknowledged.
+    before = len(gw.sink.messages)
     flood = subprocess.Popen([sys.executable, "-m", "tests.hostile.flood", str(gw.port), str(gw.pki.root_path),
                               str(files["intruder"].cert), str(files["intruder"].key), "--concurrency", "20"],
                              cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -97,12 +96,18 @@ def test_unauthenticated_flood_costs_real_devices_less_than_half(gw: FrontDoorTh
     assert flood.stdout.readline().strip() == "started"
     time.sleep(1.0)
     try:
-        during = statistics.median(publish_rate(gw, files, 1000) for _ in range(3))
-        time.sleep(2.0)  # the flood goes on past the measurement, to well over 1,000 connections
+        publish_all(gw, files, 1000)
+        # The flood goes on past the publishing, to over 1,000 refused connections.
+        deadline = time.monotonic() + 90
+        while (gw.door.counters.get("edgegate_auth_rejected_total", reason="unknown_device")  # type: ignore[union-attr]
+               < 1000 and time.monotonic() < deadline):
+            time.sleep(0.2)
     finally:
         out, _ = flood.communicate("", timeout=60)
     made, refused = (int(x) for x in out.split())
-    print(f"baseline {baseline:.0f} msg/s, during a flood of {made} unauthenticated connections {during:.0f} msg/s")
     assert made >= 1000
     assert refused >= 900
-    assert during >= 0.5 * baseline
+    received = gw.sink.messages[before:]
+    for name in DEVICES:
+        seqs = [m.payload for m in received if m.device_id == name]
+        assert len(set(seqs)) == 1000, f"{name}: {len(set(seqs))} of 1000 distinct messages arrived"

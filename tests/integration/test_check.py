@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,20 @@ def test_world_readable_key_and_bad_config(stack: tuple[HubProcess, GatewayProce
     assert code == 1
     assert results[0]["status"] == "error"
     assert "hostname" in results[0]["detail"]
+
+
+def test_a_clock_behind_the_last_time_seen_is_a_warning(stack: tuple[HubProcess, GatewayProcess]) -> None:
+    _, gw = stack
+    code, results = check(gw.config_path)
+    assert by_check(results, "system clock")["status"] == "ok"  # negative control: the run saved a true time
+    later = datetime.now(UTC) + timedelta(days=40, hours=1)
+    (gw.state_dir / "clock.json").write_text(json.dumps({"last_seen": later.isoformat()}))
+    code, results = check(gw.config_path)
+    assert code == 0, results  # a warning, not an error: the gateway keeps serving
+    clock = by_check(results, "system clock")
+    assert clock["status"] == "warning"
+    assert clock["detail"].startswith("the system clock is 40 days behind the last time this gateway saw; "
+                                      "NTP not synced?")
+    shown = subprocess.run([sys.executable, "-m", "gateway.cli.main", "status", "-c", str(gw.config_path)],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert "clock        ⚠ behind: the system clock is 40 days behind" in shown, shown  # from disk: not running

@@ -81,7 +81,9 @@ def test_telemetry_and_properties_reach_the_hub(gateway: GatewayProcess, hub: Hu
         dev.close()
     wait_for(lambda: hub.admin.messages("temp-1")["messages"], what="message at the hub")
     (message,) = hub.admin.messages("temp-1")["messages"]
-    assert message["properties"] == {"site": "rig 7", "$.ct": "application/json"}
+    assert message["properties"] == {"site": "rig 7"}
+    assert message["system_properties"] == {"$.ct": "application/json"}
+    assert message["kind"] == "telemetry"
     assert message["enqueued_time"].endswith("Z")
     assert len(message["message_id"]) == 32
 

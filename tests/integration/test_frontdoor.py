@@ -81,7 +81,7 @@ def read_until_closed(sock: socket.socket, timeout: float) -> tuple[bytes, float
 
 def c2d(gw: FrontDoorThread, device_id: str, payload: bytes, qos: int = 1) -> None:
     topic = f"devices/{device_id}/messages/devicebound/note"
-    asyncio.run_coroutine_threadsafe(gw.broker.internal_message_broadcast(topic, payload, qos), gw.loop).result(5)
+    asyncio.run_coroutine_threadsafe(gw.broker.deliver(topic, payload, qos), gw.loop).result(5)
 
 
 # ---- the trust picture, witnessed by openssl -----------------------------------------------------

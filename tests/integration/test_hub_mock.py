@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 from cryptography import x509
 
-from gateway.pki import CA, IssuedCert, self_signed_device_cert
+from gateway.pki import CA, IssuedCert, self_signed_device_cert, thumbprint_sha256
 from hub_mock.adminclient import AdminError
 from tests.hubproc import HubProcess, run_cli
 
@@ -326,6 +326,34 @@ async def test_cas_lists_registered_cas(gateways: Gateways, hub: HubProcess) -> 
     with pytest.raises(AdminError) as refused:
         hub.admin.add_ca(name + "-again", ca.cert_pem.bytes.decode())
     assert refused.value.status == 409
+
+
+async def test_ca_changes_travel_on_every_gateways_feed(gateways: Gateways, hub: HubProcess) -> None:
+    gw = gateways.new("cafeed")
+    name = "feed-" + gw.gateway_id
+    first, second = CA.create_root("feed CA"), CA.create_root("feed CA, renewed")
+
+    def mine(page: dict[str, Any]) -> list[str]:
+        return [c["thumbprint"] for c in page["cas"] if c["name"] == name]
+
+    since = seq(hub)
+    waiting = asyncio.create_task(gw.get("/changes/wait", since=since, timeout=30))
+    await asyncio.sleep(0.2)
+    hub.admin.add_ca(name, first.cert_pem.bytes.decode())
+    status, page = await asyncio.wait_for(waiting, 10)  # a CA change answers a long poll like a device change
+    assert status == 200
+    assert page["changes"] == []
+    assert mine(page) == [thumbprint_sha256(first.cert)]
+    assert "cas" not in (await gw.get("/changes", since=page["sequence"]))[1]  # no CA change, no list
+
+    since = page["sequence"]
+    hub.admin.replace_ca(name, second.cert_pem.bytes.decode())
+    assert mine((await gw.get("/changes", since=since))[1]) == [thumbprint_sha256(second.cert)]
+    hub.admin.remove_ca(name)
+    assert mine((await gw.get("/changes", since=since))[1]) == []
+    with pytest.raises(AdminError) as missing:
+        hub.admin.remove_ca(name)
+    assert missing.value.status == 404
 
 
 # -- ingest, C2D -----------------------------------------------------------------------------------

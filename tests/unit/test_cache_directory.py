@@ -242,11 +242,25 @@ async def test_anchors_are_the_bundle_plus_registered_cas(setup: Setup) -> None:
     )
     await directory.apply(CacheChanges(fetched_at=T0, sequence=1, full=True, cas=cas))
     anchors = directory.anchors()
-    assert anchors.roots == (bundle.cert, registered_root.cert)
-    assert anchors.intermediates == (intermediate.cert,)
+    # IoT Hub's semantics: a registered intermediate is an anchor in its own right.
+    assert anchors.roots == (bundle.cert, registered_root.cert, intermediate.cert)
+    assert anchors.intermediates == ()
 
     await directory.apply(CacheChanges(fetched_at=T0, sequence=2, full=True, cas=()))
     assert directory.anchors().roots == (bundle.cert,)
+
+
+async def test_a_ca_change_tells_who_listens_what_was_removed(setup: Setup) -> None:
+    root = CA.create_root("registered root")
+    ca = RegisteredCA("root", root.cert_pem.bytes.decode(), "01" * 32)
+    directory = setup.directory()
+    told: list[tuple[tuple[object, ...], tuple[object, ...], tuple[RegisteredCA, ...]]] = []
+    directory.on_anchors_changed(lambda old, new, removed: told.append((old.roots, new.roots, removed)))
+    await directory.apply(CacheChanges(fetched_at=T0, sequence=1, cas=(ca,)))
+    await directory.apply(CacheChanges(fetched_at=T0, sequence=2, cas=(ca,)))  # the same list: no news
+    await directory.apply(CacheChanges(fetched_at=T0, sequence=3, cas=()))
+    assert told == [((), (root.cert,), ()), ((root.cert,), (), (ca,))]
+    assert setup.repository.load().cas == ()
 
 
 # -- cache misses ----------------------------------------------------------------------------------

@@ -279,3 +279,14 @@ def test_database(status: tuple[str | None, str] | None, error: str | None, expe
 
 def test_marks() -> None:
     assert [s.mark for s in Status] == ["✔", "⚠", "✖"]
+
+
+@pytest.mark.parametrize(("version", "failure"), [
+    ("TLSv1.3", checks.HubFailure.IDENTITY_REJECTED),
+    ("TLSv1.2", checks.HubFailure.TLS_FAILED),
+    (None, checks.HubFailure.TLS_FAILED),
+])
+def test_a_hub_that_hangs_up_after_the_handshake(version: str | None, failure: checks.HubFailure) -> None:
+    probe = checks.closed_after_handshake(version, "end of stream")
+    assert probe.failure is failure
+    assert "end of stream" in probe.detail

@@ -400,8 +400,8 @@ BAD = [
     ("iot-edge-only-key", HOST + 'parent_hostname = "p"\n', "parent_hostname", "IoT Edge setting"),
     (
         "iot-edge-only-nested",
-        HOST + "[edge_ca.auto_renew]\nrotate_key = true\n",
-        "edge_ca.auto_renew.rotate_key",
+        HOST + '[edge_ca]\nbootstrap_identity_cert = "b.pem"\n',
+        "edge_ca.bootstrap_identity_cert",
         "IoT Edge",
     ),
     ("table-as-scalar", HOST + "listener = 5\n", "listener", "must be a table"),

@@ -82,3 +82,55 @@ def test_every_reason_has_code_sentence_and_counter() -> None:
         assert reason.value in reason.counter
     assert Reason.OK.connack_code == 0
     assert all(r.connack_code != 0 for r in Reason if r is not Reason.OK)
+
+
+# What cryptography's verifier says, in its own words: none of it may reach a sentence for people.
+LIBRARY_WORDS = ("validation failed", "candidates exhausted", "AlgorithmIdentifier", "PhantomData",
+                 "DefinedByMarker", "max depth", "<Certificate", "ObjectIdentifier", "encountered processing",
+                 "unaccounted-for", "basicConstraints.cA must be asserted", "{", "}")
+
+
+@pytest.mark.parametrize("row", MATRIX.rows, ids=lambda r: r.name)
+def test_no_library_text_in_any_sentence(row: certmatrix.Row) -> None:
+    decision = decide(row)
+    for words in LIBRARY_WORDS:
+        assert words not in decision.message, (words, decision.message)
+    if decision.detail:
+        assert decision.detail not in decision.message
+    assert decision.message[0].islower() or decision.message[0] == "C", decision.message
+
+
+def test_chain_failures_keep_the_library_words_for_the_debug_log() -> None:
+    decision = decide(MATRIX.by_name("sha-1 signed leaf"))
+    assert "Forbidden signature algorithm" in decision.detail
+    assert decision.message == ("CN=ca-sha1 is signed with SHA1, which the gateway does not accept; "
+                                "re-issue it signed with SHA-256")
+
+
+@pytest.mark.parametrize(
+    ("row", "words"),
+    [
+        ("ca signed, intermediate missing", "the device sent only its own certificate, and its issuer "
+                                            "CN=Device Intermediate CA is not a registered CA"),
+        ("unknown ca", "CN=Unknown Root CA above it is not a registered CA"),
+        ("unknown ca, its root sent along", "the chain ends at the root CN=Unknown Root CA, which is not a "
+                                            "registered CA"),
+        ("same-name ca, other key", "the registered CA CN=Device Root CA has the right name but is not the key"),
+        ("unknown critical extension", "CN=ca-critical carries the critical extension 1.3.6.1.4.1.55555.1.1"),
+        ("leaf signed by a thumbprint device's cert", "CN=ca-bydevice is signed by CN=ss-primary, which is not a "
+                                                      "CA certificate"),
+        ("expired intermediate", "the chain certificate CN=Expired Intermediate expired on"),
+        ("issuer is not a ca", "CN=ca-badissuer is signed by CN=Leaf Posing As CA, which is not a CA"),
+    ],
+)
+def test_chain_sentences_name_the_certificate(row: str, words: str) -> None:
+    assert words in decide(MATRIX.by_name(row)).message
+
+
+def test_the_anchor_a_chain_reached_is_recorded() -> None:
+    from gateway.pki import thumbprint_sha256 as sha256
+
+    reached = decide(MATRIX.by_name("registered intermediate, root not registered")).anchor
+    assert reached == sha256(MATRIX.anchors.roots[1])
+    assert decide(MATRIX.by_name("ca signed, intermediate sent")).anchor == sha256(MATRIX.root.cert)
+    assert decide(MATRIX.by_name("thumbprint primary sha256")).anchor is None

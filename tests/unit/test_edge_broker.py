@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from gateway.broker.admission import AdmissionTokens
 from gateway.broker.edge_broker import EdgeBroker
-from gateway.broker.factory import broker_config
+from gateway.broker.port import broker_config
 
 CLIENTS = ("dev-a", "dev-b", "dev-c")
 FILTERS = ("devices/dev-a/messages/devicebound/#", "$iothub/twin/res/#", "$iothub/methods/POST/#", "a/+/b", "#",

@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.broker.admission import AdmissionTokens
-from gateway.broker.factory import broker_config
 from gateway.broker.filter_index import FilterIndex
+from gateway.broker.port import broker_config
 
 NAMES = ("a", "b", "$x", "")  # "" is a legal (empty) level; "$x" exercises the $-topic rule
 

@@ -25,6 +25,8 @@ def test_wire_message_is_the_hub_api_shape() -> None:
         "enqueued_time": "2027-01-15T08:00:00.250000Z",
         "properties": {"a": "1"},
         "payload_b64": "AP9oZWxsbw==",
+        "kind": "telemetry",
+        "system_properties": {},
     }
 
 

@@ -118,7 +118,7 @@ def test_db_and_status_verbs(config: Path, capsys: pytest.CaptureFixture[str]) -
     assert "no database yet" in capsys.readouterr().out
     assert not (state / "edgegate.db").exists()  # asking did not create it
 
-    assert main(["status", "-c", str(config)]) == 0
+    assert main(["status", "-c", str(config)]) == 3  # not running: a probe must see it
     assert "no device cache yet" in capsys.readouterr().out
 
     assert main(["db", "upgrade", "-c", str(config)]) == 0

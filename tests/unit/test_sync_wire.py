@@ -75,3 +75,16 @@ def test_change_page_becomes_cache_changes() -> None:
     assert changes_from_page(page, now) == CacheChanges(
         fetched_at=now, upserts=(RECORD,), deletes=("d2",), sequence=9
     )
+
+
+def test_a_ca_change_brings_the_whole_ca_list() -> None:
+    body = {"changes": [], "sequence": 12, "more": False, "cas": [{"name": "n", "pem": "P", "thumbprint": "t"}]}
+    page = parse_change_page(body)
+    assert page.cas == (RegisteredCA("n", "P", "t"),)
+    assert parse_change_page(body | {"cas": []}).cas == ()  # the last CA removed: an empty list, not "unchanged"
+    assert parse_change_page({"changes": [], "sequence": 12, "more": False}).cas is None
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    assert changes_from_page(page, now).cas == (RegisteredCA("n", "P", "t"),)
+    assert changes_from_page(parse_change_page(body | {"cas": []}), now).cas == ()
+    with pytest.raises(ValueError, match="cas"):
+        parse_change_page(body | {"cas": "all of them"})

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -42,6 +43,12 @@ SAME_NAME_ROOT = CA.create_root("Gateway Root", now=NOW - timedelta(days=10))  #
 STALE_EDGE = ROOT.create_child_ca("Edge CA", days=30, now=NOW - timedelta(days=400))
 NOT_A_CA = ROOT.create_child_ca("Edge CA", ca_flag=False, now=NOW - timedelta(days=10))
 FROM_NOT_A_CA = NOT_A_CA.issue_server_cert("edgegateway.local", now=NOW - timedelta(days=1))
+# A root made after the gateway's certificates were (re-keyed under its old key, as a renewed root is).
+YOUNG_ROOT = (x509.CertificateBuilder().subject_name(ROOT.cert.subject).issuer_name(ROOT.cert.subject)
+              .public_key(ROOT.private_key.public_key()).serial_number(x509.random_serial_number())
+              .not_valid_before(NOW + timedelta(hours=1)).not_valid_after(NOW + timedelta(days=3650))
+              .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+              .sign(ROOT.private_key, hashes.SHA256()))  # type: ignore[arg-type]
 
 FINE = "the gateway's certificate and chain are fine"
 SENT = "the gateway's chain does not lead to a root in ca-file (gateway sent: CN=edgegateway.local ← CN=Edge CA; "
@@ -83,7 +90,14 @@ SENT = "the gateway's chain does not lead to a root in ca-file (gateway sent: CN
         ("edgegateway.local", [SERVER.cert, STALE_EDGE.cert], [ROOT.cert], NOW, Reason.GATEWAY_CERT_EXPIRED,
          "the gateway's chain certificate CN=Edge CA expired on 2025-11-17 12:00 UTC"),
         ("edgegateway.local", [FROM_NOT_A_CA.cert, NOT_A_CA.cert], [ROOT.cert], NOW, Reason.INVALID_CHAIN,
-         "the gateway's chain is invalid: validation failed"),
+         "the gateway's chain is invalid: CN=edgegateway.local is signed by CN=Edge CA, which is not a CA "
+         "certificate"),
+        # The device's clock is behind the root in its own ca-file: the clock, not "the chain is invalid".
+        ("edgegateway.local", CHAIN, [ROOT.cert], NOW - timedelta(days=10, minutes=10),
+         Reason.GATEWAY_CERT_NOT_YET_VALID, "not valid until"),
+        ("edgegateway.local", CHAIN, [YOUNG_ROOT], NOW, Reason.GATEWAY_CERT_NOT_YET_VALID,
+         "the root in ca-file CN=Gateway Root is not valid until 2026-11-22 13:00 UTC and this device's clock "
+         "says 2026-11-22 12:00 UTC: check the clock"),
         ("edgegateway.local", [], [ROOT.cert], NOW, Reason.NO_GATEWAY_CERT, "the gateway presented no certificate"),
     ],
 )
@@ -208,8 +222,9 @@ def test_lost_connections_in_words(answered: bool, error: OSError | None, reason
 def test_verification_failure_without_the_chain(code: int, reason: Reason) -> None:
     found = verification_failure(code, "some words", "edgegateway.local", "probe refused")
     assert found.reason is reason
+    clock = ": check this device's clock (NTP) and the gateway's" if code in (9, 10) else ""
     assert str(found) == ("the gateway's certificate failed verification for edgegateway.local: some words "
-                          "(probe refused)")
+                          "(probe refused)" + clock)
 
 
 # Every reason, and whether retrying can fix it. The table must name them all.
@@ -222,7 +237,7 @@ RETRY_HELPS = {
     Reason.NAME_UNRESOLVED: True, Reason.UNREACHABLE: True, Reason.TIMED_OUT: True, Reason.CONNECTION_LOST: True,
     Reason.NO_CONNACK: True, Reason.UNACCEPTABLE_PROTOCOL: False, Reason.IDENTIFIER_REJECTED: False,
     Reason.SERVER_UNAVAILABLE: True, Reason.BAD_CREDENTIALS: False, Reason.NOT_AUTHORIZED: False,
-    Reason.REFUSED: True,
+    Reason.REFUSED: True, Reason.DEVICE_CERT_NOT_YET_VALID: True,
 }
 
 
@@ -322,3 +337,25 @@ def test_missing_or_mismatched_files_exit_1_before_dialling(tmp_path: Path, caps
     with pytest.raises(SystemExit) as usage:
         main([*base, "--ca-file", str(root)])
     assert usage.value.code == 2
+
+
+DEVICE = ROOT.issue_device_cert("TempSensor", not_before=NOW - timedelta(days=1), not_after=NOW + timedelta(days=30))
+
+
+@pytest.mark.parametrize(
+    ("now", "reason", "fatal", "words"),
+    [
+        (NOW - timedelta(days=40), Reason.DEVICE_CERT_NOT_YET_VALID, False,
+         "not authorized: this device's certificate is valid from 2026-11-21 12:00 UTC and this device's clock says "
+         "2026-10-13 12:00 UTC: check the clock"),
+        (NOW + timedelta(days=40), Reason.DEVICE_CERT_EXPIRED, True,
+         "not authorized: this device's certificate expired on 2026-12-22 12:00 UTC"),
+        (NOW, Reason.NOT_AUTHORIZED, True, "not authorized: the gateway does not recognise"),
+    ],
+)
+def test_a_refusal_its_own_dates_explain_names_the_clock(now: datetime, reason: Reason, fatal: bool,
+                                                          words: str) -> None:
+    found = connack_refusal(5, "TempSensor", "user", own_cert=DEVICE.cert, now=now)
+    assert found.reason is reason
+    assert found.fatal is fatal
+    assert str(found).startswith(words)

@@ -1,7 +1,7 @@
 """The outbox's dead letters: messages the hub refused for good, with its reason.
 
-Revision ID: 0003_outbox_dead_letters
-Revises: 0002_outbox
+Revision ID: 0004_outbox_dead_letters
+Revises: 0003_twins_twin_cache
 Create Date: 2026-12-01
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003_outbox_dead_letters"
-down_revision = "0002_outbox"
+revision = "0004_outbox_dead_letters"
+down_revision = "0003_twins_twin_cache"
 branch_labels = None
 depends_on = None
 

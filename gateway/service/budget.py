@@ -1,0 +1,106 @@
+"""How many device connections fit in the descriptors and the memory the gateway is given (pure).
+
+Two things run out before `max_connections` does on a small machine: open files (every device is a
+socket) and memory (every idle authenticated TLS device costs tens of KiB). The budget keeps a reserve
+of both for what must never starve: the hub link, the database, the status file, the health endpoint.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+MIB = 1024 * 1024
+
+# Descriptors that are not device sockets: the listening sockets, epoll, the hub link's HTTP pool
+# (forwarder, sync, cloud-to-device), SQLite's database, -wal and -shm files for two engines, the status
+# file's temporary, the health endpoint and its clients, stdio, and the sockets the event loop has
+# accepted in one batch but not yet refused (asyncio and uvloop accept up to the listen backlog's worth
+# before `connection_made` can refuse them). 128 covers that with room; 5 % scales it for big limits.
+FD_RESERVE_MIN = 128
+FD_RESERVE_FRACTION = 0.05
+# An idle gateway with its cache loaded: ~77 MiB measured (issue 18), rounded up.
+MEMORY_BASELINE = 80 * MIB
+# One idle authenticated TLS device: ~58 KiB measured (issue 18: 38 KiB OpenSSL, the rest amqtt's
+# session and the front door), rounded up for the handshake's transient allocations.
+MEMORY_PER_CONNECTION = 64 * 1024
+# Kept free for the outbox's in-memory batches, the cache, sync pages and reconnect bursts.
+MEMORY_MARGIN_FRACTION = 0.2
+# A memory limit at or above this is "no limit" (cgroup v1 writes 2**63 rounded to a page).
+UNLIMITED_MEMORY = 1 << 60
+
+
+class Limiter(enum.Enum):
+    """What decided the effective max_connections."""
+
+    CONFIGURED = "configured"
+    OPEN_FILES = "open_files"
+    MEMORY = "memory"
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    """What the process may use: its open-files limit and its memory limit (None: no limit)."""
+
+    open_files: int
+    memory: int | None = None
+    memory_source: str = "none"  # "cgroup v2 memory.max", "cgroup v1 memory.limit_in_bytes", "[limits] memory"
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionBudget:
+    """The effective max_connections and how it was reached."""
+
+    max_connections: int
+    configured: int
+    by_open_files: int
+    by_memory: int | None
+    limiter: Limiter
+    resources: Resources
+
+    @property
+    def capped(self) -> bool:
+        return self.limiter is not Limiter.CONFIGURED
+
+    def sentence(self) -> str:
+        """One line for the log and `edgegate check`: the figures and, when capped, what to change."""
+        res = self.resources
+        memory = "no memory limit" if res.memory is None else f"{res.memory // MIB} MiB memory ({res.memory_source})"
+        figures = (f"{res.open_files} open files allow {self.by_open_files} devices; " + memory +
+                   ("" if self.by_memory is None else f" allows {self.by_memory}"))
+        if self.limiter is Limiter.CONFIGURED:
+            return f"max_connections {self.configured} fits: {figures}"
+        if self.limiter is Limiter.OPEN_FILES:
+            fix = "raise LimitNOFILE= in the unit (or `ulimit -n` / the hard nofile limit)"
+        else:
+            fix = "raise MemoryMax= (or [limits] memory) if the machine has the memory"
+        return (f"max_connections capped from {self.configured} to {self.max_connections} by {self.limiter.value}: "
+                f"{figures}; to admit more, {fix}")
+
+
+def fd_reserve(open_files: int) -> int:
+    return max(FD_RESERVE_MIN, int(open_files * FD_RESERVE_FRACTION))
+
+
+def connections_for_open_files(open_files: int) -> int:
+    return max(0, open_files - fd_reserve(open_files))
+
+
+def connections_for_memory(memory: int | None) -> int | None:
+    if memory is None or memory >= UNLIMITED_MEMORY:
+        return None
+    usable = memory * (1 - MEMORY_MARGIN_FRACTION) - MEMORY_BASELINE
+    return max(0, int(usable // MEMORY_PER_CONNECTION))
+
+
+def connection_budget(configured: int, resources: Resources) -> ConnectionBudget:
+    """The smallest of the configured maximum and what the descriptors and memory allow (at least 1:
+    a gateway that admits nobody is a configuration error the sentence explains, not a crash)."""
+    by_fds = connections_for_open_files(resources.open_files)
+    by_memory = connections_for_memory(resources.memory)
+    effective, limiter = configured, Limiter.CONFIGURED
+    if by_fds < effective:
+        effective, limiter = by_fds, Limiter.OPEN_FILES
+    if by_memory is not None and by_memory < effective:
+        effective, limiter = by_memory, Limiter.MEMORY
+    return ConnectionBudget(max(1, effective), configured, by_fds, by_memory, limiter, resources)

@@ -1,0 +1,104 @@
+"""BrokerPort with real amqtt behind it, driven as the front door drives it: sessions are opened with a
+re-encoded CONNECT, fed authorized bytes, and write whole packets back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gateway.broker.port import BrokerPort
+from gateway.mqtt import codec
+from gateway.mqtt.packets import PacketType
+
+
+class Output:
+    """What a device connection would be to its broker session: it collects the packets."""
+
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        self.packets.append(data)
+
+    def drain_waiter(self) -> asyncio.Future[None] | None:
+        return None
+
+    def broker_closed(self) -> None:
+        self.closed = True
+
+    def types(self) -> list[int]:
+        return [p[0] >> 4 for p in self.packets]
+
+
+async def until(predicate: object, seconds: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not predicate():  # type: ignore[operator]
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.01)
+
+
+async def open_device(port: BrokerPort, device_id: str, filters: list[str], *, clean: bool = False) -> Output:
+    out = Output()
+    link = port.attach(device_id, clean, out, ("127.0.0.1", 1))
+    await until(lambda: PacketType.CONNACK in out.types())
+    if filters:
+        link.forward(codec.encode_subscribe(1, [(f, 1) for f in filters]))
+        await until(lambda: PacketType.SUBACK in out.types())
+    return out
+
+
+@pytest.mark.asyncio
+async def test_connack_comes_from_the_broker_and_c2d_reaches_the_subscriber() -> None:
+    port = BrokerPort()
+    await port.start()
+    try:
+        out = await open_device(port, "dev-a", ["devices/dev-a/messages/devicebound/#"])
+        assert port.filters_held("dev-a") == 1
+        await port.deliver("devices/dev-a/messages/devicebound/", b"hello", 1)
+        await until(lambda: PacketType.PUBLISH in out.types())
+    finally:
+        await port.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_connect_offers_retained_messages_for_its_own_filters_only() -> None:
+    port = BrokerPort()
+    await port.start()
+    offered: list[tuple[str, str | None]] = []
+    broker = port.broker
+    original = broker._publish_retained_messages_for_subscription
+
+    async def counting(subscription: tuple[str, int], session: object) -> None:
+        offered.append((subscription[0], getattr(session, "client_id", None)))
+        await original(subscription, session)  # type: ignore[arg-type]
+
+    broker._publish_retained_messages_for_subscription = counting  # type: ignore[method-assign]
+    try:
+        for n in range(20):
+            await open_device(port, f"dev-{n}", [f"devices/dev-{n}/messages/devicebound/#"])
+        await broker.retain_message(None, "devices/dev-0/messages/devicebound/x", b"kept", 1)
+        offered.clear()
+        await open_device(port, "dev-new", [])
+        assert offered == []  # amqtt itself walks all 20 filters here
+    finally:
+        await port.stop()
+
+
+@pytest.mark.asyncio
+async def test_a_leftover_clean_session_is_forgotten_before_a_persistent_connect() -> None:
+    port = BrokerPort()
+    await port.start()
+    try:
+        out = Output()
+        link = port.attach("dev-c", True, out, ("127.0.0.1", 1))
+        await until(lambda: PacketType.CONNACK in out.types())
+        link.close()
+        await until(lambda: not port.broker._sessions["dev-c"][0].transitions.is_connected())
+        assert port.has_leftover_clean_session("dev-c", clean_session=False)
+        assert not port.has_leftover_clean_session("dev-c", clean_session=True)
+        await port.forget_session("dev-c")
+        assert not port.has_leftover_clean_session("dev-c", clean_session=False)
+    finally:
+        await port.stop()
