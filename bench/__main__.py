@@ -16,8 +16,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+from bench import disk
 from bench.authbench import auth_p99_ms
-from bench.edgegate_target import EdgegateTarget
+from bench.edgegate_target import EdgegateProcessTarget, EdgegateTarget
 from bench.load import (
     HeldConnections,
     device_id,
@@ -28,9 +29,13 @@ from bench.load import (
 )
 from bench.pki import BenchPKI
 from bench.report import Figure, machine, table
-from bench.targets import AmqttTarget, MosquittoTarget, Target
+from bench.targets import AmqttTarget, MosquittoPersistTarget, MosquittoTarget, Target
 
-TARGETS: dict[str, type[Target]] = {"edgegate": EdgegateTarget, "amqtt": AmqttTarget, "mosquitto": MosquittoTarget}
+TARGETS: dict[str, type[Target]] = {"edgegate": EdgegateTarget, "amqtt": AmqttTarget, "mosquitto": MosquittoTarget,
+                                    "edgegate-process": EdgegateProcessTarget,
+                                    "mosquitto-persist": MosquittoPersistTarget}
+# Targets that keep messages on disk: the disk figures are measured for these only.
+PERSISTENT = ("edgegate", "edgegate-process", "mosquitto-persist")
 
 
 class Sizes:
@@ -46,17 +51,39 @@ class Sizes:
         self.mem_large = 600 if quick else 10_000  # the performance issue's figure
         self.backlog = 5_000 if quick else 100_000
         self.auth_devices = 100_000
+        self.fleet = 1_000  # devices x 1 msg/s: the SD-card issue's figure, at full size even in --quick
+        self.fleet_seconds = 15.0 if quick else 60.0
 
     @property
     def devices(self) -> int:
-        return FIRST_IDLE + self.mem_large
+        return max(FIRST_IDLE + self.mem_large, self.fleet)
 
 
 FIRST_IDLE = 20  # devices 0..19 publish; idle connections use the ids after them
 
 
-def measure(name: str, target: Target, s: Sizes, figs: dict[str, Figure], pki: BenchPKI) -> None:
+def measure_disk(name: str, target: Target, s: Sizes, figs: dict[str, Figure], pki: BenchPKI) -> None:
+    """Disk bytes per message, sync calls/s and PUBACK latency: a fleet's trickle, then one fast publisher."""
+    trickle = disk.fleet(target, pki, 0, s.fleet, s.fleet_seconds)
+    figs["fleet_bytes"].add(name, trickle["bytes_per_msg"])
+    figs["fleet_syncs"].add(name, trickle["syncs_per_s"])
+    figs["fleet_p50"].add(name, trickle["p50_ms"])
+    figs["fleet_p99"].add(name, trickle["p99_ms"])
+    fast = disk.fast_publisher(target, s.messages)
+    figs["fast_bytes"].add(name, fast["bytes_per_msg"])
+    figs["fast_syncs"].add(name, fast["syncs_per_s"])
+    figs["fast_rate"].add(name, fast["rate"])
+
+
+def measure(name: str, target: Target, s: Sizes, figs: dict[str, Figure], pki: BenchPKI,
+            only_disk: bool = False) -> None:
     target.start()
+    if only_disk:
+        try:
+            measure_disk(name, target, s, figs, pki)
+        finally:
+            target.stop()
+        return
     held: list[HeldConnections] = []
 
     def hold(count: int) -> HeldConnections:
@@ -93,6 +120,8 @@ def measure(name: str, target: Target, s: Sizes, figs: dict[str, Figure], pki: B
         for h in held:
             h.close()
         held.clear()
+        if name in PERSISTENT:
+            measure_disk(name, target, s, figs, pki)
         if isinstance(target, EdgegateTarget):
             figs["drain"].add(name, drain_rate(target, s.backlog))
     finally:
@@ -148,6 +177,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, help="runs per figure (default 3, quick 1)")
     parser.add_argument("--targets", default="edgegate,amqtt,mosquitto")
     parser.add_argument("--write", type=Path, help="write the report (Markdown) to this file")
+    parser.add_argument("--only-disk", action="store_true",
+                        help="only the disk figures (bytes/message, fdatasync/s, fleet PUBACK latency)")
     args = parser.parse_args()
     runs = args.runs or (1 if args.quick else 3)
     sizes = Sizes(args.quick)
@@ -171,7 +202,17 @@ def main() -> None:
         "drain": Figure(f"backlog drain, {sizes.backlog:,} messages to the hub", "msg/s", True),
         "auth_ss": Figure("auth decision p99, thumbprint, 100k cached", "ms", False),
         "auth_ca": Figure("auth decision p99, CA chain, 100k cached", "ms", False),
+        "fleet_bytes": Figure(f"disk bytes written per 100-byte message, {sizes.fleet:,} devices x 1 msg/s",
+                              "B/msg", False),
+        "fleet_syncs": Figure(f"  fdatasync+fsync calls, {sizes.fleet:,} devices x 1 msg/s", "1/s", False),
+        "fleet_p50": Figure(f"  PUBACK p50, {sizes.fleet:,} devices x 1 msg/s", "ms", False),
+        "fleet_p99": Figure(f"  PUBACK p99, {sizes.fleet:,} devices x 1 msg/s", "ms", False),
+        "fast_bytes": Figure("disk bytes written per ~75-byte message, 1 fast QoS 1 publisher", "B/msg", False),
+        "fast_syncs": Figure("  fdatasync+fsync calls, 1 fast QoS 1 publisher", "1/s", False),
+        "fast_rate": Figure("  QoS 1 ingest while measured, 1 publisher", "msg/s", True),
     }
+    if args.only_disk:
+        figs = {k: v for k, v in figs.items() if k.startswith(("fleet_", "fast_"))}
     with tempfile.TemporaryDirectory(prefix="edgegate-bench-") as tmp:
         work = Path(tmp)
         pki = BenchPKI.create(work / "pki")
@@ -183,8 +224,8 @@ def main() -> None:
                 print(f"run {run + 1}/{runs}: {name} ...", flush=True)
                 target = TARGETS[name](name, pki, work)
                 target.prepare(ids)
-                measure(name, target, sizes, figs, pki)
-            if "edgegate" in names:
+                measure(name, target, sizes, figs, pki, only_disk=args.only_disk)
+            if "edgegate" in names and not args.only_disk:
                 p99 = auth_p99_ms(sizes.auth_devices)
                 figs["auth_ss"].add("edgegate", p99["thumbprint"])
                 figs["auth_ca"].add("edgegate", p99["ca_chain"])

@@ -24,6 +24,7 @@ GATEWAY = "bench-gw"
 class EdgegateTarget(Target):
     devices: int = 0
     hub: HubProcess | None = None
+    durability = "fsync"  # [outbox] durability
 
     def prepare(self, device_ids: list[str]) -> None:
         self.devices = len(device_ids)
@@ -51,7 +52,7 @@ class EdgegateTarget(Target):
             f'[listener]\nbind = "127.0.0.1"\nport = {self.port}\n\n[limits]\nmax_connections = 20000\n\n'
             f'[hub]\nhostname = "{self.hub.hostname}"\nurl = "{self.hub.api_url}"\ngateway_id = "{GATEWAY}"\n'
             f'identity_cert = "{self.identity}"\nidentity_pk = "{self.identity_key}"\n'
-            f'trust_bundle_cert = "{self.hub.hub_root}"\n'
+            f'trust_bundle_cert = "{self.hub.hub_root}"\n\n[outbox]\ndurability = "{self.durability}"\n'
         )
         self.state = state
 
@@ -93,3 +94,9 @@ def _seed(hub: HubProcess, device_ids: list[str]) -> None:
     engine.dispose()
 
 
+
+
+class EdgegateProcessTarget(EdgegateTarget):
+    """edgegate with `[outbox] durability = "process"`: no fdatasync; survives a crash, not a power cut."""
+
+    durability = "process"

@@ -125,3 +125,17 @@ class AmqttTarget(Target):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "bench.amqtt_server", str(self.port), str(self.pki.server_chain),
                 str(self.pki.server_key), str(self.pki.root_path)]
+
+
+class MosquittoPersistTarget(MosquittoTarget):
+    """Mosquitto with `persistence true` (its defaults otherwise: the in-memory state is saved to
+    mosquitto.db every autosave_interval, 1800 s, and at shutdown; nothing is synced per message)."""
+
+    def command(self) -> list[str]:
+        argv = super().command()
+        conf = self.workdir / "mosquitto.conf"
+        store = self.workdir / "mosquitto-persist"
+        store.mkdir(exist_ok=True)
+        conf.write_text(conf.read_text().replace("persistence false\n",
+                                                 f"persistence true\npersistence_location {store}/\n"))
+        return argv

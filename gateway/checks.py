@@ -11,7 +11,7 @@ import ssl
 import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from cryptography import x509
@@ -289,3 +289,27 @@ def connection_budget(budget: ConnectionBudget) -> CheckResult:
     if budget.capped:
         return warn(title, budget.sentence())
     return ok(title, budget.sentence())
+
+
+# ---- state directory and outbox ------------------------------------------------------------------
+
+
+def state_dir_writable(path: Path, problem: str | None) -> CheckResult:
+    """`problem` is what writing a probe file into the state directory ran into (None: it worked)."""
+    title = "state directory is writable"
+    if problem is not None:
+        return fail(title, problem)
+    return ok(title, str(path))
+
+
+def outbox_promise(time_to_live: timedelta | None, durability: str, max_bytes: int) -> CheckResult:
+    """What the outbox promises for a hub outage: how long messages are kept, and what survives what."""
+    title = "outbox keeps telemetry while the hub is unreachable"
+    kept = ("for as long as it takes (time_to_live = \"forever\"), up to outbox.max_bytes "
+            f"({max_bytes} bytes) and the disk's free space; then new messages are refused, not old ones dropped"
+            if time_to_live is None else
+            f"for {time_to_live.total_seconds():g} s of queued time (time_to_live), then they are dropped and counted")
+    if durability == "process":
+        return warn(title, f"{kept}; durability = \"process\": an acknowledged message survives a crash of "
+                           "the gateway but NOT a power cut (use \"fsync\" where power can fail)")
+    return ok(title, f"{kept}; durability = \"fsync\": an acknowledged message survives a power cut")

@@ -90,7 +90,8 @@ KNOWN_KEYS: dict[str, frozenset[str]] = {
         {"hostname", "port", "url", "gateway_id", "identity_cert", "identity_pk", "trust_bundle_cert"}
     ),
     "sync": frozenset({"offline_trust", "full_resync_interval", "delta_interval", "cache_miss_wait"}),
-    "outbox": frozenset({"time_to_live", "max_messages", "max_bytes", "per_device_max_messages"}),
+    "outbox": frozenset({"time_to_live", "max_messages", "max_bytes", "per_device_max_messages"}
+                        | {"commit_interval", "durability", "disk_reserve"}),
     "storage": frozenset({"url"}),
 }
 
@@ -113,6 +114,7 @@ IOT_EDGE_ONLY_KEYS: dict[str, frozenset[str]] = {
 HUB_REQUIRED = ("hostname", "gateway_id", "identity_cert", "identity_pk", "trust_bundle_cert")
 DEFAULT_HUB_PORT = 8443  # the hub API over HTTPS (Azure IoT Hub itself listens on 443)
 SUPPORTED_DATABASES = ("sqlite", "postgresql")
+OUTBOX_DURABILITY = ("fsync", "process")
 MAX_CONFIG_BYTES = 1024 * 1024
 _SECOND = timedelta(seconds=1)
 _DAY = timedelta(days=1)
@@ -206,12 +208,16 @@ class SyncConfig:
 
 @dataclass(frozen=True, slots=True)
 class OutboxConfig:
-    """Store-and-forward bounds."""
+    """Store-and-forward bounds, group commit and durability (docs/CONFIG.md compares the two modes)."""
 
-    time_to_live: timedelta = timedelta(hours=2)  # edgeHub's timeToLiveSecs in every deployment template
+    # None: kept "for as long as it takes" (README), bounded by max_bytes, max_messages and the disk.
+    time_to_live: timedelta | None = None
     max_messages: int = 1_000_000
     max_bytes: int = 1024**3
     per_device_max_messages: int = 100_000
+    commit_interval: timedelta = timedelta(milliseconds=30)  # group commit linger (gateway.outbox.store)
+    durability: str = "fsync"  # "fsync": survives a power cut; "process": survives a crash of the gateway
+    disk_reserve: int = 64 * 1024**2  # free bytes kept back from new messages (capped at 1/8 of the disk)
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -566,13 +572,24 @@ def _outbox(section: Section, limits: LimitsConfig) -> OutboxConfig:
             "a message of the largest allowed size could never be buffered",
             f"make it at least {limits.max_packet_size}",
         )
+    durability = section.string("durability") or defaults.durability
+    if durability not in OUTBOX_DURABILITY:
+        raise section.error(
+            "durability", f"is {durability!r}", 'write "fsync" (survives a power cut, the default) or "process" '
+            "(survives a crash of the gateway, not a power cut; fewer disk writes)"
+        )
     return OutboxConfig(
-        time_to_live=section.duration(
+        time_to_live=section.duration_or_forever(
             "time_to_live", defaults.time_to_live, low=_SECOND, high=timedelta(days=3650)
         ),
         max_messages=max_messages,
         max_bytes=max_bytes,
         per_device_max_messages=per_device,
+        commit_interval=section.duration(
+            "commit_interval", defaults.commit_interval, low=timedelta(0), high=_SECOND
+        ),
+        durability=durability,
+        disk_reserve=section.integer("disk_reserve", defaults.disk_reserve, low=0, high=1024**4),
     )
 
 

@@ -7,6 +7,7 @@
     │   └── PacketTooLarge     a packet's remaining length is over the configured maximum
     ├── HubError               talking to the hub failed
     │   ├── HubUnavailable     refused, timed out, blackholed, 5xx, bad server cert: go offline
+    │   │   └── HubRefusedContent  400/413/422 (or marked permanent): the request, not the hub, is wrong
     │   └── HubRejected        the hub refused *us* (401/403): loud, but the cache is kept
     ├── EstError               enrolling or renewing a certificate over EST (RFC 7030) failed
     │   ├── EstUnavailable     refused, timed out, 5xx, pending: keep what we hold and retry
@@ -63,6 +64,18 @@ class HubError(EdgegateError):
 
 class HubUnavailable(HubError):
     """The hub cannot be reached or trusted right now; the gateway goes offline."""
+
+
+class HubRefusedContent(HubUnavailable):
+    """The hub refused what we sent for good (400, 413, 422, or its body says "permanent": true).
+
+    A HubUnavailable for every caller that does not know better; the forwarder narrows the batch down
+    to the messages at fault and moves them to the dead-letter table.
+    """
+
+    def __init__(self, status: int, reason: str, detail: str, text: str) -> None:
+        self.status, self.reason, self.detail = status, reason, detail
+        super().__init__(text)
 
 
 class HubRejected(HubError):

@@ -24,13 +24,12 @@ from gateway.cache.directory import DeviceDirectory
 from gateway.cache.repository import CacheRepository
 from gateway.clock_watch import ClockWatch
 from gateway.config import Config, load_config
-from gateway.errors import EdgegateError
+from gateway.errors import ConfigError, EdgegateError
 from gateway.est import adopt as est_adopt
 from gateway.est.keeper import EstKeeper
 from gateway.frontdoor.server import FrontDoor, FrontDoorLimits
 from gateway.metrics import Counters
-from gateway.outbox.bounds import OutboxLimits
-from gateway.outbox.store import Outbox
+from gateway.outbox.wiring import OUTBOX_DIR, outbox_from_config
 from gateway.pki import load_certs
 from gateway.records import DeviceRecord
 from gateway.server_identity import ServerCertKeeper, describe_chain, load_edge_ca, server_cert
@@ -44,6 +43,7 @@ from gateway.service.resources import raise_open_files, read_resources
 from gateway.service.supervisor import Supervisor
 from gateway.session_sweep import SessionSweep
 from gateway.store.db import DatabaseThread, open_engine, redacted
+from gateway.store.guard import history_problems, state_dir_problem, write_note
 from gateway.store.migrate import migrate
 from gateway.sync.hubclient import HubClient
 from gateway.sync.loop import RegistrySync
@@ -91,6 +91,8 @@ class Gateway:
 
     def __init__(self, config: Config, clock: Callable[[], datetime]) -> None:
         self.config, self.clock = config, clock
+        self.outbox_dir = config.state_dir / OUTBOX_DIR
+        self.state_problems: list[str] = []
         self.counters = Counters()
         self.supervisor = Supervisor(self.counters)
         self.notifier = Notifier()
@@ -139,6 +141,12 @@ class Gateway:
 
     async def _start(self) -> None:
         config = self.config
+        problem = state_dir_problem(config.state_dir)
+        if problem is not None:
+            raise ConfigError(str(config.source), "state_dir", problem)
+        self.state_problems = history_problems(config.state_dir, config.storage.url, self.outbox_dir)
+        for lost in self.state_problems:
+            log.critical("STATE LOST: %s", lost)
         config.state_dir.mkdir(parents=True, exist_ok=True)
         self.budget = self._size()
         # Every decision from here on acts on the clock watch's time, which is the wall clock only while
@@ -177,11 +185,10 @@ class Gateway:
             cache_miss_wait=config.sync.cache_miss_wait.total_seconds(),
         )
 
-        ob = config.outbox
-        self.outbox = Outbox(open_engine(url), OutboxLimits(ob.time_to_live.total_seconds(), ob.max_messages,
-                                                            ob.max_bytes, ob.per_device_max_messages),
-                             counters=self.counters, clock=self.clock_watch.epoch)
+        self.outbox = outbox_from_config(config, self.outbox_dir, self.engine, self.counters,
+                                         wallclock=self.clock_watch.epoch)
         await self.outbox.open()
+        write_note(config.state_dir, url, self.outbox_dir)
 
         self.broker = BrokerPort()
         await self.broker.start()
@@ -293,6 +300,7 @@ class Gateway:
             "connected_devices": len(self.door.online),
             "devices": sorted(self.door.online),
             "outbox_depth": self.outbox.messages,
+            "outbox_store": {**self.outbox.status(), "state_problems": self.state_problems},
             "outbox": self.forwarder.status() if self.forwarder else {"state": "no hub configured",
                                                                        "queue": self.outbox.depth()},
             "sync": self.sync.describe() if self.sync else {"state": "not configured"},
@@ -382,6 +390,7 @@ class Gateway:
                 await asyncio.wait_for(step(), STOP_STEP_TIMEOUT)
             except Exception as exc:
                 log.error("stopping the %s failed, going on: %s: %s", what, type(exc).__name__, exc)
+        write_note(self.config.state_dir, self.config.storage.url, self.outbox_dir)
         self.twins.close()
         self.cache_db.close()
         self.clock_watch.persist()

@@ -304,12 +304,13 @@ def _send(args: argparse.Namespace) -> int:
 
 
 def _fault(args: argparse.Namespace) -> int:
-    if args.action in ("error", "latency") and args.value is None:
+    if args.action in ("error", "latency", "poison") and args.value is None:
         raise UsageError(
             f"fault {args.action} needs a value: "
-            + ("a status, e.g. 503" if args.action == "error" else "milliseconds, e.g. 500")
+            + {"error": "a status, e.g. 503", "latency": "milliseconds, e.g. 500",
+               "poison": "a status, e.g. 400"}[args.action]
         )
-    if args.action not in ("error", "latency") and args.value is not None:
+    if args.action not in ("error", "latency", "poison") and args.value is not None:
         raise UsageError(f"fault {args.action} takes no value")
     _print_json(_client(args).fault(args.action, args.value))
     return 0
@@ -554,8 +555,9 @@ def build_parser() -> argparse.ArgumentParser:
     invoke.set_defaults(func=_invoke)
 
     fault = verbs.add_parser("fault", parents=[conn], help="fault switches on the API port")
-    fault.add_argument("action", choices=["down", "up", "blackhole", "error", "latency", "clear"])
-    fault.add_argument("value", type=int, nargs="?", help="error: HTTP status; latency: milliseconds")
+    fault.add_argument("action", choices=["down", "up", "blackhole", "error", "latency", "clear", "poison"])
+    fault.add_argument("value", type=int, nargs="?",
+                       help="error: HTTP status; latency: milliseconds; poison: the 4xx for a POISON payload")
     fault.set_defaults(func=_fault)
 
     est = verbs.add_parser("est", help="the EST server (RFC 7030): issued certificates, policy, faults").add_subparsers(

@@ -26,6 +26,8 @@ from hub_mock.registry import check_id
 MAX_BATCH = 5000
 # IoT Hub's message id limit.
 MAX_MESSAGE_ID = 128
+# A payload holding this is refused while the "poison" fault is on (faults.py).
+POISON_MARKER = b"POISON"
 
 
 class MessageRow(Base):
@@ -222,3 +224,12 @@ class MessageStore:
             for row in rows
         ]
         return messages, total
+
+
+def poisoned_ids(body: bytes) -> list[str]:
+    """Ids of the messages in a batch body whose payload holds POISON_MARKER (an unparsable body: none)."""
+    try:
+        batch = parse_batch(json.loads(body))
+    except (ValueError, Invalid):
+        return []
+    return [m.message_id for m in batch if POISON_MARKER in m.payload]

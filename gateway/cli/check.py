@@ -20,6 +20,7 @@ from gateway.config import Config, HubConfig, load_config
 from gateway.errors import ConfigError, EdgegateError
 from gateway.pki import CA, is_self_signed, load_certs
 from gateway.store.db import database_exists, migration_status, redacted
+from gateway.store.guard import state_dir_problem
 from gateway.tls.contexts import build_hub_client_context
 
 HUB_TIMEOUT = 3.0  # seconds for connect + handshake + first answer: a check, not a retry loop
@@ -53,6 +54,9 @@ def run_checks(path: Path, now: datetime) -> list[CheckResult]:
         results.append(checks.hub_not_configured() if config.hub is None
                        else checks.hub_reachable(config.hub, probe_hub(config.hub, HUB_TIMEOUT)))
     results.append(_database(config.storage.url))
+    results.append(checks.state_dir_writable(config.state_dir, state_dir_problem(config.state_dir)))
+    ob = config.outbox
+    results.append(checks.outbox_promise(ob.time_to_live, ob.durability, ob.max_bytes))
     results.append(_clock(config, now))
     results.append(_capacity(config))
     return results

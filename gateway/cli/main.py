@@ -18,6 +18,7 @@ VERB_MODULES = (
     "gateway.cli.status",
     "gateway.cli.db",
     "gateway.cli.demo",
+    "gateway.cli.outbox",
     "gateway.cli.service",
 )
 

@@ -20,6 +20,7 @@ from gateway.cache.records import CacheSummary
 from gateway.cache.repository import CacheRepository
 from gateway.config import Config, load_config
 from gateway.errors import StorageError
+from gateway.outbox.dead_letters import DeadLetters
 from gateway.store.db import current_revision, database_exists, head_revision, open_engine, redacted
 from gateway.sync.status_file import STATUS_FILE_NAME, read_status
 
@@ -57,12 +58,16 @@ def build_report(
     live: dict[str, Any] | None,
     now: datetime,
     offline_trust: timedelta | None,
+    time_to_live: timedelta | None = None,
+    durability: str = "fsync",
+    dead_letters: tuple[int, int] | None = None,
     pid_alive: bool | None = None,
 ) -> dict[str, Any]:
     """The status as one JSON-able dict, from what the database and status.json say (pure). `pid_alive`
     is whether the pid status.json names is a live process (None: not looked at)."""
     written = _parse_time(live.get("written_at")) if live else None
     running = written is not None and now - written <= STATUS_STALE_AFTER and pid_alive is not False
+    store = live.get("outbox_store") if running and live else None
     report: dict[str, Any] = {
         "database": {"url": database, "revision": revision, "head": head, "up_to_date": revision == head},
         "gateway": {
@@ -80,6 +85,14 @@ def build_report(
         "outbox_depth": live.get("outbox_depth") if running and live else None,
         "devices": live.get("devices") if running and live else None,
         "forwarder": live.get("outbox") if running and live else None,
+        "outbox_store": {
+            # The configured promise, shown whether or not the gateway runs (README: "as long as it takes").
+            "time_to_live_seconds": None if time_to_live is None else time_to_live.total_seconds(),
+            "durability": durability,
+            "dead_letters": dead_letters[0] if dead_letters else None,
+            "requeue_requested": dead_letters[1] if dead_letters else None,
+            "live": store if isinstance(store, dict) else None,
+        },
         "twins": live.get("twins") if running and live else None,
         "clock": live.get("clock") if running and live else None,
     }
@@ -185,6 +198,7 @@ def render_text(report: dict[str, Any], now: datetime) -> str:
         waiting = twins.get("queued_reported_patches")
         lines.append(f"twins        {twins.get('cached_twins')} cached, {waiting} reported patches waiting for "
                      f"the hub; hub {twins.get('hub')}")
+    lines += outbox_lines(report.get("outbox_store"))
     return "\n".join(lines)
 
 
@@ -234,6 +248,32 @@ def pid_alive(pid: object) -> bool | None:
     return True
 
 
+def outbox_lines(store: dict[str, Any] | None) -> list[str]:
+    """Time-to-live, durability, dead letters, disk and refusals of the outbox, as text lines (pure)."""
+    if not store:
+        return []
+    ttl = store.get("time_to_live_seconds")
+    kept = "for as long as it takes (time_to_live = \"forever\")" if ttl is None else \
+        f"for {ttl:g}s of queued time, then expired (time_to_live)"
+    promise = {"fsync": "survives a power cut", "process": "survives a gateway crash, NOT a power cut"}
+    durability = store.get("durability", "fsync")
+    lines = [f"             messages kept {kept}",
+             f"             durability {durability}: {promise.get(durability, '?')}"]
+    dead = store.get("dead_letters")
+    if dead:
+        lines.append(f"dead letters {dead} refused by the hub for good ({store.get('requeue_requested') or 0} "
+                     "waiting to be re-queued): `edgegate outbox list`")
+    live = store.get("live")
+    if isinstance(live, dict):
+        lines.append(f"             on disk {live.get('disk_bytes', 0)} bytes in {live.get('segments', 0)} segments, "
+                     f"{live.get('free_bytes', 0)} free (reserve {live.get('reserve_bytes', 0)})")
+        if live.get("refusing"):
+            lines.append(f"             REFUSING NEW MESSAGES: {live['refusing']}")
+        for problem in live.get("state_problems") or []:
+            lines.append(f"STATE LOST   {problem}")
+    return lines
+
+
 def _status(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     url = config.storage.url
@@ -242,6 +282,7 @@ def _status(args: argparse.Namespace) -> int:
     head = head_revision()
     revision: str | None = None
     summary: CacheSummary | None = None
+    dead_letters: tuple[int, int] | None = None
     try:
         if database_exists(url):
             engine = open_engine(url)
@@ -249,6 +290,8 @@ def _status(args: argparse.Namespace) -> int:
                 revision = current_revision(engine)
                 if revision is not None:
                     summary = CacheRepository(engine).summary()
+                if revision == head:
+                    dead_letters = DeadLetters(engine).count()
             finally:
                 engine.dispose()
     except StorageError as exc:
@@ -262,6 +305,9 @@ def _status(args: argparse.Namespace) -> int:
         live=live,
         now=now,
         offline_trust=config.sync.offline_trust,
+        time_to_live=config.outbox.time_to_live,
+        durability=config.outbox.durability,
+        dead_letters=dead_letters,
         pid_alive=pid_alive(live.get("pid")) if live else None,
     )
     if report.get("clock") is None:

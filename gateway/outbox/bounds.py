@@ -3,14 +3,22 @@
 Policy when full: refuse the *new* message, never evict an acknowledged one. `Outbox.submit` raises
 `OutboxFull` synchronously; a QoS 1 publisher gets no PUBACK and keeps the message (the front door
 disconnects it to push back), a QoS 0 message is dropped by the front door and counted there. Each
-refusal is counted by the bound that refused it. Expired messages (time-to-live) are the only ones
-that leave without reaching the hub, and they are counted too.
+refusal is counted by the bound that refused it. Expired messages (time-to-live) and dead letters are
+the only ones that leave without reaching the hub, and they are counted too.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import StrEnum
+
+# Payload bytes waiting in memory for a commit, for all devices together: past it every new message is
+# refused until the disk catches up. A commit takes at most MAX_BATCH messages every commit_interval,
+# so only a stalled disk gets here; it bounds the outbox's share of RSS (docs/CONFIG.md).
+MAX_PENDING_BYTES = 32 * 1024 * 1024
+# ... and for one device's QoS 0 messages, which nobody waits for: past it they are dropped (counted),
+# so a QoS 0 flood cannot grow memory even before the front door stops reading its socket.
+MAX_PENDING_QOS0_BYTES_PER_DEVICE = 1024 * 1024
 
 
 class Bound(StrEnum):
@@ -19,11 +27,14 @@ class Bound(StrEnum):
     MAX_MESSAGES = "max_messages"
     MAX_BYTES = "max_bytes"
     PER_DEVICE_MAX_MESSAGES = "per_device_max_messages"
+    DISK_SPACE = "disk_space"
+    PENDING_BYTES = "pending_bytes"
+    DISK_FAILED = "disk_failed"
 
 
 @dataclass(frozen=True, slots=True)
 class OutboxLimits:
-    time_to_live: float = 7200.0  # seconds; edgeHub's timeToLiveSecs in its deployment templates
+    time_to_live: float | None = None  # seconds queued before a message expires; None: never (README)
     max_messages: int = 1_000_000
     max_bytes: int = 1024**3  # payload bytes
     per_device_max_messages: int = 100_000  # one chatty device cannot fill the outbox for all others
@@ -46,4 +57,15 @@ def refusal(limits: OutboxLimits, messages: int, size: int, device_messages: int
         return Refusal(Bound.PER_DEVICE_MAX_MESSAGES,
                        f"device has {device_messages} queued messages "
                        f"(per_device_max_messages {limits.per_device_max_messages})")
+    return None
+
+
+def memory_refusal(pending: int, device_pending: int, qos: int, payload: int) -> Refusal | None:
+    """Why a message must not wait in memory for a commit (see MAX_PENDING_BYTES), or None."""
+    if pending + payload > MAX_PENDING_BYTES:
+        return Refusal(Bound.PENDING_BYTES, f"{pending} bytes already wait for the disk "
+                                            f"(at most {MAX_PENDING_BYTES}); the disk is not keeping up")
+    if qos == 0 and device_pending + payload > MAX_PENDING_QOS0_BYTES_PER_DEVICE:
+        return Refusal(Bound.PENDING_BYTES, f"the device has {device_pending} bytes of QoS 0 waiting for the disk "
+                                            f"(at most {MAX_PENDING_QOS0_BYTES_PER_DEVICE}); QoS 0 is dropped")
     return None

@@ -1,101 +1,85 @@
-"""Group commit: one writer task turns a stream of queued rows into few transactions.
+"""Group commit, shared fairly between devices.
 
-`put` never blocks and never touches the database. The writer takes everything queued so far (at most
-`max_batch` rows) and commits it in one transaction on the database thread, then resolves every
-waiting future at once. A commit costs one fsync whatever its size, and while one commit is on the
-disk the next batch gathers by itself, so batches grow with the load without a timer (a timer would
-only add latency when the gateway is quiet).
+`FairQueue` holds what devices submitted and not yet committed, one FIFO per device. `take` builds
+the next commit round-robin: one message from every device that has any, then a second from each,
+and so on up to `max_batch` -- but never fewer than one from each waiting device. So a device that
+floods cannot push another device's message past the next commit: it waits at most one commit,
+whatever the flood (issue 13: a QoS 0 flood held other devices' PUBACKs for over 10 s). Within one
+device the order is kept. The structure is plain data (no asyncio, no clock): store.py drives it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import Generic, TypeVar
-
-from gateway.errors import StorageError
-from gateway.store.db import DatabaseThread
-
-log = logging.getLogger("edgegate.outbox")
 
 T = TypeVar("T")
 
-# Rows per transaction. Past a few hundred the fsync is already amortized; the cap keeps one
-# transaction's memory and lock time small on a Pi.
-MAX_BATCH = 512
+# Messages per commit once every waiting device has one in it. A commit costs one fdatasync whatever
+# its size; the cap keeps one write (and the memory it needs) small on a Pi.
+MAX_BATCH = 1024
 
 
-class GroupCommitter(Generic[T]):
-    """Commits queued rows in batches with `commit(rows)` on `db`; `start()` inside the event loop."""
+@dataclass(slots=True)
+class _Lane(Generic[T]):
+    items: deque[tuple[T, int]] = field(default_factory=deque)
+    bytes: int = 0
 
-    def __init__(
-        self,
-        commit: Callable[[list[T]], None],
-        db: DatabaseThread,
-        *,
-        committed: Callable[[list[T]], None],
-        failed: Callable[[list[T], Exception], None],
-        max_batch: int = MAX_BATCH,
-    ) -> None:
-        if max_batch < 1:
-            raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-        self._commit, self._db = commit, db
-        self._committed, self._failed = committed, failed
-        self.max_batch = max_batch
-        self._queue: deque[tuple[T, asyncio.Future[None] | None]] = deque()
-        self._wake = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._closing = False
-        self.commits = 0  # transactions that succeeded
-        self.largest_batch = 0
+
+class FairQueue(Generic[T]):
+    """Per-device FIFOs; `take` drains them round-robin. Counts bytes per device for the front door."""
+
+    def __init__(self) -> None:
+        self._lanes: dict[str, _Lane[T]] = {}
+        self.count = 0
+        self.bytes = 0
 
     def __len__(self) -> int:
-        """Rows queued and not yet handed to a transaction."""
-        return len(self._queue)
+        return self.count
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="outbox-group-commit")
+    def put(self, device_id: str, item: T, size: int) -> None:
+        lane = self._lanes.get(device_id)
+        if lane is None:
+            lane = self._lanes[device_id] = _Lane()
+        lane.items.append((item, size))
+        lane.bytes += size
+        self.count += 1
+        self.bytes += size
 
-    def put(self, row: T, waiter: asyncio.Future[None] | None) -> None:
-        """Queue `row`; `waiter` (if any) gets the commit's outcome."""
-        if self._closing or self._task is None:
-            raise StorageError("the outbox is not open: it was never opened or is closing")
-        self._queue.append((row, waiter))
-        self._wake.set()
+    def pending_count(self, device_id: str) -> int:
+        """Messages `device_id` has waiting for a commit."""
+        lane = self._lanes.get(device_id)
+        return len(lane.items) if lane is not None else 0
 
-    async def close(self) -> None:
-        """Commit everything queued, then stop the writer."""
-        self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            await self._task
+    def pending_bytes(self, device_id: str) -> int:
+        """Payload bytes `device_id` has waiting for a commit."""
+        lane = self._lanes.get(device_id)
+        return lane.bytes if lane is not None else 0
 
-    async def _run(self) -> None:
-        queue = self._queue
-        while True:
-            if not queue:
-                if self._closing:
-                    return
-                self._wake.clear()
-                await self._wake.wait()
-                continue
-            batch = [queue.popleft() for _ in range(min(len(queue), self.max_batch))]
-            rows = [row for row, _ in batch]
-            try:
-                await self._db.run(self._commit, rows)
-            except Exception as exc:  # the writer must outlive any failure, or every later waiter hangs
-                if not isinstance(exc, StorageError):
-                    log.exception("outbox commit of %d rows raised an unexpected error", len(rows))
-                self._failed(rows, exc)
-                for _, waiter in batch:
-                    if waiter is not None and not waiter.done():
-                        waiter.set_exception(exc)
-                continue
-            self.commits += 1
-            self.largest_batch = max(self.largest_batch, len(rows))
-            for _, waiter in batch:
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
-            self._committed(rows)
+    def devices(self) -> Iterator[str]:
+        return iter(self._lanes)
+
+    def take(self, max_batch: int) -> list[T]:
+        """The next commit's items: round-robin over devices, at least one from each, at most
+        max(max_batch, number of waiting devices)."""
+        out: list[T] = []
+        budget = max(max_batch, len(self._lanes))
+        while self._lanes and len(out) < budget:
+            for device_id in list(self._lanes):
+                lane = self._lanes[device_id]
+                item, size = lane.items.popleft()
+                lane.bytes -= size
+                self.count -= 1
+                self.bytes -= size
+                out.append(item)
+                if not lane.items:
+                    del self._lanes[device_id]
+                if len(out) >= budget:
+                    break
+        return out
+
+    def drain(self) -> list[T]:
+        """Everything, device by device (for failing what can no longer be committed)."""
+        return self.take(self.count)

@@ -1,51 +1,78 @@
 """The outbox: accepted device messages, durably stored before their PUBACK and removed only once the
-hub has them (or their time-to-live is over).
+hub has them, the hub refused them for good (dead letters), or their time-to-live is over.
 
-- Durable: `submit` queues, the group committer (committer.py) commits, and only then does the
-  returned future resolve; the front door sends PUBACK on that. On SQLite the outbox commits with
-  `synchronous=FULL`: in WAL mode NORMAL survives a crash of the process but not a power cut, and an
-  acknowledged message must survive both (bench/outbox_bench.py measures what FULL costs).
-- Ordered: `seq` is the global arrival order and never reused; per-device FIFO follows from it.
-- Bounded, refuse-new: see bounds.py. Counts (messages, payload bytes, per device) live in memory,
-  loaded once at `open`, so the check in `submit` is O(1) and never reads the database.
-- Time-to-live: messages older than `limits.time_to_live` are never handed out again, and a sweep
-  deletes and counts them (`edgegate_outbox_expired_total`).
+- Durable: `submit` queues; the writer task commits every `commit_interval` (group commit: a fleet's
+  trickle shares one append and one fdatasync), and only then does the returned future resolve; the
+  front door sends PUBACK on that. `durability="fsync"` (default) survives a power cut;
+  `"process"` skips the fdatasync: it survives a crash of the gateway, not of the machine.
+- Fair: commits take round-robin from each device's queue (committer.py).
+- Ordered: `seq` is the commit order; per-device FIFO follows from it.
+- Bounded, refuse-new: bounds.py (counts, memory) and space.py (free disk space). Counts live in
+  memory, so `submit` never touches the disk.
+- Never wedged: a failed commit fails its futures (no PUBACK) and the writer backs off; removals that
+  could not be written stay queued and are retried; space comes back by deleting whole segments,
+  which needs no free space.
+- Time-to-live counts time spent queued (queueclock.py), not wall-clock differences.
 
-All SQL runs on one database thread; the event loop never waits on a query or an fsync.
+Storage is the segment log (log.py) in `<state_dir>/outbox`; dead letters live in the database.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import logging
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any
 
-from sqlalchemy import Engine, Table, delete, event, func, insert, select
+from sqlalchemy import Engine, delete, inspect, select
 
 from gateway.errors import OutboxFull, StorageError
 from gateway.metrics import Counters
-from gateway.outbox.bounds import OutboxLimits, refusal
-from gateway.outbox.committer import MAX_BATCH, GroupCommitter
-from gateway.outbox.tables import outbox
+from gateway.outbox.bounds import Bound, OutboxLimits, memory_refusal, refusal
+from gateway.outbox.committer import MAX_BATCH, FairQueue
+from gateway.outbox.dead_letters import DeadLetters, NewDeadLetter
+from gateway.outbox.log import Durability, NewMessage, SegmentLog, WritePlan
+from gateway.outbox.queueclock import CLOCK_EVERY, is_expired, resumed
+from gateway.outbox.segment import Removal
+from gateway.outbox.space import DiskSpace, disk_space, effective_reserve, segment_size, space_refusal
+from gateway.outbox.tables import outbox as legacy_table
 from gateway.records import InboundMessage
-from gateway.store.db import DatabaseThread, open_engine, storage_errors
+from gateway.store.db import DatabaseThread, storage_errors
+from gateway.sync.backoff import next_backoff
 
 log = logging.getLogger("edgegate.outbox")
 
-# edgeHub sweeps expired messages every 1800 s; a sweep here is one indexed range delete, so it can
-# run often and keep the counts (and the bounds) close to what will really be sent.
+# The group commit's linger: a message waits at most this long for others to share its commit.
+# 1,000 devices x 1 msg/s then share ~33 commits a second instead of ~285 (docs/BENCHMARKS.md).
+COMMIT_INTERVAL = 0.03
+# Payload bytes one device may have waiting for a commit before `room_for` asks the front door to stop
+# reading its socket: about one commit_interval of a fast publisher's traffic, a small share of RSS.
+PAUSE_PENDING_BYTES = 256 * 1024
+# A device with this many messages waiting for one commit is publishing faster than one message per
+# commit_interval: it is held back by its own in-flight window (paho and mosquitto_pub keep 20), so
+# the commit goes now. A fleet's trickle (one message per device per commit) still lingers.
+EAGER_PENDING = 8
+# Removals alone (no new message to ride along with) are written after at most this long, unsynced:
+# a removal lost to a power cut only means a resend, which the hub deduplicates.
+REMOVAL_EVERY = 1.0
 EXPIRE_EVERY = 60.0
-# Rows deleted per expiry transaction: a large expiry never holds the database thread for long.
-EXPIRE_CHUNK = 5000
-
-_TABLE: Table = outbox
-_C = _TABLE.c
+# How often the dead-letter table is read for re-queue requests (`edgegate outbox requeue`) and counts.
+DEAD_LETTER_EVERY = 5.0
+# How stale the free-space figure may get before `submit` reads statvfs again.
+SPACE_EVERY = 0.25
+# A failed write waits before the next attempt: from this, doubling, up to the cap.
+RETRY_BASE = 0.1
+RETRY_CAP = 5.0
+# The configured reserve for disk space when none is given (space.effective_reserve caps it).
+DISK_RESERVE = 64 * 1024 * 1024
+LEGACY_CHUNK = 2000
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,230 +87,541 @@ class QueuedMessage:
     properties: dict[str, str]
     payload: bytes
     qos: int
-    enqueued_at: float  # seconds since the epoch, UTC
+    enqueued_at: float  # seconds since the epoch, UTC (the device's time of arrival, for the hub)
 
 
-def _sqlite_synchronous(level: str) -> Callable[[Any, Any], None]:
-    def on_connect(dbapi_connection: Any, _record: Any) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA synchronous={level}")
-        cursor.close()
-
-    return on_connect
+@dataclass(slots=True)
+class _Pending:
+    message: NewMessage
+    waiter: asyncio.Future[None] | None
 
 
 class Outbox:
     """The front door's MessageSink; the forwarder reads it with `peek` and `remove`.
 
-    Give it an engine of its own (`open_engine(url)`): on SQLite its connections are switched to
-    `synchronous=FULL` (or `sqlite_synchronous`). `await open()` before use, `await close()` after.
+    `await open()` before use, `await close()` after.
     """
 
     def __init__(
         self,
-        engine: Engine,
+        directory: Path,
         limits: OutboxLimits | None = None,
         *,
         counters: Counters | None = None,
-        clock: Callable[[], float] = time.time,
-        sqlite_synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        durability: Durability = "fsync",
+        commit_interval: float = COMMIT_INTERVAL,
+        disk_reserve: int = DISK_RESERVE,
+        dead_letters: DeadLetters | None = None,
+        legacy: Engine | None = None,
+        wallclock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        space: Callable[[Path], DiskSpace] = disk_space,
         max_batch: int = MAX_BATCH,
         expire_every: float = EXPIRE_EVERY,
     ) -> None:
-        self.engine, self.limits, self.clock = engine, limits or OutboxLimits(), clock
+        self.directory, self.limits = directory, limits or OutboxLimits()
         self.counters = counters or Counters()
-        self.expire_every = expire_every
-        if engine.dialect.name == "sqlite":
-            event.listen(engine, "connect", _sqlite_synchronous(sqlite_synchronous))
-        self._db = DatabaseThread("edgegate-outbox")
-        # The forwarder's reads and deletes get their own thread and engine. Queued behind the group
-        # commits they would add their time to every PUBACK's latency (QoS 1 ingest, quick bench:
-        # 3.4k msg/s shared, 4.6k with a thread of their own). Their engine keeps SQLite's NORMAL
-        # synchronous: a delete lost to a power cut only means a resend, which the hub deduplicates.
-        self._forward_db = DatabaseThread("edgegate-outbox-forward")
-        self._forward_engine = open_engine(engine.url.render_as_string(hide_password=False))
-        self._committer: GroupCommitter[dict[str, Any]] = GroupCommitter(
-            self._insert, self._db, committed=self._on_committed, failed=self._on_failed, max_batch=max_batch
-        )
+        self.durability, self.commit_interval, self.disk_reserve = durability, commit_interval, disk_reserve
+        self.dead_letters, self.legacy = dead_letters, legacy
+        self.wallclock, self.monotonic, self._space_of = wallclock, monotonic, space
+        self.max_batch, self.expire_every = max_batch, expire_every
+        self.log = SegmentLog(directory, durability=durability)
+        self._writer = DatabaseThread("edgegate-outbox-writer")
+        self._reader = DatabaseThread("edgegate-outbox-reader")
+        self._queue: FairQueue[_Pending] = FairQueue()
+        self._removals: dict[Removal, list[int]] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._wake = asyncio.Event()
+        self._closed = asyncio.Event()
+        self._eager = asyncio.Event()
+        self._last_sole: str | None = None  # the one device of the last commit, if it was alone
+        self._room_waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._closing = False
+        self._clock = resumed(0.0, monotonic())
+        self._space = DiskSpace(0, 0)
+        self._space_at = -1e9
+        self._refused_size = 0
+        self._disk_failed: str | None = None  # the last write failure, until a write succeeds
+        self._failures = 0
+        self._last_commit = 0.0
+        self._last_commit_mono = 0.0
         self.messages = 0
         self.bytes = 0
         self._per_device: Counter[str] = Counter()
+        self.commits = 0
+        self.largest_batch = 0
+        self.dead_letter_count = 0
+        self.requeue_waiting = 0
+
+    # ---- life cycle --------------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Load the counts of what survived the last run; start the writer and the expiry sweep."""
-        self.messages, self.bytes, self._per_device = await self._db.run(self._load_counts)
+        """Recover the segment log, carry over an older release's table, start the writer and the sweep."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        await self._writer.run(self.log.recover)
+        for problem in self.log.problems:
+            log.error("OUTBOX DAMAGE in %s: %s", self.directory, problem)
+        self._space = await self._writer.run(self._space_of, self.directory)
+        self._space_at = self.monotonic()
+        self.log.segment_bytes = segment_size(self._space.total)
+        self._clock = resumed(self.log.queue_clock, self.monotonic())
+        self._last_commit_mono = self.monotonic()
+        for segment in self.log.segments:
+            for index in range(len(segment.live)):
+                if segment.live[index]:
+                    self._count(self.log.device_names[segment.devices[index]], segment.sizes[index], 1)
+        if self.legacy is not None:
+            await self._import_legacy(self.legacy)
         if self.messages:
             log.info("outbox holds %d messages (%d bytes) from before the restart", self.messages, self.bytes)
-        self._committer.start()
-        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_forever(), name="outbox-expiry")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._write_forever(), name="outbox-writer")
+        self._sweeper = loop.create_task(self._sweep_forever(), name="outbox-expiry")
+        if self.dead_letters is not None:
+            try:
+                await self.refresh_dead_letters()  # re-queue requests made while the gateway was stopped
+            except StorageError as exc:
+                log.error("cannot read the dead-letter table; retrying in %gs: %s", DEAD_LETTER_EVERY, exc)
 
     async def close(self) -> None:
-        """Commit what is queued, stop the sweep, release the database thread."""
+        """Commit what is queued (removals too), stop the sweep, release the threads and files."""
+        self._closing = True
+        self._wake_room_waiters()
+        self._closed.set()
+        self._eager.set()
+        self._wake.set()
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
-        await self._committer.close()
-        self._db.close()
-        self._forward_db.close()
-        self._forward_engine.dispose()
+        if self._task is not None:
+            await self._task
+        self._writer.close()
+        self._reader.close()
+        self.log.close()
 
     def on_commit(self, listener: Callable[[], None]) -> None:
-        """Call `listener()` after every commit (the forwarder's wake-up)."""
+        """Call `listener()` after every commit that stored messages (the forwarder's wake-up)."""
         self._listeners.append(listener)
 
-    # ---- the front door's side -----------------------------------------------------------------
+    # ---- the front door's side ----------------------------------------------------------------
 
-    def submit(self, message: InboundMessage) -> asyncio.Future[None]:
+    def submit(self, message: InboundMessage, *, message_id: str | None = None) -> asyncio.Future[None]:
         """Queue `message`; the future resolves once it is committed (or fails with the commit's error).
 
-        Raises OutboxFull at once, with nothing stored, when a bound would be exceeded.
+        Raises OutboxFull at once, with nothing stored, when a bound, the memory budget or the free disk
+        space would be exceeded, or while the disk keeps failing.
         """
+        if self._closing or self._task is None:
+            raise StorageError("the outbox is not open: it was never opened or is closing")
         size = len(message.payload)
-        refused = refusal(self.limits, self.messages, self.bytes, self._per_device[message.device_id], size)
+        refused = (refusal(self.limits, self.messages, self.bytes, self._per_device[message.device_id], size)
+                   or memory_refusal(self._queue.bytes, self._queue.pending_bytes(message.device_id), message.qos,
+                                     size))
         if refused is not None:
-            self.counters.inc("edgegate_outbox_full_total", bound=refused.bound.value)
-            raise OutboxFull(refused.message)
-        row = {
-            "message_id": uuid.uuid4().hex,
-            "device_id": message.device_id,
-            "kind": message.kind,
-            "topic": message.topic,
-            "properties": json.dumps(dict(message.properties), separators=(",", ":")),
-            "payload": message.payload,
-            "qos": message.qos,
-            "enqueued_at": message.received_at,
-            "expires_at": message.received_at + self.limits.time_to_live,
-        }
+            self._refuse(refused.bound, refused.message)
+        if self._disk_failed is not None:
+            self._refuse(Bound.DISK_FAILED, f"the outbox cannot write to disk: {self._disk_failed}")
+        now = self.monotonic()
+        if now - self._space_at > SPACE_EVERY:
+            self._refresh_space(now)
+        no_room = space_refusal(self._space, self._reserve_for(self._space), self._queue.bytes, size + 64)
+        if no_room is not None:
+            self._refused_size = size + 64
+            self._refuse(Bound.DISK_SPACE, no_room)
+        new = NewMessage(message.device_id, message.kind, message.topic, message.qos, message.received_at,
+                         _properties(message.properties), message.payload,
+                         message_id)
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if message.qos == 0:
             # Nobody waits for a QoS 0 commit; a failure is logged and counted by the writer already.
             committed.add_done_callback(_consume_outcome)
-        self._committer.put(row, committed)
-        self.messages += 1
-        self.bytes += size
-        self._per_device[message.device_id] += 1
+        self._queue.put(message.device_id, _Pending(new, committed), size)
+        self._count(message.device_id, size, 1)
+        self._wake.set()
+        if (self._queue.pending_count(message.device_id) >= EAGER_PENDING
+                or len(self._queue) >= self.max_batch):
+            self._eager.set()
         return committed
 
-    def _on_committed(self, rows: list[dict[str, Any]]) -> None:
-        self.counters.inc("edgegate_outbox_committed_total", amount=len(rows))
+    def room_for(self, device_id: str) -> asyncio.Future[None] | None:
+        """None while `device_id` has less than PAUSE_PENDING_BYTES waiting for a commit; else a future that
+        resolves once it is under half of that. The front door stops reading the device's socket until
+        then, so a flooding device (QoS 0 included) is slowed to the disk's pace by TCP, not by drops."""
+        if self._queue.pending_bytes(device_id) < PAUSE_PENDING_BYTES:
+            return None
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._room_waiters.setdefault(device_id, []).append(waiter)
+        return waiter
+
+    def _wake_room_waiters(self) -> None:
+        for device_id in list(self._room_waiters):
+            if self._queue.pending_bytes(device_id) < PAUSE_PENDING_BYTES // 2 or self._closing:
+                for waiter in self._room_waiters.pop(device_id):
+                    if not waiter.done():
+                        waiter.set_result(None)
+
+    def pending_bytes(self, device_id: str | None = None) -> int:
+        """Payload bytes waiting in memory for a commit: one device's, or everyone's (None).
+        The front door's per-connection budget reads this."""
+        return self._queue.bytes if device_id is None else self._queue.pending_bytes(device_id)
+
+    def _refuse(self, bound: Bound, text: str) -> None:
+        self.counters.inc("edgegate_outbox_full_total", bound=bound.value)
+        raise OutboxFull(text)
+
+    def _reserve_for(self, space: DiskSpace) -> int:
+        return effective_reserve(self.disk_reserve, space.total)
+
+    def _refresh_space(self, now: float) -> None:
+        try:
+            self._space = self._space_of(self.directory)
+        except OSError as exc:
+            log.error("cannot read the free space of %s: %s", self.directory, exc)
+        self._space_at = now
+
+    def _count(self, device_id: str, size: int, count: int) -> None:
+        self.messages += count
+        self.bytes += size
+        left = self._per_device[device_id] + count
+        if left > 0:
+            self._per_device[device_id] = left
+        else:
+            del self._per_device[device_id]
+
+    # ---- the writer ---------------------------------------------------------------------------
+
+    async def _write_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            if not self._queue:
+                if self._closing and not self._removals:
+                    return
+                if not self._removals and not self._clock_due() and self._disk_failed is None:
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                # Removals alone wait (unsynced) for messages to ride along with, at most REMOVAL_EVERY.
+                # A failing disk is probed with a clock-only write (after the back-off below): new
+                # messages are refused until one succeeds, so nothing else would ever try it.
+                left = REMOVAL_EVERY - (loop.time() - self._last_commit)
+                if left > 0 and not self._closing and self._disk_failed is None:
+                    self._wake.clear()
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), left)
+                    if self._queue:
+                        continue
+            elif self.commit_interval > 0 and not self._closing and not self._alone_again():
+                await self._linger()
+            if self._failures and not self._closing:
+                await self._sleep(next_backoff(self._failures - 1, 0.5, base=RETRY_BASE, cap=RETRY_CAP))
+            await self._commit_once()
+            if self._closing and self._failures:
+                self._fail_everything(StorageError("the outbox closed while its disk was failing"))
+                return
+
+    def _alone_again(self) -> bool:
+        """Only the device that alone filled the last commit is waiting: lingering would not gather anyone
+        else's messages, it would only slow that publisher down to one window per commit_interval."""
+        waiting = list(self._queue.devices())
+        return len(waiting) == 1 and waiting[0] == self._last_sole
+
+    async def _linger(self) -> None:
+        """Wait commit_interval for others to share the commit -- unless a device is already waiting on
+        its own in-flight window (EAGER_PENDING) or the batch is full: then lingering only slows it."""
+        if self._eager.is_set():
+            self._eager.clear()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._eager.wait(), self.commit_interval)
+        self._eager.clear()
+
+    async def _sleep(self, seconds: float) -> None:
+        """Linger or back off; `close` cuts it short."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closed.wait(), seconds)
+
+    def _clock_due(self) -> bool:
+        return bool(self.messages) and self.monotonic() - self._last_commit_mono > CLOCK_EVERY
+
+    async def _reap(self) -> None:
+        """Delete the head segments with nothing live left (needs no free space: how a full disk recovers)."""
+        reap = self.log.reapable()
+        if reap:
+            await self._reader.run(self.log.reap, reap)
+
+    async def _commit_once(self) -> None:
+        batch = self._queue.take(self.max_batch)
+        self._wake_room_waiters()  # taken into a commit: no longer waiting in memory for one
+        removals, self._removals = self._removals, {}
+        try:
+            plan = self.log.prepare([p.message for p in batch], removals, self._clock.now(self.monotonic()),
+                                    self.wallclock())
+            self._space = await self._writer.run(self._write, plan)
+        except OSError as exc:
+            self._on_failed(batch, removals, exc)
+            return
+        except Exception as exc:  # the writer must outlive anything, or every later submit waits forever
+            log.exception("outbox commit of %d messages failed unexpectedly", len(batch))
+            self._on_failed(batch, removals, OSError(errno.EIO, f"{exc.__class__.__name__}: {exc}"))
+            return
+        self._space_at = self.monotonic()
+        self._last_commit = asyncio.get_running_loop().time()
+        self._last_commit_mono = self.monotonic()
+        if self._failures or self._disk_failed:
+            log.warning("the outbox writes again after %d failed attempts", self._failures)
+        self._failures, self._disk_failed = 0, None
+        self.log.apply(plan)
+        await self._reap()
+        if not batch:
+            return
+        self.commits += 1
+        self.largest_batch = max(self.largest_batch, len(batch))
+        devices = {p.message.device_id for p in batch}
+        self._last_sole = devices.pop() if len(devices) == 1 else None
+        for pending in batch:
+            if pending.waiter is not None and not pending.waiter.done():
+                pending.waiter.set_result(None)
+        self.counters.inc("edgegate_outbox_committed_total", amount=len(batch))
         for listener in self._listeners:
             try:
                 listener()
             except Exception:
                 log.exception("outbox commit listener %r failed", listener)
 
-    def _on_failed(self, rows: list[dict[str, Any]], exc: Exception) -> None:
-        self.counters.inc("edgegate_outbox_commit_failed_total", amount=len(rows))
-        log.error("outbox commit of %d messages failed; none of them is acknowledged: %s", len(rows), exc)
-        for row in rows:
-            self._uncount(row["device_id"], len(row["payload"]))
+    def _write(self, plan: WritePlan) -> DiskSpace:
+        """On the writer thread: append (and sync) the plan, then read the free space left."""
+        self.log.write(plan)
+        try:
+            return self._space_of(self.directory)
+        except OSError:
+            return self._space
 
-    def _uncount(self, device_id: str, size: int, count: int = 1) -> None:
-        self.messages -= count
-        self.bytes -= size
-        left = self._per_device[device_id] - count
-        if left > 0:
-            self._per_device[device_id] = left
-        else:
-            del self._per_device[device_id]
+    def _on_failed(self, batch: list[_Pending], removals: dict[Removal, list[int]], exc: OSError) -> None:
+        self._failures += 1
+        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        text = "the disk is full" if full else f"{exc.__class__.__name__}: {exc}"
+        if self._failures == 1:
+            log.error("outbox write failed (%s); %d messages get no PUBACK, removals are retried with back-off",
+                      text, len(batch))
+        # Only a failure with nothing to retry but messages means the disk cannot take messages right now.
+        self._disk_failed = None if full else text
+        if full:
+            self._space = DiskSpace(self._space.total, 0)
+            self._space_at = self.monotonic()
+        for why, seqs in removals.items():
+            self._removals.setdefault(why, []).extend(seqs)
+        error = StorageError(f"committing to the outbox in {self.directory} failed: {text}")
+        error.__cause__ = exc
+        self._fail(batch, error)
+
+    def _fail(self, batch: Sequence[_Pending], error: StorageError) -> None:
+        if not batch:
+            return
+        self.counters.inc("edgegate_outbox_commit_failed_total", amount=len(batch))
+        for pending in batch:
+            self._count(pending.message.device_id, -len(pending.message.payload), -1)
+            if pending.waiter is not None and not pending.waiter.done():
+                pending.waiter.set_exception(error)
+
+    def _fail_everything(self, error: StorageError) -> None:
+        self._fail(self._queue.drain(), error)
 
     # ---- the forwarder's side ------------------------------------------------------------------
 
     async def peek(self, limit: int, after: int = 0, max_bytes: int | None = None) -> list[QueuedMessage]:
-        """The oldest unexpired messages with seq > `after`, in arrival order: at most `limit`, and no more
+        """The oldest unexpired messages with seq > `after`, in commit order: at most `limit`, and no more
         payload bytes than `max_bytes` (but always the first one)."""
-        rows = await self._forward_db.run(self._select, limit, after, self.clock())
-        if max_bytes is None:
-            return rows
-        size = 0
-        for index, row in enumerate(rows):
-            size += len(row.payload)
-            if size > max_bytes and index:
-                return rows[:index]
-        return rows
+        wanted = self.log.live(after, limit, max_bytes)
+        if not wanted:
+            return []
+        ttl, now = self.limits.time_to_live, self._clock.now(self.monotonic())
+        if is_expired(wanted[0][0].queued[wanted[0][1]], now, ttl):
+            # Expired ones are the oldest (the queue clock only moves forward): sweep them now rather
+            # than hand out an empty batch while younger messages wait behind them.
+            await self.expire()
+            wanted = self.log.live(after, limit, max_bytes)
+        wanted = [(s, i) for s, i in wanted if not is_expired(s.queued[i], now, ttl)]
+        with storage_errors("reading the outbox", str(self.directory)):
+            records = await self._reader.run(self.log.read, wanted)
+        out = []
+        for segment, index, r in records:
+            seq = segment.first_seq + index
+            if not segment.live[index]:
+                continue  # removed while the read ran
+            out.append(QueuedMessage(seq, r.message_id or segment.message_id(seq), segment.texts[r.device],
+                                     segment.texts[r.kind], segment.texts[r.topic],
+                                     json.loads(r.properties) if r.properties else {},
+                                     r.payload, r.qos, r.enqueued_at))
+        return out
 
-    async def remove(self, messages: Sequence[QueuedMessage]) -> int:
-        """Forget messages the hub has stored; returns how many were still here (expiry may have won)."""
-        if not messages:
-            return 0
-        gone = set(await self._forward_db.run(self._delete, [m.seq for m in messages]))
-        for m in messages:
-            if m.seq in gone:
-                self._uncount(m.device_id, len(m.payload))
+    async def remove(self, messages: Sequence[QueuedMessage], why: Removal = Removal.DELIVERED) -> int:
+        """Forget messages (the hub has them, or they are dead letters); returns how many were still here.
+        Memory changes at once (nothing is sent twice); the REMOVED record follows with the next commit."""
+        seqs = [m.seq for m in messages]
+        gone = self.log.clear(seqs)
+        for device_id, size in gone:
+            self._count(device_id, -size, -1)
+        if gone:
+            self._removals.setdefault(why, []).extend(seqs)
+            self._wake.set()
+            await self._reap()
         return len(gone)
 
     async def expire(self) -> int:
-        """Delete messages past their time-to-live; returns how many (counted, and logged in total)."""
-        now, total = self.clock(), 0
-        while True:
-            gone = await self._db.run(self._delete_expired, now, EXPIRE_CHUNK)
-            for device_id, size in gone:
-                self._uncount(device_id, size)
-            total += len(gone)
-            if len(gone) < EXPIRE_CHUNK:
+        """Remove messages queued longer than the time-to-live; returns how many (counted and logged)."""
+        ttl = self.limits.time_to_live
+        if ttl is None:
+            return 0
+        now = self._clock.now(self.monotonic())
+        doomed = []
+        for segment, index in self.log.oldest_live():
+            if not is_expired(segment.queued[index], now, ttl):
                 break
-        if total:
-            self.counters.inc("edgegate_outbox_expired_total", amount=total)
-            log.warning("outbox: %d messages expired before reaching the hub (time_to_live %gs)",
-                        total, self.limits.time_to_live)
-        return total
+            doomed.append(segment.first_seq + index)
+        gone = self.log.clear(doomed)
+        for device_id, size in gone:
+            self._count(device_id, -size, -1)
+        if gone:
+            self._removals.setdefault(Removal.EXPIRED, []).extend(doomed)
+            self._wake.set()
+            await self._reap()
+            self.counters.inc("edgegate_outbox_expired_total", amount=len(gone))
+            log.warning("outbox: %d messages expired before reaching the hub (time_to_live %gs of queued time)",
+                        len(gone), ttl)
+        return len(gone)
+
+    async def dead_letter(self, messages: Sequence[QueuedMessage], status: int, reason: str, detail: str) -> int:
+        """Move messages the hub refused for good to the dead-letter table, then out of the outbox."""
+        if self.dead_letters is None:
+            raise StorageError("this outbox has no dead-letter table")
+        now = self.wallclock()
+        letters = [NewDeadLetter(m.message_id, m.device_id, m.kind, m.topic, m.properties, m.payload, m.qos,
+                                 m.enqueued_at, now, status, reason, detail) for m in messages]
+        await self._reader.run(self.dead_letters.add, letters)
+        gone = await self.remove(messages, Removal.DEAD_LETTER)
+        self.dead_letter_count += len(letters)
+        self.counters.inc("edgegate_outbox_dead_letters_total", amount=len(letters))
+        for m in messages:
+            log.error("dead letter: the hub refused message %s of device=%s for good (%d %s): %s; "
+                      "see `edgegate outbox list`", m.message_id, m.device_id, status, reason, detail)
+        return gone
+
+    async def refresh_dead_letters(self) -> int:
+        """Re-read the dead-letter counts, and put flagged ones (`edgegate outbox requeue`) back in the
+        outbox with their message ids; returns how many were re-queued."""
+        if self.dead_letters is None:
+            return 0
+        flagged = await self._reader.run(self.dead_letters.flagged)
+        requeued: list[int] = []
+        waiters = []
+        for letter in flagged:
+            message = InboundMessage(letter.device_id, letter.kind, letter.topic, letter.payload, letter.qos,
+                                     tuple(letter.properties.items()), letter.enqueued_at)
+            try:
+                waiters.append(self.submit(message, message_id=letter.message_id))
+            except OutboxFull as exc:
+                log.warning("re-queueing dead letters paused: %s", exc)
+                break
+            requeued.append(letter.id)
+        if waiters:
+            results = await asyncio.gather(*waiters, return_exceptions=True)
+            requeued = [i for i, r in zip(requeued, results, strict=True) if not isinstance(r, BaseException)]
+            await self._reader.run(self.dead_letters.forget, requeued)
+            log.warning("re-queued %d dead letters for another try at the hub", len(requeued))
+        self.dead_letter_count, self.requeue_waiting = await self._reader.run(self.dead_letters.count)
+        return len(requeued)
 
     def depth(self) -> dict[str, int]:
         """Messages, payload bytes and devices waiting (committed or being committed)."""
         return {"messages": self.messages, "bytes": self.bytes, "devices": len(self._per_device)}
 
+    def status(self) -> dict[str, Any]:
+        """For status.json: depth, disk, durability, dead letters, time-to-live."""
+        now = self.monotonic()
+        if now - self._space_at > SPACE_EVERY:
+            self._refresh_space(now)
+        return {
+            **self.depth(),
+            "pending_bytes": self._queue.bytes,
+            "disk_bytes": self.log.disk_bytes(),
+            "segments": len(self.log.segments),
+            "free_bytes": self._space.free,
+            "reserve_bytes": self._reserve_for(self._space),
+            "refusing": self._refusing(),
+            "durability": self.durability,
+            "commit_interval": self.commit_interval,
+            "time_to_live": self.limits.time_to_live,
+            "dead_letters": self.dead_letter_count,
+            "requeue_waiting": self.requeue_waiting,
+            "commits": self.commits,
+            "fdatasyncs": self.log.fdatasyncs,
+        }
+
+    def _refusing(self) -> str | None:
+        if self._disk_failed is not None:
+            return f"disk failing: {self._disk_failed}"
+        # Refusing while the message last refused for space would still be refused.
+        return space_refusal(self._space, self._reserve_for(self._space), self._queue.bytes, self._refused_size)
+
     async def _sweep_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_expiry = loop.time() + self.expire_every
         while True:
-            await asyncio.sleep(self.expire_every)
+            await asyncio.sleep(min(DEAD_LETTER_EVERY, self.expire_every))
             try:
-                await self.expire()
+                await self.refresh_dead_letters()
             except StorageError as exc:
-                log.error("outbox expiry sweep failed; retrying in %gs: %s", self.expire_every, exc)
+                log.error("cannot read the dead-letter table; retrying in %gs: %s", DEAD_LETTER_EVERY, exc)
+            if loop.time() >= next_expiry:
+                next_expiry = loop.time() + self.expire_every
+                await self.expire()
+            if self._clock_due():
+                self._wake.set()
 
-    # ---- SQL, on the database thread ------------------------------------------------------------
+    # ---- an older release's table ---------------------------------------------------------------
 
-    def _load_counts(self) -> tuple[int, int, Counter[str]]:
-        query = select(_C.device_id, func.count(), func.coalesce(func.sum(func.length(_C.payload)), 0)).group_by(
-            _C.device_id
-        )
-        with storage_errors("reading the outbox", self.engine.url), self.engine.connect() as conn:
-            rows = conn.execute(query).all()
-        per_device = Counter({str(r[0]): int(r[1]) for r in rows})
-        return sum(per_device.values()), sum(int(r[2]) for r in rows), per_device
+    async def _import_legacy(self, engine: Engine) -> None:
+        moved = 0
+        while True:
+            rows = await self._reader.run(_legacy_rows, engine, LEGACY_CHUNK)
+            if not rows:
+                break
+            messages = [NewMessage(r["device_id"], r["kind"], r["topic"], int(r["qos"]), float(r["enqueued_at"]),
+                                   str(r["properties"]).encode(), bytes(r["payload"]), str(r["message_id"]))
+                        for r in rows]
+            plan = self.log.prepare(messages, {}, self._clock.now(self.monotonic()), self.wallclock())
+            try:
+                await self._writer.run(self.log.write, plan)
+            except OSError as exc:
+                raise StorageError(f"carrying the old outbox table over to {self.directory} failed: {exc}") from exc
+            self.log.apply(plan)
+            for m in messages:
+                self._count(m.device_id, len(m.payload), 1)
+            await self._reader.run(_legacy_forget, engine, [int(r["seq"]) for r in rows])
+            moved += len(rows)
+        if moved:
+            log.warning("carried %d messages over from the outbox table of an older release to %s",
+                        moved, self.directory)
 
-    def _insert(self, rows: list[dict[str, Any]]) -> None:
-        with storage_errors("committing to the outbox", self.engine.url), self.engine.begin() as conn:
-            conn.execute(insert(_TABLE), rows)
 
-    def _select(self, limit: int, after: int, now: float) -> list[QueuedMessage]:
-        query = (
-            select(_C.seq, _C.message_id, _C.device_id, _C.kind, _C.topic, _C.properties, _C.payload, _C.qos,
-                   _C.enqueued_at)
-            .where(_C.seq > after, _C.expires_at > now)
-            .order_by(_C.seq)
-            .limit(limit)
-        )
-        with storage_errors("reading the outbox", self.engine.url), self._forward_engine.connect() as conn:
-            return [
-                QueuedMessage(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]), bytes(r[6]), r[7], r[8])
-                for r in conn.execute(query)
-            ]
+def _legacy_rows(engine: Engine, limit: int) -> list[dict[str, Any]]:
+    with storage_errors("reading the old outbox table", engine.url), engine.connect() as conn:
+        if not inspect(conn).has_table("outbox"):
+            return []
+        query = select(legacy_table).order_by(legacy_table.c.seq).limit(limit)
+        return [dict(r._mapping) for r in conn.execute(query)]
 
-    def _delete(self, seqs: list[int]) -> list[int]:
-        with storage_errors("removing delivered messages", self.engine.url), self._forward_engine.begin() as conn:
-            return list(conn.execute(delete(_TABLE).where(_C.seq.in_(seqs)).returning(_C.seq)).scalars())
 
-    def _delete_expired(self, now: float, limit: int) -> list[tuple[str, int]]:
-        doomed = select(_C.seq).where(_C.expires_at <= now).order_by(_C.expires_at).limit(limit)
-        with storage_errors("expiring outbox messages", self.engine.url), self.engine.begin() as conn:
-            result = conn.execute(
-                delete(_TABLE).where(_C.seq.in_(doomed)).returning(
-                    _C.device_id, func.length(_C.payload)
-                )
-            )
-            return [(str(r[0]), int(r[1])) for r in result]
+def _legacy_forget(engine: Engine, seqs: list[int]) -> None:
+    with storage_errors("emptying the old outbox table", engine.url), engine.begin() as conn:
+        conn.execute(delete(legacy_table).where(legacy_table.c.seq.in_(seqs)))
+
+
+def _properties(properties: tuple[tuple[str, str], ...]) -> bytes:
+    """The property bag as compact JSON; none at all (the usual telemetry) costs no bytes."""
+    return json.dumps(dict(properties), separators=(",", ":")).encode() if properties else b""
 
 
 def _consume_outcome(future: asyncio.Future[None]) -> None:

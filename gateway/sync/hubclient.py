@@ -22,7 +22,7 @@ from urllib.parse import quote
 import aiohttp
 
 from gateway.cache.records import RegisteredCA
-from gateway.errors import HubRejected, HubUnavailable
+from gateway.errors import HubRefusedContent, HubRejected, HubUnavailable
 from gateway.records import DeviceRecord
 from gateway.sync.wire import ChangePage, ScopePage, parse_cas, parse_change_page, parse_device, parse_scope_page
 from gateway.tls.contexts import build_hub_client_context
@@ -34,6 +34,8 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 DEFAULT_CONNECT_TIMEOUT = 5.0
 # A sync request, a long poll and a few single-device fetches at once.
 MAX_CONNECTIONS = 8
+# Statuses that blame the request, not the hub: retrying the same bytes can never succeed.
+PERMANENT_STATUSES = frozenset({400, 413, 422})
 # The longest a request may be in flight on a retired session: the hub's cap on a long poll.
 MAX_LONG_POLL = 120.0
 # OpenSSL's names for the alerts a server sends when it does not accept the client certificate.
@@ -254,7 +256,10 @@ class HubClient:
             return None
         if status == 409 and reset_ok and reason == "sequence_ahead":
             return None
-        raise HubUnavailable(f"the hub at {where} answered {path} with {status} {reason}: {message}")
+        text = f"the hub at {where} answered {path} with {status} {reason}: {message}"
+        if status in PERMANENT_STATUSES or (isinstance(body, dict) and body.get("permanent") is True):
+            raise HubRefusedContent(status, reason, message, text)
+        raise HubUnavailable(text)
 
 
     def _note_date(self, header: str | None) -> None:

@@ -1,14 +1,21 @@
-"""Drains the outbox to the hub in arrival order, at least once; the hub stores each message id once.
+"""Drains the outbox to the hub in commit order, at least once; the hub stores each message id once.
 
-A batch leaves the outbox only after the hub's 2xx. While the hub is unreachable (HubUnavailable) or
+Messages leave the outbox only after the hub's 2xx. While the hub is unreachable (HubUnavailable) or
 refuses us (HubRejected: 401/403, logged as an error because an operator must act) the forwarder
 backs off with jitter and keeps everything; when the hub returns it drains the backlog in order.
 
-One POST is in flight at a time, so the hub sees every device's messages in order. The database work
-around it is pipelined: the next batch is read while the current one is on the wire, and a delivered
-batch is deleted while the next one is on the wire. `cursor` is the highest seq the hub has confirmed,
-so the read-ahead never re-reads what is being deleted; any failure sends the cursor back to 0 and the
-next read starts from the oldest message still stored (a resend is a duplicate the hub ignores).
+A batch the hub refuses for good (HubRefusedContent: 400, 413, 422, or marked permanent) is split in
+halves, each sent on its own, down to the single messages at fault; everything else is delivered, in
+order per device (the left half always goes before the right). A message at fault is sent alone once
+more and, refused again, moves to the dead-letter table with the hub's reason -- but only if the hub
+took some other message meanwhile: a hub that refuses everything is broken, not fed poison, and the
+forwarder backs off instead. (If the hub changes its mind between the narrowing and that last try, the
+message is delivered after later messages of its device.) 5xx, timeouts and TLS failures are never
+permanent: they back off and retry.
+
+One POST is in flight at a time, so the hub sees every device's messages in order. Removing delivered
+messages only changes memory (the outbox writes the record later), so a disk that cannot take the
+removal never makes the forwarder send the same batch again.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from gateway.auth.topics import split_properties
-from gateway.errors import HubError, HubRejected, StorageError
+from gateway.errors import HubError, HubRefusedContent, HubRejected, StorageError
 from gateway.metrics import Counters
 from gateway.outbox.store import Outbox, QueuedMessage
 from gateway.sync.backoff import next_backoff
@@ -45,9 +52,8 @@ BACKOFF_CAP = 30.0
 # With nothing to send the forwarder sleeps until the outbox commits; this is only a safety net.
 IDLE_RECHECK = 60.0
 # After a POST that was not full, the next read waits this long, so that under a steady stream each POST
-# carries a few hundred messages instead of the few dozen committed during one round trip to the hub.
-# Every POST also costs a read and a delete transaction, which compete with the group commit for
-# SQLite's write lock and with the front door for the event loop. A message that reaches an idle
+# carries a few hundred messages instead of the few dozen committed during one round trip to the hub
+# (each POST costs the hub a transaction and us event-loop time). A message that reaches an idle
 # forwarder is sent at once; only the ones behind it wait (at most this long).
 LINGER = 0.05
 
@@ -117,9 +123,9 @@ class Forwarder:
         self.last_error_at: datetime | None = None
         self.last_success: datetime | None = None
         self.forwarded = 0
+        self.dead_lettered = 0
         self._attempt = 0
         self._wake = asyncio.Event()
-        self._removing: asyncio.Task[int] | None = None
         outbox.on_commit(self.notify)
 
     def notify(self) -> None:
@@ -132,6 +138,7 @@ class Forwarder:
             "state": self.state.value,
             "queue": self.outbox.depth(),
             "forwarded": self.forwarded,
+            "dead_lettered": self.dead_lettered,
             "last_success": self.last_success.isoformat() if self.last_success else None,
             "last_error": self.last_error,
             "last_error_at": self.last_error_at.isoformat() if self.last_error_at else None,
@@ -139,87 +146,88 @@ class Forwarder:
 
     async def run(self) -> None:
         """Forward until cancelled; never raises for hub or storage failures (it backs off and retries)."""
-        cursor = 0  # everything up to this seq is at the hub (maybe not yet deleted here)
-        ahead: asyncio.Task[list[QueuedMessage]] | None = None
-        loop = asyncio.get_running_loop()
-        try:
-            while True:
+        short = False
+        while True:
+            try:
+                if short and self.linger > 0:
+                    # Under a steady stream, let a POST gather a few hundred messages instead of a few dozen.
+                    await asyncio.sleep(self.linger)
+                self._wake.clear()  # before the read: a commit after it wakes the idle wait
+                batch = await self.outbox.peek(self.batch, max_bytes=self.batch_bytes)
+                if not batch:
+                    short = False
+                    await self._idle()
+                    continue
+                short = leaves_room(batch, self.batch, self.batch_bytes)
                 try:
-                    if ahead is not None:
-                        batch, ahead = await ahead, None
-                        if not batch:
-                            continue  # read again below, from a cleared wake-up, before idling
-                    else:
-                        if not await self._settle_removal():
-                            cursor = 0
-                        self._wake.clear()  # before the read: a commit after it wakes the idle wait
-                        batch = await self._read(after=cursor)
-                        if not batch and cursor:
-                            # Idle only when nothing at all is stored: a database whose seq restarted
-                            # (a SQLite table made without AUTOINCREMENT) must not strand messages.
-                            cursor = 0
-                            batch = await self._read(after=cursor)
-                        if not batch:
-                            await self._idle()
-                            continue
-                    short = leaves_room(batch, self.batch, self.batch_bytes)
-                    ahead = loop.create_task(self._read(after=batch[-1].seq, linger=short))
-                    try:
-                        await self.uplink.post_messages([wire_message(m) for m in batch])
-                    except HubError as exc:
-                        await _drop(ahead)
-                        ahead = None
-                        cursor = 0
-                        await self._back_off(exc)
-                        continue
-                    cursor = batch[-1].seq
-                    self._delivered(batch)
-                    if not await self._settle_removal():
-                        await _drop(ahead)
-                        ahead = None
-                        cursor = 0
-                    self._removing = loop.create_task(self.outbox.remove(batch))
-                except Exception as exc:  # the forwarder must outlive any failure, or the outbox only grows
-                    if isinstance(exc, StorageError):
-                        log.error("forwarder cannot read the outbox; retrying: %s", exc)
-                    else:
-                        log.exception("forwarder failed unexpectedly; retrying")
-                    await _drop(ahead)
-                    ahead = None
-                    cursor = 0
-                    await asyncio.sleep(self._next_wait())
-        finally:
-            await _drop(ahead)
-            await self._settle_removal()
+                    await self._deliver(batch)
+                except HubError as exc:
+                    short = False
+                    await self._back_off(exc)
+            except Exception as exc:  # the forwarder must outlive any failure, or the outbox only grows
+                if isinstance(exc, StorageError):
+                    log.error("forwarder cannot read the outbox; retrying: %s", exc)
+                else:
+                    log.exception("forwarder failed unexpectedly; retrying")
+                short = False
+                await asyncio.sleep(self._next_wait())
 
-    async def _read(self, after: int, linger: bool = False) -> list[QueuedMessage]:
-        if linger and self.linger > 0:
-            await asyncio.sleep(self.linger)
-        return await self.outbox.peek(self.batch, after=after, max_bytes=self.batch_bytes)
+    async def _deliver(self, batch: list[QueuedMessage]) -> None:
+        """POST `batch`; a permanent refusal is narrowed down by halves to the messages at fault, which
+        become dead letters -- but only once the hub accepted some other message of the batch: a hub
+        that refuses everything is misconfigured, not fed poison, and nothing is dead-lettered for it."""
+        refused: list[tuple[QueuedMessage, HubRefusedContent]] = []
+        delivered = await self._narrow(batch, refused)
+        if refused and not delivered and self.outbox.messages > len(refused):
+            # Nothing of this batch was taken (a lone oversized message, say): try the ones after it.
+            after = await self.outbox.peek(self.batch, after=batch[-1].seq, max_bytes=self.batch_bytes)
+            delivered = await self._narrow(after, refused)
+        if not refused:
+            return
+        if not delivered:
+            exc = refused[0][1]
+            raise HubRefusedContent(exc.status, exc.reason, exc.detail,
+                                    f"the hub refused every message it was sent for good ({exc}); nothing is "
+                                    "dead-lettered while it accepts none: check the hub")
+        for message, _first in refused:
+            # Once more, alone: a hub that changed its mind during the narrowing (a fault cleared, a
+            # deployment finished) must not turn good messages into dead letters.
+            try:
+                await self.uplink.post_messages([wire_message(message)])
+            except HubRefusedContent as exc:
+                await self.outbox.dead_letter([message], exc.status, exc.reason, exc.detail)
+                self.dead_lettered += 1
+                self.counters.inc("edgegate_forward_dead_letters_total")
+                continue
+            await self.outbox.remove([message])
+            self._delivered([message])
 
-    def _next_wait(self) -> float:
-        wait = next_backoff(self._attempt, self.jitter(), base=self.backoff_base, cap=self.backoff_cap)
-        self._attempt += 1
-        return wait
+    async def _narrow(self, batch: list[QueuedMessage], refused: list[tuple[QueuedMessage, HubRefusedContent]]) -> int:
+        """Deliver what the hub takes of `batch`, in order; collect the single messages it refuses for good."""
+        if not batch:
+            return 0
+        try:
+            await self.uplink.post_messages([wire_message(m) for m in batch])
+        except HubRefusedContent as exc:
+            if len(batch) == 1:
+                refused.append((batch[0], exc))
+                return 0
+            log.warning("the hub refused a batch of %d for good (%d %s): narrowing it down", len(batch),
+                        exc.status, exc.reason)
+            middle = len(batch) // 2
+            return await self._narrow(batch[:middle], refused) + await self._narrow(batch[middle:], refused)
+        await self.outbox.remove(batch)
+        self._delivered(batch)
+        return len(batch)
 
     async def _idle(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), IDLE_RECHECK)
 
-    async def _settle_removal(self) -> bool:
-        """Wait for the previous delete; False if it failed (its messages are still stored)."""
-        removing, self._removing = self._removing, None
-        if removing is None:
-            return True
-        try:
-            # Shielded: cancelling the forwarder must not cancel a delete the database thread runs anyway,
-            # or the outbox's counts would miss it.
-            await asyncio.shield(removing)
-        except StorageError as exc:
-            log.error("delivered messages could not be deleted from the outbox; they will be sent again "
-                      "(the hub drops duplicates): %s", exc)
-            return False
-        return True
+    def _next_wait(self) -> float:
+        wait = next_backoff(self._attempt, self.jitter(), base=self.backoff_base, cap=self.backoff_cap)
+        self._attempt += 1
+        return wait
 
     def _delivered(self, batch: Sequence[QueuedMessage]) -> None:
         if self.state is not ForwarderState.CONNECTED and self.state is not ForwarderState.STARTING:
@@ -243,10 +251,3 @@ class Forwarder:
         self.state, self.last_error, self.last_error_at = state, text, self.wallclock()
         self.counters.inc("edgegate_forward_failures_total", reason=state.value)
         await asyncio.sleep(self._next_wait())
-
-
-async def _drop(task: asyncio.Task[Any] | None) -> None:
-    """Let a read-ahead finish (it runs on the database thread either way) and forget its result."""
-    if task is not None:
-        with contextlib.suppress(Exception):
-            await task

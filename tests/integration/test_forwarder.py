@@ -1,12 +1,14 @@
 """Store-and-forward against a real hub-mock process over real mutual TLS: outages in the middle of a
 stream (hub down, 503, blackholed) lose nothing and duplicate nothing at the hub, per-device order holds;
-a failed delete after the hub's 2xx only causes a resend the hub drops; a hub that refuses us, a hub we
-cannot trust and a hub with the wrong name all keep every message. SQLite and PostgreSQL."""
+a crash between the hub's 2xx and the removal record only causes a resend the hub drops; a poison message
+goes to the dead-letter table while everything else flows; a hub that refuses us, a hub we cannot trust
+and a hub with the wrong name all keep every message. Dead letters on SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import shutil
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -15,10 +17,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from gateway.metrics import Counters
 from gateway.outbox.bounds import OutboxLimits
+from gateway.outbox.dead_letters import DeadLetters
 from gateway.outbox.store import Outbox
 from gateway.pki import CA, self_signed_device_cert
 from gateway.records import InboundMessage
@@ -126,10 +129,9 @@ async def sides(hub: HubProcess, tmp_path: Path,
         registered_as = identity.gateway_id if register else f"{identity.gateway_id}-decoy"
         await asyncio.to_thread(hub.admin.add_gateway, registered_as, cert_pem=identity.pem)
         upgrade(database_url)
-        with open_engine(database_url).begin() as conn:  # PostgreSQL schemas are per test; SQLite files too
-            conn.execute(text("DELETE FROM outbox"))
         engine = open_engine(database_url)
-        outbox = Outbox(engine, OutboxLimits(), counters=Counters())
+        outbox = Outbox(tmp_path / f"outbox-{identity.gateway_id}", OutboxLimits(), counters=Counters(),
+                        dead_letters=DeadLetters(engine), commit_interval=0.005)
         await outbox.open()
         options: dict[str, Any] = dict(FAST)
         client = HubClient.from_files(
@@ -201,48 +203,150 @@ async def test_failing_or_silent_hub_keeps_everything_until_it_recovers(
 # -- at least once here, exactly once at the hub ----------------------------------------------------------
 
 
-class DeleteFailsOnce:
-    """The real hub client, but right after the first 2xx the outbox table vanishes for a moment: the
-    crash-between-2xx-and-delete case, made with a real storage failure."""
+class SnapshotAfterFirstPost:
+    """The real hub client; right after the hub's first 2xx it copies the outbox directory: what a crash
+    at that moment (before the removal record reached the disk) leaves behind."""
 
-    def __init__(self, client: HubClient, engine: Engine) -> None:
-        self.client, self.engine = client, engine
+    def __init__(self, client: HubClient, directory: Path, snapshot: Path) -> None:
+        self.client, self.directory, self.snapshot = client, directory, snapshot
         self.posted: list[str] = []
-        self.state = "armed"
-
-    def _rename(self, old: str, new: str) -> None:
-        with self.engine.begin() as conn:
-            conn.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
-
-    def _restore(self) -> None:
-        self._rename("outbox_away", "outbox")
-        self.state = "restored"
 
     async def post_messages(self, messages: list[dict[str, Any]]) -> None:
         await self.client.post_messages(messages)
         self.posted += [m["message_id"] for m in messages]
-        if self.state == "armed":
-            self._rename("outbox", "outbox_away")
-            self.state = "away"
-            asyncio.get_running_loop().call_later(0.3, self._restore)
+        if not self.snapshot.exists():
+            shutil.copytree(self.directory, self.snapshot)
 
     async def close(self) -> None:
         await self.client.close()
 
 
-async def test_a_failed_delete_after_the_hubs_2xx_resends_and_the_hub_keeps_one_copy(
-    sides: Callable[..., Awaitable[Side]],
+async def test_a_crash_between_the_hubs_2xx_and_the_removal_resends_and_the_hub_keeps_one_copy(
+    sides: Callable[..., Awaitable[Side]], tmp_path: Path
 ) -> None:
-    uplinks: list[DeleteFailsOnce] = []
-    side = await sides(wrap=lambda client, engine: uplinks.append(DeleteFailsOnce(client, engine)) or uplinks[-1])
+    snapshot = tmp_path / "after-crash"
+    uplinks: list[SnapshotAfterFirstPost] = []
+
+    def wrap(client: HubClient, _engine: Engine) -> SnapshotAfterFirstPost:
+        uplinks.append(SnapshotAfterFirstPost(client, Path(), snapshot))
+        return uplinks[-1]
+
+    side = await sides(wrap=wrap)
+    uplinks[0].directory = side.outbox.directory
     devices = side.devices(3)
     await side.submit(devices, 0, 100)
     side.start()
     await wait_until(lambda: side.outbox.messages == 0, what="drained")
-    (uplink,) = uplinks
-    assert uplink.state == "restored"
-    assert len(uplink.posted) > len(set(uplink.posted)) == 300  # some were sent twice ...
+    assert snapshot.exists()
+
+    restarted = Outbox(snapshot, OutboxLimits(), commit_interval=0.005)
+    await restarted.open()
+    try:
+        assert restarted.messages > 0  # the first batch is still there: its removal never reached the disk
+        again = Forwarder(restarted, side.forwarder.uplink, **{k: v for k, v in FAST.items() if k != "request_timeout"})
+        task = asyncio.get_running_loop().create_task(again.run())
+        await wait_until(lambda: restarted.messages == 0, what="resent after the crash")
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await restarted.close()
+    assert len(uplinks[0].posted) > len(set(uplinks[0].posted)) == 300  # some were sent twice ...
     await side.assert_exactly_once_in_order(devices, 100)  # ... and stored once
+
+
+# -- a poison message -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [400, 413, 422])
+async def test_a_poison_message_is_dead_lettered_and_everything_else_arrives_in_order(
+    sides: Callable[..., Awaitable[Side]], hub: HubProcess, clear_faults: None, status: int
+) -> None:
+    side = await sides()
+    devices = side.devices(2)
+    await asyncio.to_thread(hub.admin.fault, "poison", status)
+    futures = []
+    for n in range(80):
+        for d in devices:
+            payload = b"POISON 37" if (d, n) == (devices[0], 37) else str(n).encode()
+            futures.append(side.outbox.submit(InboundMessage(d, "telemetry", f"devices/{d}/messages/events/",
+                                                             payload, 1, (), time.time())))
+    await asyncio.gather(*futures)
+    side.start()
+    await wait_until(lambda: side.outbox.messages == 0, what="everything but the poison delivered")
+    assert side.forwarder.status()["state"] == "connected"
+    assert side.forwarder.dead_lettered == 1
+    for d in devices:
+        numbers = [int(base64.b64decode(m["payload_b64"])) for m in await side.at_hub(d)]
+        assert numbers == [n for n in range(80) if (d, n) != (devices[0], 37)], d
+    assert side.outbox.dead_letters is not None
+    (dead,) = await asyncio.to_thread(side.outbox.dead_letters.entries)
+    assert (dead.device_id, dead.payload, dead.status, dead.reason) == (devices[0], b"POISON 37", status,
+                                                                         "poison_message")
+    assert "contains POISON" in dead.detail
+    assert side.outbox.status()["dead_letters"] == 1
+
+    # The hub is fixed; the operator re-queues it (`edgegate outbox requeue`): it arrives, with its first id.
+    await asyncio.to_thread(hub.admin.fault, "clear")
+    await asyncio.to_thread(side.outbox.dead_letters.flag_requeue, None)
+    assert await side.outbox.refresh_dead_letters() == 1
+    await wait_until(lambda: side.outbox.messages == 0, what="re-queued dead letter delivered")
+    stored = await side.at_hub(devices[0])
+    assert base64.b64decode(stored[-1]["payload_b64"]) == b"POISON 37"
+    assert stored[-1]["message_id"] == dead.message_id
+
+
+async def test_a_hub_that_refuses_everything_for_good_dead_letters_nothing(
+    sides: Callable[..., Awaitable[Side]], hub: HubProcess, clear_faults: None
+) -> None:
+    side = await sides()
+    devices = side.devices(2)
+    await asyncio.to_thread(hub.admin.fault, "error", 400)  # a broken hub, not a poison message
+    await side.submit(devices, 0, 20)
+    side.start()
+    await wait_until(lambda: side.forwarder.state is ForwarderState.RETRYING, what="forwarder retrying")
+    await asyncio.sleep(0.5)
+    assert side.forwarder.dead_lettered == 0
+    assert side.outbox.messages == 40
+    assert "nothing is dead-lettered while it accepts none" in str(side.forwarder.last_error)
+    await asyncio.to_thread(hub.admin.fault, "clear")  # maybe in the middle of a narrowing
+    await wait_until(lambda: side.outbox.messages == 0, what="drained")
+    assert side.forwarder.dead_lettered == 0
+    for device in devices:  # every one exactly once (a message refused just before the fault cleared is
+        numbers = sorted(int(base64.b64decode(m["payload_b64"])) for m in await side.at_hub(device))
+        assert numbers == list(range(20))  # confirmed alone afterwards, so it may come after later ones)
+
+
+async def test_a_poison_message_alone_in_its_post_is_dead_lettered_once_the_next_one_goes_through(
+    sides: Callable[..., Awaitable[Side]], hub: HubProcess, clear_faults: None
+) -> None:
+    side = await sides()
+    side.forwarder.batch_bytes = 1000  # the big poison goes alone
+    (device,) = side.devices(1)
+    await asyncio.to_thread(hub.admin.fault, "poison", 413)
+    poison = b"POISON" + b"x" * 5000
+    for payload in (poison, b"1", b"2"):
+        await side.outbox.submit(InboundMessage(device, "telemetry", f"devices/{device}/messages/events/", payload, 1,
+                                                (), time.time()))
+    side.start()
+    await wait_until(lambda: side.outbox.messages == 0, what="drained")
+    assert [base64.b64decode(m["payload_b64"]) for m in await side.at_hub(device)] == [b"1", b"2"]
+    assert side.forwarder.dead_lettered == 1
+
+
+async def test_5xx_is_not_a_dead_letter(sides: Callable[..., Awaitable[Side]], hub: HubProcess,
+                                        clear_faults: None) -> None:
+    side = await sides()
+    devices = side.devices(1)
+    await asyncio.to_thread(hub.admin.fault, "error", 500)
+    side.start()
+    await side.submit(devices, 0, 10)
+    await wait_until(lambda: side.forwarder.state is ForwarderState.RETRYING, what="forwarder retrying")
+    await asyncio.sleep(0.3)
+    assert side.forwarder.dead_lettered == 0
+    assert side.outbox.messages == 10
+    await asyncio.to_thread(hub.admin.fault, "clear")
+    await wait_until(lambda: side.outbox.messages == 0, what="drained")
+    await side.assert_exactly_once_in_order(devices, 10)
 
 
 class CountingUplink:

@@ -166,7 +166,9 @@ def test_quickstart_minimal_config_gets_every_default() -> None:
     assert config.sync.full_resync_interval == timedelta(hours=1)
     assert config.sync.delta_interval == timedelta(seconds=30)
     assert config.sync.cache_miss_wait == timedelta(seconds=2)
-    assert config.outbox.time_to_live == timedelta(hours=2)
+    assert config.outbox.time_to_live is None  # forever: README's "for as long as it takes"
+    assert config.outbox.durability == "fsync"
+    assert config.outbox.commit_interval == timedelta(milliseconds=30)
     assert config.outbox.max_messages == 1_000_000
     assert config.outbox.max_bytes == 1024**3
     assert config.outbox.per_device_max_messages == 100_000

@@ -1,37 +1,56 @@
-"""The outbox on a real database (SQLite file; PostgreSQL too when EDGEGATE_TEST_PG_URL is set): group
-commit, bounds, time-to-live with an injected clock, failed commits, restart counts, the migration."""
+"""The outbox on its segment log (a real directory): group commit, fairness, bounds, free space, time-to-live
+on the queue clock, failed writes, torn tails and restarts, the dead-letter table and its migration."""
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import gc
+import os
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 
 from gateway.errors import OutboxFull, StorageError
+from gateway.outbox import log as segment_log
 from gateway.outbox import store
-from gateway.outbox.bounds import Bound, OutboxLimits, refusal
-from gateway.outbox.store import Outbox
+from gateway.outbox.bounds import MAX_PENDING_QOS0_BYTES_PER_DEVICE, Bound, OutboxLimits, refusal
+from gateway.outbox.dead_letters import DeadLetters
+from gateway.outbox.space import DiskSpace
+from gateway.outbox.store import EAGER_PENDING as EAGER
+from gateway.outbox.store import PAUSE_PENDING_BYTES, Outbox
 from gateway.records import InboundMessage
 from gateway.store.db import open_engine, upgrade
 from gateway.store.models import load_table_modules
-from tests.unit.test_cache_repository import database_url  # noqa: F401 - the SQLite/PostgreSQL fixture
 
 T0 = 1_800_000_000.0
 SMALL = OutboxLimits(time_to_live=100, max_messages=50, max_bytes=10_000, per_device_max_messages=20)
+ROOMY = DiskSpace(10 * 1024**3, 5 * 1024**3)
 
 
 class Clock:
+    """The monotonic clock the queue clock advances with."""
+
     def __init__(self) -> None:
-        self.now = T0
+        self.now = 1000.0
 
     def __call__(self) -> float:
         return self.now
+
+
+class Disk:
+    """What statvfs answers (the real one is used by the integration tests on a small tmpfs)."""
+
+    def __init__(self, space: DiskSpace = ROOMY) -> None:
+        self.space = space
+
+    def __call__(self, _path: Path) -> DiskSpace:
+        return self.space
 
 
 def msg(device: str, n: int, *, at: float = T0, size: int = 10, qos: int = 1) -> InboundMessage:
@@ -44,30 +63,27 @@ def numbers(rows: list[store.QueuedMessage]) -> list[int]:
 
 
 @pytest.fixture
-def engine(database_url: str) -> Iterator[Engine]:  # noqa: F811 - the fixture imported above
-    upgrade(database_url)
-    engine = open_engine(database_url)
-    yield engine
-    engine.dispose()
-
-
-@pytest.fixture
 def clock() -> Clock:
     return Clock()
 
 
 @pytest.fixture
-async def outbox(engine: Engine, clock: Clock) -> AsyncIterator[Outbox]:
-    box = Outbox(engine, SMALL, clock=clock)
+def disk() -> Disk:
+    return Disk()
+
+
+def make(directory: Path, limits: OutboxLimits = SMALL, **options: Any) -> Outbox:
+    options.setdefault("commit_interval", 0)
+    options.setdefault("space", Disk())
+    return Outbox(directory, limits, **options)
+
+
+@pytest.fixture
+async def outbox(tmp_path: Path, clock: Clock, disk: Disk) -> AsyncIterator[Outbox]:
+    box = make(tmp_path / "outbox", monotonic=clock, space=disk)
     await box.open()
     yield box
     await box.close()
-
-
-def rename_table(engine: Engine, old: str, new: str) -> None:
-    """A real storage fault: the outbox table disappears (or comes back) under the outbox."""
-    with engine.begin() as conn:
-        conn.execute(text(f"ALTER TABLE {old} RENAME TO {new}"))
 
 
 # -- bounds, a pure decision ---------------------------------------------------------------------------
@@ -93,44 +109,104 @@ def test_refusal_table(messages: int, size: int, device: int, payload: int, expe
         assert expected.value in why.message
 
 
-# -- group commit ----------------------------------------------------------------------------------------
+# -- group commit and fairness -----------------------------------------------------------------------
 
 
-async def test_a_burst_is_committed_in_batches_of_at_most_512(engine: Engine) -> None:
-    box = Outbox(engine, OutboxLimits())
+async def test_a_burst_is_committed_in_batches(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob", OutboxLimits(), max_batch=512)
     await box.open()
     try:
         futures = [box.submit(msg(f"d{i % 3}", i)) for i in range(2000)]  # queued before the writer runs
         await asyncio.gather(*futures)
-        assert box._committer.commits == 4  # 512 + 512 + 512 + 464: one transaction (one fsync) each
-        assert box._committer.largest_batch == 512
+        assert box.commits == 4  # 512 + 512 + 512 + 464: one append (one fdatasync) each
+        assert box.largest_batch == 512
         assert box.counters.get("edgegate_outbox_committed_total") == 2000
-        assert numbers(await box.peek(5000)) == list(range(2000))
+        assert sorted(numbers(await box.peek(5000))) == list(range(2000))
     finally:
         await box.close()
 
 
-async def test_a_lone_message_is_committed_at_once(outbox: Outbox) -> None:
-    await asyncio.wait_for(outbox.submit(msg("d", 1)), 2)
-    assert outbox._committer.commits == 1
-    assert outbox._committer.largest_batch == 1
+async def test_the_linger_lets_a_trickle_share_one_commit(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob", OutboxLimits(), commit_interval=0.2)
+    await box.open()
+    try:
+        first = box.submit(msg("a", 1))
+        await asyncio.sleep(0.01)
+        second = box.submit(msg("b", 2))  # arrives while the first one lingers
+        await asyncio.gather(first, second)
+        assert box.commits == 1
+        assert box.log.fdatasyncs == 2  # the new segment file and its directory
+    finally:
+        await box.close()
 
 
-async def test_rows_read_back_in_arrival_order_with_unique_ids(outbox: Outbox) -> None:
-    await asyncio.gather(*(outbox.submit(msg(f"d{i % 3}", i)) for i in range(30)))
-    rows = await outbox.peek(100)
-    assert numbers(rows) == list(range(30))
+async def test_a_lone_publisher_is_not_held_back_by_the_linger(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob", OutboxLimits(), commit_interval=60)  # a linger no test would wait out
+    await box.open()
+    try:
+        await asyncio.wait_for(asyncio.gather(*(box.submit(msg("a", i)) for i in range(EAGER))), 10)  # eager
+        for i in range(3):  # then one at a time: it alone filled the last commit, so nobody is waited for
+            await asyncio.wait_for(box.submit(msg("a", 100 + i)), 10)
+        assert box.commits == 4
+    finally:
+        await box.close()
+
+
+async def test_a_flooding_device_cannot_delay_another_past_one_commit(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob", OutboxLimits(), max_batch=100)
+    await box.open()
+    try:
+        flood = [box.submit(msg("flooder", i)) for i in range(1000)]
+        quiet = box.submit(msg("quiet", 5000))
+        await quiet
+        assert box.commits == 1  # the quiet device's message was in the very first commit
+        await asyncio.gather(*flood)
+        rows = await box.peek(2000)
+        assert [int(r.payload) for r in rows if r.device_id == "flooder"] == list(range(1000))  # order kept
+    finally:
+        await box.close()
+
+
+def test_fair_queue_takes_round_robin_and_at_least_one_from_each() -> None:
+    from gateway.outbox.committer import FairQueue
+
+    queue: FairQueue[str] = FairQueue()
+    for n in range(5):
+        queue.put("a", f"a{n}", 10)
+    queue.put("b", "b0", 3)
+    queue.put("c", "c0", 4)
+    assert queue.pending_bytes("a") == 50
+    assert queue.take(2) == ["a0", "b0", "c0"]  # the cap gives way to "one from every device"
+    assert queue.take(3) == ["a1", "a2", "a3"]
+    assert queue.pending_bytes("a") == 10
+    assert (len(queue), queue.bytes) == (1, 10)
+    assert queue.drain() == ["a4"]
+    assert queue.pending_bytes("a") == 0
+
+
+async def test_rows_read_back_in_order_with_unique_stable_ids(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob")
+    await box.open()
+    await asyncio.gather(*(box.submit(msg(f"d{i % 3}", i)) for i in range(30)))
+    rows = await box.peek(100)
+    assert sorted(numbers(rows)) == list(range(30))
     assert [r.seq for r in rows] == sorted(r.seq for r in rows)
-    assert rows[0].properties == {"n": "0"}
-    assert rows[0].topic == "devices/d0/messages/events/"
-    assert rows[0].kind == "telemetry"
-    assert rows[0].qos == 1
-    assert rows[0].enqueued_at == T0
+    first = rows[0]
+    assert first.properties == {"n": "0"}
+    assert first.topic == "devices/d0/messages/events/"
+    assert first.kind == "telemetry"
+    assert (first.qos, first.enqueued_at) == (1, T0)
     assert len({r.message_id for r in rows}) == 30
-    assert numbers(await outbox.peek(5, after=rows[9].seq)) == [10, 11, 12, 13, 14]
-    assert await outbox.remove(rows[:10]) == 10
-    assert outbox.depth() == {"messages": 20, "bytes": 200, "devices": 3}
-    assert numbers(await outbox.peek(5)) == [10, 11, 12, 13, 14]
+    assert numbers(await box.peek(5, after=rows[9].seq)) == numbers(rows[10:15])
+    assert await box.remove(rows[:10]) == 10
+    assert box.depth() == {"messages": 20, "bytes": 200, "devices": 3}
+    await box.close()
+    again = make(tmp_path / "ob")
+    await again.open()
+    try:
+        assert [(r.seq, r.message_id) for r in await again.peek(100)] == [(r.seq, r.message_id) for r in rows[10:]]
+    finally:
+        await again.close()
 
 
 @pytest.mark.parametrize(
@@ -139,25 +215,28 @@ async def test_rows_read_back_in_arrival_order_with_unique_ids(outbox: Outbox) -
 )
 async def test_peek_keeps_to_a_byte_budget_but_always_returns_one(outbox: Outbox, max_bytes: int | None,
                                                                   expected: list[int]) -> None:
-    await asyncio.gather(*(outbox.submit(msg("d", i, size=100)) for i in range(4)))
+    for i in range(4):
+        await outbox.submit(msg("d", i, size=100))
     assert numbers(await outbox.peek(10, max_bytes=max_bytes)) == expected
 
 
 async def test_qos0_is_stored_the_same_way_without_a_waiter(outbox: Outbox) -> None:
     outbox.submit(msg("d", 1, qos=0))
-    await asyncio.wait_for(outbox.submit(msg("d", 2)), 2)  # commits are in order: the QoS 0 one is in
+    await asyncio.wait_for(outbox.submit(msg("d", 2)), 2)
     assert [(r.qos, int(r.payload)) for r in await outbox.peek(10)] == [(0, 1), (1, 2)]
 
 
-async def test_sqlite_commits_with_synchronous_full(engine: Engine, outbox: Outbox) -> None:
-    if engine.dialect.name != "sqlite":
-        pytest.skip("a SQLite pragma")
-    with outbox.engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+async def test_process_durability_never_calls_fdatasync(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob", durability="process")
+    await box.open()
+    try:
+        await asyncio.gather(*(box.submit(msg("d", i)) for i in range(5)))
+        assert box.log.fdatasyncs == 0
+    finally:
+        await box.close()
 
 
-# -- bounds in the outbox -------------------------------------------------------------------------------
+# -- bounds, memory and disk space ------------------------------------------------------------------------
 
 
 async def test_full_outbox_refuses_new_keeps_old_and_counts_each_bound(outbox: Outbox) -> None:
@@ -165,155 +244,325 @@ async def test_full_outbox_refuses_new_keeps_old_and_counts_each_bound(outbox: O
         outbox.submit(msg("chatty", i))
     with pytest.raises(OutboxFull, match="per_device_max_messages"):
         outbox.submit(msg("chatty", 99))
-    await asyncio.gather(*(outbox.submit(msg(f"quiet{i}", i)) for i in range(30)))  # others are not starved
+    await asyncio.gather(*(outbox.submit(msg(f"quiet{i}", i)) for i in range(30)))
     with pytest.raises(OutboxFull, match="max_messages 50"):
         outbox.submit(msg("another", 1))
     assert outbox.counters.get("edgegate_outbox_full_total", bound="per_device_max_messages") == 1
     assert outbox.counters.get("edgegate_outbox_full_total", bound="max_messages") == 1
     rows = await outbox.peek(100)
     assert len(rows) == 50
-    assert numbers(rows)[:20] == list(range(20))
     await outbox.remove(rows[:1])
     await outbox.submit(msg("chatty", 100))  # room again once the hub took one
 
 
-async def test_byte_bound(engine: Engine) -> None:
-    box = Outbox(engine, OutboxLimits(max_bytes=1000))
+async def test_low_disk_space_refuses_before_the_disk_is_full_and_recovers(outbox: Outbox, disk: Disk,
+                                                                          clock: Clock) -> None:
+    await outbox.submit(msg("d", 1))
+    disk.space = DiskSpace(8 * 1024**2, 1024**2 + 10)  # an 8 MiB file system: the reserve is 1 MiB
+    clock.now += 1
+    with pytest.raises(OutboxFull, match="keeps 1048576 free"):
+        outbox.submit(msg("d", 2))
+    assert outbox.counters.get("edgegate_outbox_full_total", bound="disk_space") == 1
+    assert outbox.status()["refusing"] is not None
+    disk.space = DiskSpace(8 * 1024**2, 4 * 1024**2)
+    clock.now += 1
+    await outbox.submit(msg("d", 3))  # no restart needed
+
+
+async def test_a_qos0_flood_is_dropped_past_its_memory_budget(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob", OutboxLimits())
     await box.open()
     try:
-        await box.submit(msg("d", 1, size=600))
-        with pytest.raises(OutboxFull, match="max_bytes"):
-            box.submit(msg("d", 2, size=401))
-        await box.submit(msg("d", 3, size=400))
-        assert box.depth()["bytes"] == 1000
-        assert box.counters.get("edgegate_outbox_full_total", bound="max_bytes") == 1
+        dropped = 0
+        for i in range(200):  # all before the writer runs: memory is all there is
+            try:
+                box.submit(msg("flooder", i, size=10_000, qos=0))
+            except OutboxFull:
+                dropped += 1
+        assert dropped == 200 - MAX_PENDING_QOS0_BYTES_PER_DEVICE // 10_000
+        assert box.pending_bytes("flooder") <= MAX_PENDING_QOS0_BYTES_PER_DEVICE
+        assert box.counters.get("edgegate_outbox_full_total", bound="pending_bytes") == dropped
+        await box.submit(msg("quiet", 1))  # another device is not refused
     finally:
         await box.close()
 
 
-# -- time-to-live ---------------------------------------------------------------------------------------
+async def test_room_for_tells_the_front_door_when_to_stop_and_resume_reading(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob", OutboxLimits())
+    await box.open()
+    try:
+        assert box.room_for("flooder") is None
+        futures = [box.submit(msg("flooder", i, size=64 * 1024)) for i in range(4)]  # queued, not yet committed
+        assert box.pending_bytes("flooder") == PAUSE_PENDING_BYTES
+        pause = box.room_for("flooder")
+        assert pause is not None
+        assert box.room_for("quiet") is None  # only the device that filled its share is paused
+        await asyncio.wait_for(pause, 10)  # resolves once the commit took them
+        await asyncio.gather(*futures)
+    finally:
+        await box.close()
 
 
-async def test_expired_messages_are_skipped_deleted_and_counted(outbox: Outbox, clock: Clock) -> None:
-    await outbox.submit(msg("d", 1, at=clock.now))
-    await outbox.submit(msg("e", 2, at=clock.now + 50))
-    clock.now += 100  # message 1 is exactly at its time-to-live
-    assert numbers(await outbox.peek(10)) == [2]
-    assert await outbox.expire() == 1
-    assert outbox.counters.get("edgegate_outbox_expired_total") == 1
-    assert outbox.depth() == {"messages": 1, "bytes": 10, "devices": 1}
-    clock.now += 1000
-    assert await outbox.expire() == 1
+# -- time-to-live on the queue clock -----------------------------------------------------------------------
+
+
+async def test_expiry_counts_time_queued_not_the_wall_clock(outbox: Outbox, clock: Clock) -> None:
+    await outbox.submit(msg("d", 1, at=T0))
+    await outbox.submit(msg("d", 2, at=T0 + 40 * 86400))  # the wall clock jumped 40 days: nothing ages
+    assert await outbox.expire() == 0
+    clock.now += 100  # at its time-to-live exactly
+    assert await outbox.expire() == 0
+    clock.now += 1
+    assert numbers(await outbox.peek(10)) == []  # a read that meets expired messages sweeps them
+    assert outbox.counters.get("edgegate_outbox_expired_total") == 2
+    assert await outbox.expire() == 0
     assert outbox.depth() == {"messages": 0, "bytes": 0, "devices": 0}
 
 
-async def test_a_large_expiry_runs_in_chunks(outbox: Outbox, clock: Clock, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(store, "EXPIRE_CHUNK", 3)
-    await asyncio.gather(*(outbox.submit(msg(f"d{i % 2}", i)) for i in range(10)))
-    clock.now += 1000
-    assert await outbox.expire() == 10
-    assert outbox.depth()["messages"] == 0
+async def test_queued_time_survives_a_restart(tmp_path: Path, clock: Clock) -> None:
+    box = make(tmp_path / "ob", monotonic=clock)
+    await box.open()
+    await box.submit(msg("d", 1))
+    clock.now += 60
+    await box.submit(msg("d", 2))  # this commit records the queue clock at 60 s
+    await box.close()
+    clock.now = 5.0  # a reboot: the monotonic clock starts over
+    again = make(tmp_path / "ob", monotonic=clock)
+    await again.open()
+    try:
+        clock.now += 41  # 60 + 41 > 100 for the first message, 41 for the second
+        assert await again.expire() == 1
+        assert numbers(await again.peek(10)) == [2]
+    finally:
+        await again.close()
+
+
+async def test_forever_never_expires(tmp_path: Path, clock: Clock) -> None:
+    box = make(tmp_path / "ob", OutboxLimits(time_to_live=None), monotonic=clock)
+    await box.open()
+    try:
+        await box.submit(msg("d", 1))
+        clock.now += 10 * 365 * 86400
+        assert await box.expire() == 0
+        assert numbers(await box.peek(10)) == [1]
+    finally:
+        await box.close()
 
 
 async def test_removing_messages_that_expired_meanwhile_does_not_count_them_twice(outbox: Outbox,
                                                                                    clock: Clock) -> None:
     await asyncio.gather(*(outbox.submit(msg("d", i)) for i in range(4)))
-    await outbox.submit(msg("d", 9, at=T0 + 500))
-    in_flight = await outbox.peek(4)  # read by the forwarder, then the sweep runs before the hub answers
+    in_flight = await outbox.peek(4)
     clock.now += 200
+    await outbox.submit(msg("d", 9))
     assert await outbox.expire() == 4
     assert await outbox.remove(in_flight) == 0
     assert outbox.depth() == {"messages": 1, "bytes": 10, "devices": 1}
 
 
-async def test_the_sweep_runs_by_itself(engine: Engine, clock: Clock) -> None:
-    box = Outbox(engine, SMALL, clock=clock, expire_every=0.01)
-    await box.open()
-    try:
-        await box.submit(msg("d", 1))
-        clock.now += 1000
-        for _ in range(200):
-            if box.depth()["messages"] == 0:
-                break
-            await asyncio.sleep(0.01)
-        assert box.counters.get("edgegate_outbox_expired_total") == 1
-    finally:
-        await box.close()
-
-
 # -- failures -------------------------------------------------------------------------------------------
 
 
-async def test_failed_commit_fails_the_futures_and_the_writer_carries_on(engine: Engine, outbox: Outbox) -> None:
-    rename_table(engine, "outbox", "outbox_away")
-    try:
-        futures = [outbox.submit(msg("d", i)) for i in range(3)]
-        for future in futures:
-            with pytest.raises(StorageError, match="committing to the outbox"):
-                await future
-        assert outbox.depth() == {"messages": 0, "bytes": 0, "devices": 0}
-        assert outbox.counters.get("edgegate_outbox_commit_failed_total") == 3
-    finally:
-        rename_table(engine, "outbox_away", "outbox")
-    await asyncio.wait_for(outbox.submit(msg("d", 7)), 5)
+@pytest.fixture
+def failing_disk(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """fdatasync fails with EIO while the list holds a 1 (an I/O error cannot be made real in a test)."""
+    switch = [0]
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        if switch[0]:
+            raise OSError(errno.EIO, "Input/output error")
+        real(fd)
+
+    monkeypatch.setattr(segment_log.os, "fdatasync", fdatasync)
+    return switch
+
+
+async def test_a_failed_commit_fails_the_futures_so_no_puback_is_sent(outbox: Outbox,
+                                                                     failing_disk: list[int]) -> None:
+    await outbox.submit(msg("d", 0))
+    failing_disk[0] = 1
+    futures = [outbox.submit(msg("d", i)) for i in range(1, 4)]
+    for future in futures:
+        with pytest.raises(StorageError, match="Input/output error"):
+            await future
+    assert outbox.depth() == {"messages": 1, "bytes": 10, "devices": 1}
+    assert outbox.counters.get("edgegate_outbox_commit_failed_total") == 3
+    with pytest.raises(OutboxFull, match="cannot write to disk"):
+        outbox.submit(msg("d", 5))  # refused while the disk fails: no PUBACK, the device keeps it
+    failing_disk[0] = 0
+    await outbox.remove(await outbox.peek(10))  # a removal-only write, retried with back-off
+    for _ in range(500):
+        if outbox.status()["refusing"] is None:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(outbox.submit(msg("d", 7)), 10)
     assert numbers(await outbox.peek(10)) == [7]
 
 
-async def test_failed_qos0_commit_leaves_no_unretrieved_exception(engine: Engine, outbox: Outbox) -> None:
+async def test_a_failed_qos0_commit_leaves_no_unretrieved_exception(outbox: Outbox,
+                                                                   failing_disk: list[int]) -> None:
     loop = asyncio.get_running_loop()
     reported: list[dict[str, Any]] = []
     loop.set_exception_handler(lambda _loop, context: reported.append(context))
-    rename_table(engine, "outbox", "outbox_away")
-    try:
-        outbox.submit(msg("d", 1, qos=0))
-        for _ in range(200):
-            if outbox.counters.get("edgegate_outbox_commit_failed_total"):
-                break
-            await asyncio.sleep(0.01)
-        assert outbox.counters.get("edgegate_outbox_commit_failed_total") == 1
-    finally:
-        rename_table(engine, "outbox_away", "outbox")
+    await outbox.submit(msg("d", 0))
+    failing_disk[0] = 1
+    outbox.submit(msg("d", 1, qos=0))
+    for _ in range(200):
+        if outbox.counters.get("edgegate_outbox_commit_failed_total"):
+            break
+        await asyncio.sleep(0.01)
+    assert outbox.counters.get("edgegate_outbox_commit_failed_total") == 1
+    failing_disk[0] = 0
     gc.collect()
     await asyncio.sleep(0)
     assert reported == []
 
 
-async def test_submit_before_open_or_after_close_is_refused(engine: Engine) -> None:
-    box = Outbox(engine, SMALL)
+async def test_an_unexpected_error_in_a_commit_fails_it_and_the_writer_carries_on(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = outbox.log.prepare
+
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(outbox.log, "prepare", broken)
+    with pytest.raises(StorageError, match="RuntimeError: a bug"):
+        await asyncio.wait_for(outbox.submit(msg("d", 1)), 10)
+    with pytest.raises(OutboxFull, match="cannot write to disk"):
+        outbox.submit(msg("d", 2))  # refused (no PUBACK) until a write succeeds again
+    monkeypatch.setattr(outbox.log, "prepare", real)
+    for _ in range(1000):  # the writer probes the disk by itself, with back-off
+        if outbox.status()["refusing"] is None:
+            break
+        await asyncio.sleep(0.01)
+    await asyncio.wait_for(outbox.submit(msg("d", 2)), 10)  # the writer is still there
+    assert numbers(await outbox.peek(10)) == [2]
+
+
+async def test_submit_before_open_or_after_close_is_refused(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob")
     with pytest.raises(StorageError, match="not open"):
         box.submit(msg("d", 1))
     await box.open()
     await box.close()
     with pytest.raises(StorageError, match="not open"):
         box.submit(msg("d", 1))
-    assert box.depth()["messages"] == 0
 
 
-# -- restarts and the schema ------------------------------------------------------------------------------
+# -- restarts, torn tails, segments ------------------------------------------------------------------------
 
 
-async def test_close_commits_what_is_queued_and_counts_survive_a_restart(engine: Engine) -> None:
-    box = Outbox(engine, OutboxLimits())
+async def test_close_commits_what_is_queued_and_counts_survive_a_restart(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob", OutboxLimits())
     await box.open()
     for i in range(700):
         box.submit(msg(f"d{i % 2}", i))
     await box.close()  # nobody awaited the futures: close still commits them
-    again = Outbox(engine, OutboxLimits())
+    again = make(tmp_path / "ob", OutboxLimits())
     await again.open()
     try:
         assert again.depth() == {"messages": 700, "bytes": 7000, "devices": 2}
-        assert numbers(await again.peek(1000)) == list(range(700))
+        assert sorted(numbers(await again.peek(1000))) == list(range(700))
     finally:
         await again.close()
 
 
-async def test_seq_is_never_reused_after_the_outbox_empties(outbox: Outbox) -> None:
-    await asyncio.gather(*(outbox.submit(msg("d", i)) for i in range(3)))
-    first = await outbox.peek(10)
-    await outbox.remove(first)
-    await outbox.submit(msg("d", 3))
-    (again,) = await outbox.peek(10)
-    assert again.seq > first[-1].seq
+async def test_a_torn_tail_is_cut_and_everything_before_it_kept(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob")
+    await box.open()
+    for i in range(3):
+        await box.submit(msg("d", i))
+    await box.close()
+    (segment,) = sorted((tmp_path / "ob").glob("*.seg"))
+    with segment.open("ab") as f:
+        f.write(b"\x40\x00\x00\x00torn")  # a crash in the middle of the next append
+    again = make(tmp_path / "ob")
+    await again.open()
+    try:
+        assert numbers(await again.peek(10)) == [0, 1, 2]
+        await again.submit(msg("d", 3))
+        assert numbers(await again.peek(10)) == [0, 1, 2, 3]
+    finally:
+        await again.close()
+
+
+async def test_delivered_segments_are_deleted_and_removals_survive_a_restart(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob", OutboxLimits())
+    await box.open()
+    box.log.segment_bytes = 4096
+    for i in range(100):
+        await box.submit(msg("d", i, size=200))
+    assert len(box.log.segments) > 3
+    rows = await box.peek(1000)
+    await box.remove(rows[:90])
+    assert len(box.log.segments) <= 2  # whole segments went: how a full disk gets space back
+    await box.close()
+    again = make(tmp_path / "ob", OutboxLimits())
+    await again.open()
+    try:
+        assert numbers(await again.peek(1000)) == list(range(90, 100))
+        await again.submit(msg("d", 100))
+        assert numbers(await again.peek(1000))[-1] == 100
+    finally:
+        await again.close()
+
+
+# -- dead letters and the schema ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[Engine]:
+    url = f"sqlite:///{tmp_path / 'edgegate.db'}"
+    upgrade(url)
+    engine = open_engine(url)
+    yield engine
+    engine.dispose()
+
+
+async def test_dead_letters_leave_the_outbox_and_come_back_when_requeued(tmp_path: Path, engine: Engine) -> None:
+    letters = DeadLetters(engine)
+    box = make(tmp_path / "ob", dead_letters=letters)
+    await box.open()
+    try:
+        for i in range(3):
+            await box.submit(msg("d", i))
+        rows = await box.peek(10)
+        await box.dead_letter(rows[1:2], 400, "bad_payload", "the payload is not JSON")
+        assert numbers(await box.peek(10)) == [0, 2]
+        (dead,) = letters.entries()
+        assert (dead.message_id, dead.status, dead.reason, dead.detail) == (
+            rows[1].message_id, 400, "bad_payload", "the payload is not JSON")
+        assert box.status()["dead_letters"] == 1
+        assert letters.flag_requeue(None) == 1
+        assert await box.refresh_dead_letters() == 1
+        again = await box.peek(10)
+        assert numbers(again) == [0, 2, 1]
+        assert again[-1].message_id == rows[1].message_id  # the hub can still deduplicate it
+        assert letters.entries() == []
+        assert box.status()["dead_letters"] == 0
+    finally:
+        await box.close()
+
+
+async def test_an_older_releases_outbox_table_is_carried_over(tmp_path: Path, engine: Engine) -> None:
+    from gateway.outbox.tables import outbox as legacy
+
+    with engine.begin() as conn:
+        conn.execute(legacy.insert(), [
+            {"message_id": f"old{i}", "device_id": "d", "kind": "telemetry", "topic": "devices/d/messages/events/",
+             "properties": "{}", "payload": str(i).encode(), "qos": 1, "enqueued_at": T0, "expires_at": T0 + 1}
+            for i in range(3)])
+    box = make(tmp_path / "ob", legacy=engine)
+    await box.open()
+    try:
+        rows = await box.peek(10)
+        assert [(int(r.payload), r.message_id) for r in rows] == [(0, "old0"), (1, "old1"), (2, "old2")]
+        with engine.connect() as conn:
+            assert conn.execute(legacy.select()).all() == []
+    finally:
+        await box.close()
 
 
 def test_migration_matches_the_table_definition(engine: Engine) -> None:
@@ -324,4 +573,4 @@ def test_migration_matches_the_table_definition(engine: Engine) -> None:
 
 
 def test_outbox_table_module_is_loaded_for_migrations() -> None:
-    assert "outbox" in load_table_modules().tables
+    assert {"outbox", "outbox_dead_letters"} <= set(load_table_modules().tables)

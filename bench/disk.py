@@ -1,0 +1,99 @@
+"""What durable telemetry costs the disk: bytes written per acknowledged message (the broker's
+/proc/<pid>/io write_bytes, i.e. pages it dirtied) and fdatasync + fsync calls per second (counted by
+`perf stat` on the syscall tracepoints, no ptrace), at a fleet's trickle (bench.fleet: N devices x 1 msg/s,
+PUBACK latency timed) and at one fast publisher (mosquitto_pub -l).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from bench.load import publish_rate
+from bench.pki import BenchPKI
+from bench.targets import REPO, Target
+
+SYNC_EVENTS = "syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync"
+
+
+def write_bytes(pid: int) -> int:
+    """Bytes the process and its children sent (or will send) to storage: /proc/<pid>/io write_bytes."""
+    proc = psutil.Process(pid)
+    return sum(int(p.io_counters().write_bytes) for p in [proc, *proc.children(recursive=True)])
+
+
+@dataclass
+class DiskMeter:
+    """write_bytes and sync calls of one process between `start()` and `stop()`."""
+
+    pid: int
+    perf: subprocess.Popen[str] | None = None
+    started_bytes: int = 0
+    started_at: float = 0.0
+    output: Path | None = None
+
+    def start(self, workdir: Path) -> DiskMeter:
+        self.output = workdir / f"perf-{self.pid}.csv"
+        if shutil.which("perf"):
+            self.perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", SYNC_EVENTS, "-p", str(self.pid),
+                                          "-o", str(self.output)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL, text=True)
+            time.sleep(0.5)  # perf attaches
+        self.started_bytes, self.started_at = write_bytes(self.pid), time.monotonic()
+        return self
+
+    def stop(self) -> tuple[int, float, float]:
+        """(bytes written, sync calls per second or -1 when perf is unavailable, seconds)."""
+        written, seconds = write_bytes(self.pid) - self.started_bytes, time.monotonic() - self.started_at
+        syncs = -1.0
+        if self.perf is not None and self.output is not None:
+            self.perf.send_signal(signal.SIGINT)
+            self.perf.wait(10)
+            counts = [line.split(",")[0] for line in self.output.read_text().splitlines()
+                      if "syscalls:sys_enter" in line]
+            if counts and all(c.strip().isdigit() for c in counts):
+                syncs = sum(int(c) for c in counts) / seconds
+        return written, syncs, seconds
+
+
+def fleet(target: Target, pki: BenchPKI, first: int, count: int, seconds: float,
+          payload: int = 100) -> dict[str, float]:
+    """N devices x 1 msg/s for `seconds`: bytes/message, sync calls/s, PUBACK p50/p99 (ms)."""
+    assert target.proc is not None
+    cmd = [sys.executable, "-m", "bench.fleet", str(target.port), str(pki.root_path), str(pki.directory / "devices"),
+           str(first), str(count), "--seconds", str(seconds), "--payload", str(payload), "--wait-stdin"]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    connected = json.loads(proc.stdout.readline() or "{}")
+    if connected.get("connected") != count:
+        proc.kill()
+        raise RuntimeError(f"only {connected.get('connected')} of {count} fleet devices connected to {target.name}")
+    time.sleep(1.0)  # connection set-up writes settle
+    meter = DiskMeter(target.proc.pid).start(target.workdir)
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    result = json.loads(proc.stdout.readline())
+    written, syncs, _ = meter.stop()
+    proc.wait(30)
+    acked = max(1, int(result["acked"]))
+    return {"bytes_per_msg": written / acked, "syncs_per_s": syncs, "p50_ms": result["p50_ms"],
+            "p99_ms": result["p99_ms"], "acked": acked, "sent": result["sent"]}
+
+
+def fast_publisher(target: Target, messages: int) -> dict[str, float]:
+    """One mosquitto_pub -l at QoS 1: bytes/message, sync calls/s, msg/s."""
+    assert target.proc is not None
+    meter = DiskMeter(target.proc.pid).start(target.workdir)
+    rate = publish_rate(target, [0], messages, 1)
+    time.sleep(0.2)  # the last commit
+    written, syncs, _ = meter.stop()
+    return {"bytes_per_msg": written / messages, "syncs_per_s": syncs, "rate": rate}
