@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from gateway.auth.identity import DEVICE_ID_SPECIALS, MAX_DEVICE_ID
 from gateway.errors import ConfigError
 
 # X.509's upper bound for a common name (RFC 5280 ub-common-name); IoT Edge puts `hostname` there.
@@ -22,9 +23,6 @@ MAX_COMMON_NAME = 64
 # A DNS name in text form (RFC 1035 2.3.4: 255 octets on the wire).
 MAX_DNS_NAME = 253
 MAX_DNS_LABEL = 63
-# IoT Hub device ids: up to 128 ASCII alphanumerics plus these (IoT Hub identity registry docs).
-MAX_DEVICE_ID = 128
-DEVICE_ID_SPECIALS = frozenset("-:.+%_#*?!(),=@;$'")
 
 _DURATION = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([smhd])")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}

@@ -8,7 +8,6 @@ last change. Calls are blocking: run them on the database thread (`Database.run`
 from __future__ import annotations
 
 import enum
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,13 +16,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from sqlalchemy import Index, Integer, Select, String, Text, func, or_, select
 from sqlalchemy.orm import Mapped, Session, mapped_column
 
+from gateway.auth.identity import DEVICE_ID_SPECIALS, MAX_DEVICE_ID, is_iot_hub_device_id
 from gateway.pki import normalize_thumbprint, thumbprint_sha256
 from gateway.records import AuthType, DeviceRecord
 from hub_mock.db import Base, Database
 from hub_mock.errors import AlreadyExists, Invalid, NotFound
-
-# IoT Hub's rule for device ids: up to 128 ASCII alphanumerics and - . + % _ # * ? ! ( ) , : = @ $ '
-_ID_PATTERN = re.compile(r"[A-Za-z0-9\-.+%_#*?!(),:=@$']{1,128}")
 
 
 class DeviceRow(Base):
@@ -140,8 +137,9 @@ class ChangePage:
 
 def check_id(kind: str, value: object) -> str:
     """`value` if it is a valid IoT Hub id, else Invalid naming `kind`."""
-    if not isinstance(value, str) or not _ID_PATTERN.fullmatch(value):
-        raise Invalid(f"{kind} {value!r} is not a valid id: 1-128 ASCII letters, digits or -.+%_#*?!(),:=@$'")
+    if not isinstance(value, str) or not is_iot_hub_device_id(value):
+        specials = "".join(sorted(DEVICE_ID_SPECIALS))
+        raise Invalid(f"{kind} {value!r} is not a valid id: 1-{MAX_DEVICE_ID} ASCII letters, digits or {specials}")
     return value
 
 

@@ -4,10 +4,20 @@ from __future__ import annotations
 
 import string
 
-# IoT Hub device ids: up to 128 ASCII letters, digits and - . % _ * ? ! ( ) , : = @ $ '.
-# '+' and '#' (MQTT wildcards) and '/' (topic levels) are refused: a device id becomes a topic level.
+# IoT Hub device ids: up to 128 ASCII letters, digits and the characters the identity registry documents.
+# The one rule for the gateway, its config checks and hub-mock.
 MAX_DEVICE_ID = 128
-_ALLOWED = frozenset(string.ascii_letters + string.digits + "-.%_*?!(),:=@$'")
+DEVICE_ID_SPECIALS = frozenset("-:.+%_#*?!(),=@;$'")
+# What IoT Hub allows but a device connecting here may not use: '+' and '#' are MQTT wildcards, and a
+# device id becomes a topic level (devices/{id}/messages/...).
+TOPIC_UNSAFE = frozenset("+#")
+_ALLOWED = frozenset(string.ascii_letters + string.digits) | (DEVICE_ID_SPECIALS - TOPIC_UNSAFE)
+
+
+def is_iot_hub_device_id(text: str) -> bool:
+    """IoT Hub's own rule (the registry accepts these; the front door also refuses TOPIC_UNSAFE)."""
+    return 0 < len(text) <= MAX_DEVICE_ID and all(
+        (ch.isascii() and ch.isalnum()) or ch in DEVICE_ID_SPECIALS for ch in text)
 
 
 def validate_device_id(device_id: str) -> str | None:

@@ -45,3 +45,25 @@ def test_device_ids(device_id: str, ok: bool) -> None:
 )
 def test_usernames(username: str | None, expected: tuple[bool, str | None]) -> None:
     assert username_device(username) == expected
+
+
+def test_one_device_id_rule_for_gateway_config_and_hub() -> None:
+    # IoT Hub's documented characters; the front door refuses only the MQTT wildcards among them.
+    from gateway import config_checks
+    from gateway.auth import identity
+    from hub_mock.registry import Invalid, check_id
+
+    documented = "-:.+%_#*?!(),=@;$'"
+    assert set(documented) == identity.DEVICE_ID_SPECIALS
+    for ch in documented:
+        text = f"dev{ch}1"
+        assert identity.is_iot_hub_device_id(text)
+        assert config_checks.validate_device_id(text) is None
+        assert check_id("device", text) == text
+        assert (identity.validate_device_id(text) is None) is (ch not in identity.TOPIC_UNSAFE)
+    for bad in ("dev/1", "dév", "", "x" * 129):
+        assert not identity.is_iot_hub_device_id(bad)
+        assert config_checks.validate_device_id(bad) is not None
+        assert identity.validate_device_id(bad) is not None
+        with pytest.raises(Invalid):
+            check_id("device", bad)
