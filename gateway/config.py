@@ -46,6 +46,7 @@ from gateway.config_files import (
     read_private_key,
 )
 from gateway.errors import ConfigError
+from gateway.frontdoor.limits import FrontDoorLimits
 
 __all__ = [
     "AuthConfig",
@@ -151,14 +152,18 @@ class ListenerConfig:
     port: int = 8883
 
 
+_FRONT_DOOR = FrontDoorLimits()
+
+
 @dataclass(frozen=True, slots=True)
 class LimitsConfig:
     """Front door bounds."""
 
-    max_connections: int = 10_000
-    max_packet_size: int = 256 * 1024  # edgeHub's message size limit
-    handshake_timeout: timedelta = timedelta(seconds=10)  # TLS handshake + CONNECT, cache-miss wait included
-    max_keep_alive: timedelta = timedelta(minutes=10)  # edgeHub caps keep-alive at 10 minutes
+    # The defaults, and where each number comes from, are the front door's own (gateway.frontdoor.limits).
+    max_connections: int = _FRONT_DOOR.max_connections
+    max_packet_size: int = _FRONT_DOOR.max_packet_size
+    handshake_timeout: timedelta = timedelta(seconds=_FRONT_DOOR.handshake_timeout)
+    max_keep_alive: timedelta = timedelta(seconds=_FRONT_DOOR.max_keep_alive)
     memory: int | None = None  # bytes the gateway may use; None: the cgroup's limit, if any
 
 
