@@ -118,7 +118,7 @@ class PauseReading:
 
 @dataclass(frozen=True, slots=True)
 class ResumeReading:
-    pass
+    """Read the socket again: the device's waiting data is under half the budget."""
 
 
 @dataclass(frozen=True, slots=True)
