@@ -182,7 +182,8 @@ def test_naive_datetimes_are_refused(repository: CacheRepository) -> None:
         repository.apply(upserts=[device(1)], deletes=[], fetched_at=datetime(2026, 1, 1))
 
 
-def test_full_sync_of_100k_devices_is_fast(repository: CacheRepository) -> None:
+def test_full_sync_of_100k_devices(repository: CacheRepository) -> None:
+    # How long it takes is a figure (`python -m bench.sync_bench`), printed here, never asserted.
     devices = [device(n) for n in range(100_000)]
     started = time.perf_counter()
     repository.apply(upserts=devices, deletes=[], fetched_at=T0, sequence=100_000, cas=[CA], confirm_all=True)
@@ -198,8 +199,9 @@ def test_full_sync_of_100k_devices_is_fast(repository: CacheRepository) -> None:
     print(f"\n{repository.engine.dialect.name}: insert 100k {first:.2f}s, resync 10k changed + 1k removed "
           f"{resync:.2f}s, load {len(snapshot.devices)} {load:.2f}s")
     assert len(snapshot.devices) == 99_000
-    assert first < 10
-    assert resync < 10
-    assert load < 10
-    if repository.engine.dialect.name == "sqlite":
-        assert first < 4  # measured ~0.8 s on the 2-core CI machine
+    by_id = {d.device_id: d for d in snapshot.devices}
+    assert "device-000005" not in by_id
+    assert "device-000105" not in by_id
+    assert by_id["device-000010"].enabled is False
+    assert by_id["device-000011"].enabled is True
+    assert snapshot.sequence == 200_000
