@@ -92,33 +92,26 @@ def _chosen(args: argparse.Namespace) -> list[int] | None:
 
 
 def _requeue(args: argparse.Namespace) -> int:
-    chosen = _chosen(args)
-    letters = _letters(args)
-    if letters is None:
-        return 1
-    try:
-        flagged = letters.flag_requeue(chosen, args.device)
-    except StorageError as exc:
-        print(f"edgegate: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        letters.engine.dispose()
-    print(f"{flagged} dead letters flagged: the running gateway sends them again within seconds "
-          "(a stopped one at its next start)")
-    return 0 if flagged else 1
+    return _change(args, "flag_requeue", "{n} dead letters flagged: the running gateway sends them again within "
+                                         "seconds (a stopped one at its next start)")
 
 
 def _drop(args: argparse.Namespace) -> int:
+    return _change(args, "drop", "{n} dead letters dropped for good")
+
+
+def _change(args: argparse.Namespace, action: str, done: str) -> int:
+    """Apply `action` (a DeadLetters method) to the chosen dead letters; exit 1 when none matched."""
     chosen = _chosen(args)
     letters = _letters(args)
     if letters is None:
         return 1
     try:
-        dropped = letters.drop(chosen, args.device)
+        changed = int(getattr(letters, action)(chosen, args.device))
     except StorageError as exc:
         print(f"edgegate: {exc}", file=sys.stderr)
         return 1
     finally:
         letters.engine.dispose()
-    print(f"{dropped} dead letters dropped for good")
-    return 0 if dropped else 1
+    print(done.format(n=changed))
+    return 0 if changed else 1
