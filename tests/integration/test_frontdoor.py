@@ -124,21 +124,22 @@ def test_garbage_instead_of_tls_is_closed_and_counted(gw: FrontDoorThread) -> No
 def test_tls_then_garbage_instead_of_connect_is_closed(gw: FrontDoorThread, files: Callable) -> None:
     with tls_socket(gw, files(A, "a")) as sock:
         sock.sendall(b"\x00\xff" * 50)
-        data, took = read_until_closed(sock, 30)
+        data, _ = read_until_closed(sock, 30)  # raises if the gateway keeps it open
     assert data == b""
-    assert took < 20  # closed by the gateway, not by this read giving up after 30 s
 
 
 def test_silent_tcp_connection_is_closed_at_the_handshake_timeout(gw: FrontDoorThread) -> None:
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
         _, took = read_until_closed(sock, 30)
-    assert 0.8 < took < 20  # not before the 1 s timeout; by the gateway, not by this read giving up
+    # Closed by the gateway (a read still open after 30 s raises), and never before the 1 s timeout.
+    assert took > 0.8
 
 
 def test_connect_never_sent_is_closed_at_the_timeout(gw: FrontDoorThread, files: Callable) -> None:
     with tls_socket(gw, files(A, "a")) as sock:
         _, took = read_until_closed(sock, 30)
-    assert 0.5 < took < 20  # not before the timeout; by the gateway, not by this read giving up
+    # Closed by the gateway (a read still open after 30 s raises), and never before the timeout.
+    assert took > 0.5
 
 
 def test_unsupported_protocol_gets_connack_1(gw: FrontDoorThread, files: Callable) -> None:
@@ -233,7 +234,8 @@ def test_keepalive_is_enforced_and_the_will_is_published(gw: FrontDoorThread, fi
         sock.sendall(connect)
         data, took = read_until_closed(sock, 30)
     assert data.startswith(codec.encode_connack(0))
-    assert 1.3 < took < 20  # not before 1.5 x keep-alive of 1 s; by the gateway, not by this read giving up
+    # Closed by the gateway (a read still open after 30 s raises), never before 1.5 x keep-alive of 1 s.
+    assert took > 1.3
     wait_for(lambda: any(m.payload == b"gone" for m in gw.sink.messages), what="will message")
 
 
