@@ -23,12 +23,12 @@ from pathlib import Path
 
 import psutil
 
+from gateway.hub.client import HubClient
 from gateway.outbox.bounds import OutboxLimits
 from gateway.outbox.log import Durability
 from gateway.outbox.store import Outbox
 from gateway.pki import self_signed_device_cert
 from gateway.records import InboundMessage
-from gateway.sync.hubclient import HubClient
 from gateway.upstream.forwarder import Forwarder
 from tests.hubproc import HubProcess
 

@@ -24,11 +24,11 @@ from sqlalchemy import insert
 
 from gateway.cache.directory import DeviceDirectory
 from gateway.cache.repository import CacheRepository
+from gateway.db.engine import DatabaseThread, open_engine, upgrade
+from gateway.hub.client import HubClient
+from gateway.hub.registry_sync import RegistrySync, changes_from_page
 from gateway.pki import self_signed_device_cert
 from gateway.records import DeviceRecord
-from gateway.store.db import DatabaseThread, open_engine, upgrade
-from gateway.sync.hubclient import HubClient
-from gateway.sync.loop import RegistrySync, changes_from_page
 from hub_mock.config import load_config as load_hub_config
 from hub_mock.db import Base as HubBase
 from hub_mock.db import make_engine as make_hub_engine

@@ -7,7 +7,7 @@ def next_backoff(attempt: int, base: float, cap: float, rand: float) -> float:
     """Seconds to wait after `attempt` consecutive failures (0 = the first): `rand` (in [0, 1]) times
     a ceiling that doubles from `base` up to `cap`.
 
-    Full jitter, not the gateway's equal jitter (gateway/sync/backoff.py): when a gateway restarts,
+    Full jitter, not the gateway's equal jitter (gateway/hub/backoff.py): when a gateway restarts,
     its whole fleet loses the connection in the same instant, and spreading the redials over the
     entire window is what keeps them from arriving at the restarted gateway together.
     """

@@ -24,15 +24,21 @@ from gateway.cache.directory import DeviceDirectory
 from gateway.cache.repository import CacheRepository
 from gateway.clock_watch import ClockWatch
 from gateway.config import Config, load_config
+from gateway.db.engine import DatabaseThread, open_engine, redacted
+from gateway.db.guard import history_problems, state_dir_problem, write_note
+from gateway.db.migrate import migrate
 from gateway.errors import ConfigError, EdgegateError
 from gateway.est import adopt as est_adopt
 from gateway.est.keeper import EstKeeper
 from gateway.frontdoor.server import FrontDoor, FrontDoorLimits
+from gateway.hub.client import HubClient
+from gateway.hub.registry_sync import RegistrySync
+from gateway.hub.sync_state import HubState
 from gateway.metrics import Counters
 from gateway.outbox.wiring import OUTBOX_DIR, outbox_from_config
 from gateway.pki import load_certs
+from gateway.pki.keeper import ServerCertKeeper, describe_chain, load_edge_ca, server_cert
 from gateway.records import DeviceRecord
-from gateway.server_identity import ServerCertKeeper, describe_chain, load_edge_ca, server_cert
 from gateway.service.budget import ConnectionBudget, connection_budget
 from gateway.service.endpoint import HealthEndpoint
 from gateway.service.exposition import Gauge, render
@@ -40,15 +46,9 @@ from gateway.service.failures import operational_sentence
 from gateway.service.notify import Notifier
 from gateway.service.reload import reload_plan
 from gateway.service.resources import raise_open_files, read_resources
+from gateway.service.status_file import STATUS_FILE_NAME, write_status
 from gateway.service.supervisor import Supervisor
 from gateway.session_sweep import SessionSweep
-from gateway.store.db import DatabaseThread, open_engine, redacted
-from gateway.store.guard import history_problems, state_dir_problem, write_note
-from gateway.store.migrate import migrate
-from gateway.sync.hubclient import HubClient
-from gateway.sync.loop import RegistrySync
-from gateway.sync.state import HubState
-from gateway.sync.status_file import STATUS_FILE_NAME, write_status
 from gateway.twin.wiring import start_twins
 from gateway.upstream.c2d import CloudToDevice
 from gateway.upstream.forwarder import Forwarder

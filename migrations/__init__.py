@@ -1,1 +1,1 @@
-"""Alembic migrations of the gateway's database (cache + outbox); run through `gateway.store.db`."""
+"""Alembic migrations of the gateway's database (cache + outbox); run through `gateway.db.engine`."""

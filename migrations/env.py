@@ -1,6 +1,6 @@
-"""Alembic environment, configured in code by `gateway.store.db.alembic_config` (there is no alembic.ini).
+"""Alembic environment, configured in code by `gateway.db.engine.alembic_config` (there is no alembic.ini).
 
-The engine arrives in `config.attributes["engine"]`; `gateway.store.models` imports every table module,
+The engine arrives in `config.attributes["engine"]`; `gateway.db.table_modules` imports every table module,
 so its `metadata` is complete for autogenerate.
 """
 
@@ -9,13 +9,13 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import Engine
 
-from gateway.store.models import metadata as target_metadata
+from gateway.db.table_modules import metadata as target_metadata
 
 
 def run_migrations_online() -> None:
     engine = context.config.attributes.get("engine")
     if not isinstance(engine, Engine):
-        raise RuntimeError("run migrations through gateway.store.db (edgegate db upgrade), not the alembic CLI")
+        raise RuntimeError("run migrations through gateway.db.engine (edgegate db upgrade), not the alembic CLI")
     with engine.connect() as connection:
         context.configure(
             connection=connection,

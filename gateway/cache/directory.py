@@ -26,9 +26,9 @@ from gateway.cache.merge import accept_fetched, diff_snapshot
 from gateway.cache.records import CacheChanges, CacheSnapshot, RegisteredCA, SyncStatus
 from gateway.cache.repository import CacheRepository
 from gateway.cache.revocation import RevocationReason, revocation_reason
+from gateway.db.engine import DatabaseThread
 from gateway.errors import HubError, StorageError
 from gateway.records import DeviceRecord, TrustAnchors
-from gateway.store.db import DatabaseThread
 
 log = logging.getLogger("edgegate.cache")
 

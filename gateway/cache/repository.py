@@ -11,9 +11,9 @@ from sqlalchemy import Connection, Engine, delete, func, insert, select, update
 
 from gateway.cache.records import CacheSnapshot, CacheSummary, RegisteredCA, SyncStatus
 from gateway.cache.tables import SYNC_STATE_ID, cache_cas, cache_devices, cache_sync_state
+from gateway.db.engine import storage_errors
 from gateway.errors import StorageError
 from gateway.records import AuthType, DeviceRecord
-from gateway.store.db import storage_errors
 
 # Rows per executemany / ids per IN list: well under SQLite's 32,766 bound variables, big enough that
 # per-statement overhead vanishes.

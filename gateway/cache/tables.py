@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Boolean, CheckConstraint, Column, Integer, String, Table, Text
 
-from gateway.store.base import metadata
-from gateway.store.types import UTCDateTime
+from gateway.db.base import metadata
+from gateway.db.types import UTCDateTime
 
 # IoT Hub's limits: device ids and CA names up to 128 characters; thumbprints are SHA-256 hex at most.
 ID_LENGTH = 128

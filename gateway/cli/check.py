@@ -17,10 +17,10 @@ from urllib.parse import urlsplit
 from gateway import checks
 from gateway.checks import CheckResult, HubProbe, Status
 from gateway.config import Config, HubConfig, load_config
+from gateway.db.engine import database_exists, migration_status, redacted
+from gateway.db.guard import state_dir_problem
 from gateway.errors import ConfigError, EdgegateError
 from gateway.pki import CA, is_self_signed, load_certs
-from gateway.store.db import database_exists, migration_status, redacted
-from gateway.store.guard import state_dir_problem
 from gateway.tls.contexts import build_hub_client_context
 
 HUB_TIMEOUT = 3.0  # seconds for connect + handshake + first answer: a check, not a retry loop
@@ -64,7 +64,7 @@ def run_checks(path: Path, now: datetime) -> list[CheckResult]:
 
 def _clock(config: Config, now: datetime) -> CheckResult:
     from gateway.clock_watch import judge_offline
-    from gateway.server_identity import held_certificates
+    from gateway.pki.keeper import held_certificates
 
     verdict = judge_offline(config.state_dir, held_certificates(config), now, config.auth.clock_skew_tolerance)
     return checks.system_clock(verdict.state.value, verdict.sentence)

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 from gateway.config import load_config
+from gateway.db.engine import database_exists, migration_status, redacted, upgrade
 from gateway.errors import StorageError
-from gateway.store.db import database_exists, migration_status, redacted, upgrade
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -14,9 +14,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.config import load_config
+from gateway.db.engine import database_exists, open_engine, redacted
 from gateway.errors import StorageError
 from gateway.outbox.dead_letters import DeadLetter, DeadLetters
-from gateway.store.db import database_exists, open_engine, redacted
 
 SHOWN_PAYLOAD = 60  # bytes of payload shown per line
 

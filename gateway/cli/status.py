@@ -19,10 +19,10 @@ from gateway.cache.freshness import cache_usable
 from gateway.cache.records import CacheSummary
 from gateway.cache.repository import CacheRepository
 from gateway.config import Config, load_config
+from gateway.db.engine import current_revision, database_exists, head_revision, open_engine, redacted
 from gateway.errors import StorageError
 from gateway.outbox.dead_letters import DeadLetters
-from gateway.store.db import current_revision, database_exists, head_revision, open_engine, redacted
-from gateway.sync.status_file import STATUS_FILE_NAME, read_status
+from gateway.service.status_file import STATUS_FILE_NAME, read_status
 
 # The gateway writes status.json every few seconds; this much silence means it is not running.
 STATUS_STALE_AFTER = timedelta(seconds=60)
@@ -223,7 +223,7 @@ def _est_lines(est: Any) -> list[str]:
 def _clock_from_disk(config: Config, now: datetime) -> dict[str, Any]:
     """The clock as the gateway would judge it now, when no running gateway says (gateway.clock_floor)."""
     from gateway.clock_watch import judge_offline
-    from gateway.server_identity import held_certificates
+    from gateway.pki.keeper import held_certificates
 
     verdict = judge_offline(config.state_dir, held_certificates(config), now, config.auth.clock_skew_tolerance)
     return {"state": verdict.state.value, "message": verdict.sentence, "as_of": "the files on disk"}

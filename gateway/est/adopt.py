@@ -10,8 +10,8 @@ from gateway.config import HubConfig
 from gateway.errors import EstRejected, EstUnavailable, HubRejected, HubUnavailable, PKIError
 from gateway.est.client import ClientAuth
 from gateway.est.keeper import Adopt, EstKeeper
-from gateway.server_identity import ServerCertKeeper, load_edge_ca
-from gateway.sync.hubclient import HubClient
+from gateway.hub.client import HubClient
+from gateway.pki.keeper import ServerCertKeeper, load_edge_ca
 from gateway.tls.contexts import build_hub_client_context
 
 log = logging.getLogger("edgegate.est")

@@ -15,8 +15,8 @@ from typing import Any
 from sqlalchemy import Engine, Integer, cast, delete, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
+from gateway.db.engine import storage_errors
 from gateway.outbox.tables import outbox_dead_letters
-from gateway.store.db import storage_errors
 
 _C = outbox_dead_letters.c
 

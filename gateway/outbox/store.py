@@ -33,7 +33,9 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, inspect, select
 
+from gateway.db.engine import DatabaseThread, storage_errors
 from gateway.errors import OutboxFull, StorageError
+from gateway.hub.backoff import next_backoff
 from gateway.metrics import Counters
 from gateway.outbox.bounds import Bound, OutboxLimits, memory_refusal, refusal
 from gateway.outbox.committer import MAX_BATCH, FairQueue
@@ -44,8 +46,6 @@ from gateway.outbox.segment import Removal
 from gateway.outbox.space import DiskSpace, disk_space, effective_reserve, segment_size, space_refusal
 from gateway.outbox.tables import outbox as legacy_table
 from gateway.records import InboundMessage
-from gateway.store.db import DatabaseThread, storage_errors
-from gateway.sync.backoff import next_backoff
 
 log = logging.getLogger("edgegate.outbox")
 

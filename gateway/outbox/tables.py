@@ -22,7 +22,7 @@ from sqlalchemy import (
     Text,
 )
 
-from gateway.store.base import metadata
+from gateway.db.base import metadata
 
 outbox = Table(
     "outbox",

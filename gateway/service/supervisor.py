@@ -18,8 +18,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.hub.backoff import next_backoff
 from gateway.metrics import Counters
-from gateway.sync.backoff import next_backoff
 
 log = logging.getLogger("edgegate.supervisor")
 

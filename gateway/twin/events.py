@@ -10,7 +10,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from gateway.errors import HubError, StorageError
-from gateway.sync.backoff import next_backoff
+from gateway.hub.backoff import next_backoff
 from gateway.twin.health import RETRY_CAP, HubHealth
 from gateway.twin.methods import MethodRelay
 from gateway.twin.service import TwinService

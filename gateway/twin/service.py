@@ -23,8 +23,8 @@ from typing import Any, Protocol
 
 from gateway.auth.topics import DESIRED_PATCH, TWIN_RESPONSE, TWIN_RESPONSE_VERSIONED
 from gateway.errors import HubError, StorageError
+from gateway.hub.backoff import next_backoff
 from gateway.metrics import Counters
-from gateway.sync.backoff import next_backoff
 from gateway.twin.delivery import Deliver
 from gateway.twin.documents import Twin, parse_patch, parse_twin
 from gateway.twin.health import RETRY_CAP, HubHealth

@@ -20,7 +20,7 @@ from typing import Any
 
 from sqlalchemy import Engine, delete, event, insert, select, update
 
-from gateway.store.db import DatabaseThread, storage_errors
+from gateway.db.engine import DatabaseThread, storage_errors
 from gateway.twin.documents import EMPTY_TWIN, Twin, parse_twin
 from gateway.twin.tables import twin_cache, twin_reported_queue
 

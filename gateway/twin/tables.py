@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Float, Integer, String, Table, Text
 
-from gateway.store.base import metadata
+from gateway.db.base import metadata
 
 # The last full twin the gateway saw for each child device, updated by every patch.
 twin_cache = Table(

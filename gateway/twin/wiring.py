@@ -7,10 +7,10 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
+from gateway.db.engine import open_engine
 from gateway.frontdoor.services import MessageSink
+from gateway.hub.client import HubClient
 from gateway.metrics import Counters
-from gateway.store.db import open_engine
-from gateway.sync.hubclient import HubClient
 from gateway.twin.delivery import Deliver
 from gateway.twin.events import DeviceEventsPoll
 from gateway.twin.health import HubHealth

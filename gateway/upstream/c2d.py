@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from urllib.parse import quote
 
 from gateway.errors import HubError
-from gateway.sync.backoff import next_backoff
+from gateway.hub.backoff import next_backoff
 
 log = logging.getLogger("edgegate.c2d")
 

@@ -32,9 +32,9 @@ from typing import Any, Protocol
 
 from gateway.auth.topics import split_properties
 from gateway.errors import HubError, HubRefusedContent, HubRejected, StorageError
+from gateway.hub.backoff import next_backoff
 from gateway.metrics import Counters
 from gateway.outbox.store import Outbox, QueuedMessage
-from gateway.sync.backoff import next_backoff
 
 log = logging.getLogger("edgegate.upstream")
 

@@ -19,14 +19,14 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine
 
+from gateway.db.engine import open_engine, upgrade
+from gateway.hub.client import HubClient
 from gateway.metrics import Counters
 from gateway.outbox.bounds import OutboxLimits
 from gateway.outbox.dead_letters import DeadLetters
 from gateway.outbox.store import Outbox
 from gateway.pki import CA, self_signed_device_cert
 from gateway.records import InboundMessage
-from gateway.store.db import open_engine, upgrade
-from gateway.sync.hubclient import HubClient
 from gateway.upstream.forwarder import Forwarder, ForwarderState
 from tests.hubproc import HubProcess
 from tests.unit.test_cache_repository import database_url  # noqa: F401 - the SQLite/PostgreSQL fixture

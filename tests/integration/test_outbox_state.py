@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.db.engine import open_engine
 from gateway.outbox.dead_letters import DeadLetters, NewDeadLetter
-from gateway.store.db import open_engine
 from tests.gatewayproc import GatewayProcess
 from tests.hubproc import REPO, HubProcess
 from tests.integration.test_check import by_check, check

@@ -18,13 +18,13 @@ import pytest
 
 from gateway.cache.directory import DeviceDirectory
 from gateway.cache.repository import CacheRepository
+from gateway.db.engine import DatabaseThread, open_engine, upgrade
 from gateway.errors import HubRejected, HubUnavailable
+from gateway.hub.client import HubClient
+from gateway.hub.registry_sync import RegistrySync
+from gateway.hub.sync_state import HubState
 from gateway.pki import CA, self_signed_device_cert
 from gateway.records import AuthType
-from gateway.store.db import DatabaseThread, open_engine, upgrade
-from gateway.sync.hubclient import HubClient
-from gateway.sync.loop import RegistrySync
-from gateway.sync.state import HubState
 from tests.chaos.control import ProxyProcess
 from tests.hubproc import HubProcess
 from tests.unit.test_cache_repository import database_url  # noqa: F401 - the SQLite/PostgreSQL fixture
@@ -466,7 +466,7 @@ async def test_a_hub_certificate_for_another_name_or_root_is_unavailable(
 
 async def test_status_file_reflects_the_running_sync(gateways: Callable[..., Gateway], hub: HubProcess,
                                                      tmp_path: Path) -> None:
-    from gateway.sync.status_file import read_status, write_status
+    from gateway.service.status_file import read_status, write_status
 
     gw = gateways("status")
     add_devices(hub, gw.gateway_id, 2)

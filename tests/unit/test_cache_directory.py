@@ -15,11 +15,11 @@ import pytest
 from gateway.cache.directory import DeviceDirectory
 from gateway.cache.records import CacheChanges, RegisteredCA, SyncStatus
 from gateway.cache.repository import CacheRepository
+from gateway.db import engine as db
+from gateway.db.engine import DatabaseThread, open_engine, upgrade
 from gateway.errors import HubUnavailable, StorageError
 from gateway.pki import CA
 from gateway.records import AuthType, DeviceRecord
-from gateway.store import db
-from gateway.store.db import DatabaseThread, open_engine, upgrade
 
 GW = "gw1"
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)

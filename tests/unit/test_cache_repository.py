@@ -19,11 +19,11 @@ from sqlalchemy.engine import make_url
 
 from gateway.cache.records import RegisteredCA, SyncStatus
 from gateway.cache.repository import CacheRepository
+from gateway.db import engine as db
+from gateway.db.engine import database_exists, head_revision, migration_status, open_engine, upgrade
+from gateway.db.table_modules import TABLE_MODULES, load_table_modules
 from gateway.errors import StorageError
 from gateway.records import AuthType, DeviceRecord
-from gateway.store import db
-from gateway.store.db import database_exists, head_revision, migration_status, open_engine, upgrade
-from gateway.store.models import TABLE_MODULES, load_table_modules
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 CA = RegisteredCA("devices", "-----BEGIN CERTIFICATE-----\n...", "cc" * 32)

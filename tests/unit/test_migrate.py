@@ -1,4 +1,4 @@
-"""Migrating at start without Alembic in the gateway process (gateway.store.migrate)."""
+"""Migrating at start without Alembic in the gateway process (gateway.db.migrate)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from gateway.db import migrate as m
+from gateway.db.engine import head_revision, migration_status
 from gateway.errors import StorageError
-from gateway.store import migrate as m
-from gateway.store.db import head_revision, migration_status
 
 
 def test_script_head_is_alembics_head() -> None:

@@ -16,6 +16,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine
 
+from gateway.db.engine import open_engine, upgrade
+from gateway.db.table_modules import load_table_modules
 from gateway.errors import OutboxFull, StorageError
 from gateway.outbox import log as segment_log
 from gateway.outbox import store
@@ -25,8 +27,6 @@ from gateway.outbox.space import DiskSpace
 from gateway.outbox.store import EAGER_PENDING as EAGER
 from gateway.outbox.store import PAUSE_PENDING_BYTES, Outbox
 from gateway.records import InboundMessage
-from gateway.store.db import open_engine, upgrade
-from gateway.store.models import load_table_modules
 
 T0 = 1_800_000_000.0
 SMALL = OutboxLimits(time_to_live=100, max_messages=50, max_bytes=10_000, per_device_max_messages=20)

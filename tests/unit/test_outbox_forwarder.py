@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 
 import pytest
 
+from gateway.hub.backoff import next_backoff
 from gateway.outbox.store import QueuedMessage
-from gateway.sync.backoff import next_backoff
 from gateway.upstream.forwarder import BACKOFF_BASE, BACKOFF_CAP, leaves_room, wire_message
 from hub_mock.ingest import parse_batch
 

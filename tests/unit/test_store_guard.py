@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.store.guard import history_problems, state_dir_problem, write_note
+from gateway.db.guard import history_problems, state_dir_problem, write_note
 
 
 @pytest.fixture

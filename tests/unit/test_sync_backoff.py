@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.sync.backoff import BACKOFF_CAP, next_backoff
+from gateway.hub.backoff import BACKOFF_CAP, next_backoff
 
 
 @pytest.mark.parametrize(

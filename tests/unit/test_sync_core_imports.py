@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PURE = [
     ROOT / "gateway" / "cache" / name
     for name in ("records.py", "merge.py", "revocation.py", "freshness.py")
-] + [ROOT / "gateway" / "sync" / name for name in ("backoff.py", "state.py", "wire.py")]
+] + [ROOT / "gateway" / "hub" / name for name in ("backoff.py", "sync_state.py", "wire.py")]
 
 
 @pytest.mark.parametrize("path", PURE, ids=lambda p: f"{p.parent.name}/{p.name}")

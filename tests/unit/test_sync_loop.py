@@ -13,11 +13,11 @@ import pytest
 
 from gateway.cache.directory import DeviceDirectory
 from gateway.cache.repository import CacheRepository
+from gateway.db.engine import DatabaseThread, open_engine, upgrade
+from gateway.hub.registry_sync import RegistrySync
+from gateway.hub.sync_state import HubState
+from gateway.hub.wire import ChangePage, FeedChange, ScopePage
 from gateway.records import AuthType, DeviceRecord
-from gateway.store.db import DatabaseThread, open_engine, upgrade
-from gateway.sync.loop import RegistrySync
-from gateway.sync.state import HubState
-from gateway.sync.wire import ChangePage, FeedChange, ScopePage
 
 GW = "gw1"
 

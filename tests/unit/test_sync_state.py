@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.cache.records import SyncStatus
-from gateway.sync.state import TRANSITIONS, HubState, SyncOutcome, advance
+from gateway.hub.sync_state import TRANSITIONS, HubState, SyncOutcome, advance
 
 T0 = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 S, ON, OFF, REJ = HubState.STARTING, HubState.ONLINE, HubState.OFFLINE, HubState.REJECTED

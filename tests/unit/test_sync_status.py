@@ -15,9 +15,9 @@ from gateway.cache.records import CacheSummary, SyncStatus
 from gateway.cache.repository import CacheRepository
 from gateway.cli.main import main
 from gateway.cli.status import STATUS_STALE_AFTER, build_report, render_text
+from gateway.db.engine import head_revision, open_engine
 from gateway.records import AuthType, DeviceRecord
-from gateway.store.db import head_revision, open_engine
-from gateway.sync.status_file import read_status, write_status
+from gateway.service.status_file import read_status, write_status
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from gateway.cache.records import CacheChanges, RegisteredCA
+from gateway.hub.registry_sync import changes_from_page
+from gateway.hub.wire import ChangePage, FeedChange, parse_cas, parse_change_page, parse_device, parse_scope_page
 from gateway.records import AuthType, DeviceRecord
-from gateway.sync.loop import changes_from_page
-from gateway.sync.wire import ChangePage, FeedChange, parse_cas, parse_change_page, parse_device, parse_scope_page
 
 DEVICE = {
     "device_id": "d1",

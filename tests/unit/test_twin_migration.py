@@ -5,8 +5,8 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from gateway.store.db import open_engine, upgrade
-from gateway.store.models import load_table_modules
+from gateway.db.engine import open_engine, upgrade
+from gateway.db.table_modules import load_table_modules
 from tests.unit.test_cache_repository import database_url  # noqa: F401 - the SQLite/PostgreSQL fixture
 
 

@@ -13,10 +13,10 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from gateway.db.engine import open_engine, upgrade
 from gateway.errors import HubUnavailable
 from gateway.metrics import Counters
 from gateway.records import InboundMessage
-from gateway.store.db import open_engine, upgrade
 from gateway.twin.health import HubHealth
 from gateway.twin.methods import MethodRelay
 from gateway.twin.router import TwinRouter

@@ -23,8 +23,8 @@ import aiohttp
 
 from gateway.cache.records import RegisteredCA
 from gateway.errors import HubRefusedContent, HubRejected, HubUnavailable
+from gateway.hub.wire import ChangePage, ScopePage, parse_cas, parse_change_page, parse_device, parse_scope_page
 from gateway.records import DeviceRecord
-from gateway.sync.wire import ChangePage, ScopePage, parse_cas, parse_change_page, parse_device, parse_scope_page
 from gateway.tls.contexts import build_hub_client_context
 
 T = TypeVar("T")

@@ -5,7 +5,7 @@ and a reader (`edgegate status`) never blocks the writer. PostgreSQL goes throug
 Every SQLAlchemy failure leaves this module as a chained `StorageError`.
 
 Alembic is imported inside the functions that need it: with Mako and Pygments under it, it costs about
-11 MiB of resident memory, and the running gateway migrates in a child process (`gateway.store.migrate`).
+11 MiB of resident memory, and the running gateway migrates in a child process (`gateway.db.migrate`).
 """
 
 from __future__ import annotations

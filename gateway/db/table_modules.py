@@ -10,7 +10,7 @@ import importlib
 
 from sqlalchemy import MetaData
 
-from gateway.store import base
+from gateway.db import base
 
 TABLE_MODULES = ("gateway.cache.tables", "gateway.outbox.tables", "gateway.twin.tables")
 

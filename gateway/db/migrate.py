@@ -3,10 +3,10 @@
 Alembic, with Mako and Pygments under it, costs about 11 MiB of resident memory that the long-running
 gateway would keep for nothing. So `migrate` first compares the database's revision with the head of
 `migrations/versions`, both read with plain SQLAlchemy and `ast`; only when they differ (or either
-cannot be read that way) does it run `gateway.store.db.upgrade` in a short-lived child process, which
+cannot be read that way) does it run `gateway.db.engine.upgrade` in a short-lived child process, which
 answers one line of JSON on stdout, logs to the inherited stderr, and whose StorageError becomes ours.
 
-    python -m gateway.store.migrate LOG_LEVEL   (the database URL on stdin, never on the command line)
+    python -m gateway.db.migrate LOG_LEVEL   (the database URL on stdin, never on the command line)
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from pathlib import Path
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
+from gateway.db.engine import MIGRATIONS_DIR, open_engine, redacted, upgrade
 from gateway.errors import StorageError
-from gateway.store.db import MIGRATIONS_DIR, open_engine, redacted, upgrade
 
 # The child imports the same `gateway` package as this process, wherever it was imported from.
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
@@ -90,7 +90,7 @@ def upgrade_in_child(url: str) -> str:
     """`upgrade(url)` in a child process; returns the revision the database is now at."""
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
-    child = subprocess.run([sys.executable, "-m", "gateway.store.migrate", level], input=url, env=env,
+    child = subprocess.run([sys.executable, "-m", "gateway.db.migrate", level], input=url, env=env,
                            stdout=subprocess.PIPE, text=True, check=False)
     try:
         answer = json.loads(child.stdout)

@@ -24,11 +24,11 @@ from typing import Any
 from gateway.cache.directory import DeviceDirectory
 from gateway.cache.records import CacheChanges
 from gateway.errors import HubRejected, HubUnavailable, StorageError
+from gateway.hub.backoff import BACKOFF_BASE, BACKOFF_CAP, next_backoff
+from gateway.hub.client import HubClient
+from gateway.hub.sync_state import HubState, SyncOutcome, advance
+from gateway.hub.wire import ChangePage
 from gateway.records import DeviceRecord
-from gateway.sync.backoff import BACKOFF_BASE, BACKOFF_CAP, next_backoff
-from gateway.sync.hubclient import HubClient
-from gateway.sync.state import HubState, SyncOutcome, advance
-from gateway.sync.wire import ChangePage
 
 log = logging.getLogger("edgegate.sync")
 
