@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -17,7 +17,7 @@ from gateway.auth.decision import AuthPolicy
 from gateway.broker.port import BrokerPort
 from gateway.frontdoor.server import FrontDoor, FrontDoorLimits
 from gateway.pki import CA, IssuedCert
-from gateway.records import DeviceRecord, InboundMessage, TrustAnchors
+from gateway.records import DeviceRecord, InboundMessage, Submission, TrustAnchors
 from gateway.tls.contexts import ServerContextHolder
 
 HOSTNAME = "edgegateway.local"
@@ -51,6 +51,15 @@ class ListSink:
             self.messages.append(message)
             fut.set_result(None)
         return fut
+
+    def submit_many(self, messages: Sequence[InboundMessage]) -> Submission:
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.fail:
+            fut.set_exception(RuntimeError("disk full (test)"))
+        else:
+            self.messages.extend(messages)
+            fut.set_result(None)
+        return Submission(fut, len(messages))
 
 
 @dataclass

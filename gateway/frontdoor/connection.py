@@ -198,12 +198,11 @@ class DeviceConnection(asyncio.Protocol):
     def _perform(self, event: ev.Event) -> None:
         w, session = self.wiring, self.session
         if isinstance(event, ev.Submit):
-            try:
-                committed = w.sink.submit(event.message)
-            except OutboxFull as exc:
-                session.submit_refused(event.ticket, str(exc))
-                return
-            committed.add_done_callback(partial(self._committed, event.ticket))
+            taken = w.sink.submit_many(event.messages)
+            if taken.committed is not None:
+                taken.committed.add_done_callback(partial(self._committed, event.ticket))
+            if taken.accepted < len(event.messages):
+                session.submit_refused(event.ticket, taken.accepted, taken.refusal or "refused")
         elif isinstance(event, ev.ToBroker):
             if self.link is not None:
                 self.link.forward(event.data)
@@ -262,7 +261,7 @@ class DeviceConnection(asyncio.Protocol):
             except OutboxFull:
                 w.counters.inc("edgegate_outbox_refused_total", qos="will")
         elif isinstance(event, ev.OutboxRefused):
-            w.counters.inc("edgegate_outbox_refused_total", qos=str(event.qos))
+            w.counters.inc("edgegate_outbox_refused_total", amount=event.count, qos=str(event.qos))
             if event.qos:
                 # Not acknowledged, so not lost: the device keeps it and re-sends after reconnecting.
                 log.warning("outbox full, disconnecting device=%s to push back: %s", self.device_id, event.detail)

@@ -54,10 +54,11 @@ class ToBroker:
 
 @dataclass(frozen=True, slots=True)
 class Submit:
-    """Store a message durably, then call commit_finished(ticket, ...)."""
+    """Store these messages (one device's, in PUBLISH order) durably, then call commit_finished(ticket, ...);
+    if the outbox takes only the first n, call submit_refused(ticket, n, why) at once."""
 
     ticket: int
-    message: InboundMessage
+    messages: tuple[InboundMessage, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,10 +106,12 @@ class CommitFailed:
 
 @dataclass(frozen=True, slots=True)
 class OutboxRefused:
-    """The outbox refused a message at its bound; QoS 1 closes the connection without a PUBACK."""
+    """The outbox refused `count` messages of this QoS at its bound; QoS 1 closes the connection
+    without a PUBACK."""
 
     qos: int
     detail: str
+    count: int = 1
 
 
 @dataclass(frozen=True, slots=True)

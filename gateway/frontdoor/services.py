@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Protocol
 
 from gateway.auth.decision import AuthPolicy
-from gateway.records import DeviceRecord, InboundMessage
+from gateway.records import DeviceRecord, InboundMessage, Submission
 
 
 class DeviceDirectory(Protocol):
@@ -26,4 +27,9 @@ class MessageSink(Protocol):
 
     def submit(self, message: InboundMessage) -> asyncio.Future[None]:
         """Queue a message; the future resolves once it is durably stored. Raises OutboxFull."""
+        ...
+
+    def submit_many(self, messages: Sequence[InboundMessage]) -> Submission:
+        """Queue one device's messages in order under one future; takes a prefix of them, never more
+        than fits (see gateway.outbox.store.Outbox.submit_many)."""
         ...

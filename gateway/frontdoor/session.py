@@ -9,17 +9,23 @@ performs its events, writes `data_to_send()` and arms one timer at `get_timer()`
     record_found(record, policy, now)     answer to LookupDevice; decides (gateway.auth.authenticate)
     broker_ready(held_filters, now)       answer to OpenBroker; the device goes online
     commit_finished(ticket, ok, failure)  answer to Submit; PUBACKs leave in PUBLISH order
-    submit_refused(ticket, detail)        the outbox refused a Submit at its bound
+    submit_refused(ticket, accepted, detail)  the outbox refused a Submit's messages from `accepted` on
     broker_data(data)                     a packet amqtt wrote for the device (SUBACKs are spliced)
     handle_timer(now, wall)               the deadline or keep-alive check
     kick(reason) / broker_closed() / tls_failed(detail, wall) / peer_closed(why, wall) / finished()
 
 `now` is monotonic seconds (timers); `wall` is seconds since the epoch (message timestamps); the
 decision's `now` is a datetime, because certificate validity is wall-clock time.
+
+The PUBLISHes that arrive in one `receive_data` leave as one Submit (one ticket, one commit to wait
+for): the per-message work is kept to framing, the topic check and building the message. A device
+publishes to the same topic again and again, so a topic is decoded and classified only when its bytes
+change.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import deque
 from dataclasses import replace
 from datetime import datetime
@@ -27,7 +33,7 @@ from datetime import datetime
 from gateway.auth.decision import AuthDecision, AuthPolicy, ConnectClaim, authenticate
 from gateway.auth.identity import validate_device_id
 from gateway.auth.reasons import Reason
-from gateway.auth.topics import DeviceTopics, TopicKind
+from gateway.auth.topics import DeviceTopics, PublishVerdict, TopicKind
 from gateway.errors import ProtocolError
 from gateway.frontdoor import events as ev
 from gateway.frontdoor.limits import FrontDoorLimits
@@ -43,6 +49,10 @@ _FORWARDED = frozenset({
     PacketType.PUBREL,
     PacketType.PUBCOMP,
 })
+
+_PUBLISH = int(PacketType.PUBLISH)
+_PUBACK = struct.Struct(">BBH")
+
 
 class _Ack:
     """One PUBACK owed to the device, sent when it and everything before it is done."""
@@ -85,7 +95,11 @@ class DeviceSession:
         self._wall = 0.0
         self._early: list[codec.RawPacket] = []
         self._acks: deque[_Ack] = deque()
-        self._pending: dict[int, tuple[int, _Ack | None]] = {}  # ticket -> (payload bytes, owed PUBACK)
+        # ticket -> (payload bytes, [(payload bytes, owed PUBACK or None for QoS 0)] per message)
+        self._pending: dict[int, tuple[int, list[tuple[int, _Ack | None]]]] = {}
+        self._batch: list[InboundMessage] = []  # PUBLISHes of this receive_data, not yet a Submit
+        self._batch_entries: list[tuple[int, _Ack | None]] = []
+        self._topic: tuple[bytes, str, PublishVerdict, str, tuple[tuple[str, str], ...]] | None = None
         self._pending_bytes = 0
         self._next_ticket = 0
         self._reading_paused = False
@@ -136,22 +150,34 @@ class DeviceSession:
         self._last_rx, self._wall = now, wall
         if not data:
             return
+        framer = self._framer
+        framer.feed(data)
         try:
-            self._framer.feed(data)
-            while (packet := self._framer.next_packet()) is not None:
-                state = self.state
-                if state is ConnState.ONLINE:
-                    self._on_packet(packet)
-                elif state is ConnState.AWAITING_CONNECT:
-                    self._on_connect(packet)
-                elif state in (ConnState.AUTHENTICATING, ConnState.ATTACHING):
-                    if len(self._early) >= self.limits.max_early_packets:
-                        raise ProtocolError("too_many_early_packets", "packets sent before CONNACK")
-                    self._early.append(packet)
-                else:
-                    return
+            while packets := framer.take():
+                if not self._consume(packets):
+                    break
         except ProtocolError as exc:  # PacketTooLarge included
             self._violation(exc.reason, exc.detail)
+        self._flush_batch()
+
+    def _consume(self, packets: list[codec.RawPacket]) -> bool:
+        """Handle framed packets in order; False once the connection stopped taking packets."""
+        for packet in packets:
+            state = self.state
+            if state is ConnState.ONLINE:
+                if packet.type == _PUBLISH:
+                    self._on_publish(packet)
+                else:
+                    self._on_packet(packet)
+            elif state is ConnState.AWAITING_CONNECT:
+                self._on_connect(packet)
+            elif state in (ConnState.AUTHENTICATING, ConnState.ATTACHING):
+                if len(self._early) >= self.limits.max_early_packets:
+                    raise ProtocolError("too_many_early_packets", "packets sent before CONNACK")
+                self._early.append(packet)
+            else:
+                return False
+        return True
 
     def handle_timer(self, now: float, wall: float) -> None:
         self._wall = wall
@@ -235,10 +261,11 @@ class DeviceSession:
                 self._on_packet(packet)
         except ProtocolError as exc:
             self._violation(exc.reason, exc.detail)
+        self._flush_batch()
 
     def commit_finished(self, ticket: int, ok: bool, failure: str = "") -> None:
-        """The outbox stored (or failed to store) the message of `ticket`."""
-        nbytes, ack = self._pending.pop(ticket, (0, None))
+        """The outbox stored (or failed to store) the messages of `ticket`."""
+        nbytes, entries = self._pending.pop(ticket, (0, []))
         self._pending_bytes -= nbytes
         if self.state is not ConnState.ONLINE:
             return
@@ -246,19 +273,32 @@ class DeviceSession:
             self._events.append(ev.CommitFailed(ticket, failure))
             self._close("outbox commit failed", abnormal=False)
             return
-        if ack is not None:
-            ack.done = True
+        owed = False
+        for _size, ack in entries:
+            if ack is not None:
+                ack.done = owed = True
+        if owed:
             self._send_acks()
-        self._maybe_resume()
+        if self._reading_paused:
+            self._maybe_resume()
 
-    def submit_refused(self, ticket: int, detail: str) -> None:
-        """The outbox refused the message of `ticket` (OutboxFull): QoS 1 is not acknowledged, so not
-        lost: the device keeps it and sends it again after reconnecting."""
-        nbytes, ack = self._pending.pop(ticket, (0, None))
-        self._pending_bytes -= nbytes
-        self._events.append(ev.OutboxRefused(0 if ack is None else 1, detail))
-        if ack is not None:
-            self._acks.remove(ack)
+    def submit_refused(self, ticket: int, accepted: int, detail: str) -> None:
+        """The outbox took the first `accepted` messages of `ticket` and refused the rest (OutboxFull).
+        A refused QoS 1 message is not acknowledged, so not lost: the connection closes, and the device
+        sends it again after reconnecting. Refused QoS 0 is dropped and counted."""
+        nbytes, entries = self._pending.pop(ticket, (0, []))
+        kept, refused = entries[:accepted], entries[accepted:]
+        gone = sum(size for size, _ack in refused)
+        self._pending_bytes -= gone
+        if kept:
+            self._pending[ticket] = (nbytes - gone, kept)
+        owed = [ack for _size, ack in refused if ack is not None]
+        if len(refused) > len(owed):
+            self._events.append(ev.OutboxRefused(0, detail, len(refused) - len(owed)))
+        if owed:
+            self._events.append(ev.OutboxRefused(1, detail, len(owed)))
+            for ack in owed:
+                self._acks.remove(ack)
             self._close("outbox full", abnormal=False)
         else:
             self._maybe_resume()
@@ -316,46 +356,57 @@ class DeviceSession:
             raise ProtocolError("unexpected_packet", f"packet type {kind} is not allowed from a client here")
 
     def _on_publish(self, packet: codec.RawPacket) -> None:
-        publish = codec.decode_publish(packet)
-        if publish.qos == 2:
+        raw_topic, packet_id, payload = codec.split_publish(packet)
+        flags = packet.flags
+        if flags & 0x04:  # QoS 2 (QoS 3 was refused by split_publish)
             raise ProtocolError("qos2_refused", "QoS 2 publishes are not supported (edgeHub refuses them too)")
-        assert self.topics is not None
-        assert self.device_id is not None
-        verdict = self.topics.classify_publish(publish.topic)
+        cached = self._topic
+        if cached is None or cached[0] != raw_topic:
+            cached = self._topic = self._classify(raw_topic)
+        _raw, topic, verdict, kind, properties = cached
         if not verdict.allowed:
-            self._events.append(ev.PublishDenied(self.device_id, publish.topic[:200], verdict.reason))
-            if publish.packet_id is not None:
+            assert self.device_id is not None
+            self._events.append(ev.PublishDenied(self.device_id, topic[:200], verdict.reason))
+            if packet_id is not None:
                 # MQTT 3.1.1 has no negative PUBACK; acknowledging keeps the device's in-flight window
                 # moving, and the message is dropped and counted (as Mosquitto does for ACL denials).
-                self._acks.append(_Ack(publish.packet_id, True))
+                self._acks.append(_Ack(packet_id, True))
                 self._send_acks()
             return
         # The retain flag travels with the message (the router makes it IoT Hub's mqtt-retain property);
         # device publishes never reach the broker, so nothing is ever retained.
-        message = InboundMessage(
-            device_id=self.device_id,
-            kind=verdict.kind.value,
-            topic=publish.topic,
-            payload=publish.payload,
-            qos=publish.qos,
-            properties=tuple(verdict.properties.items()),
-            received_at=self._wall,
-            retain=publish.retain,
-        )
+        assert self.device_id is not None
+        self._batch.append(InboundMessage(self.device_id, kind, topic, payload, 1 if packet_id else 0, properties,
+                                          self._wall, bool(flags & 0x01)))
         ack = None
-        if publish.packet_id is not None:
-            ack = _Ack(publish.packet_id, False)
+        if packet_id is not None:
+            ack = _Ack(packet_id, False)
             self._acks.append(ack)
-        ticket = self._next_ticket = self._next_ticket + 1
-        size = len(publish.payload)
-        self._pending[ticket] = (size, ack)
+        size = len(payload)
+        self._batch_entries.append((size, ack))
         self._pending_bytes += size
-        self._events.append(ev.Submit(ticket, message))
         if not self._reading_paused and (
             len(self._acks) >= self.limits.max_pending_acks or self._pending_bytes >= self.limits.max_pending_bytes
         ):
             self._reading_paused = True
             self._events.append(ev.PauseReading())
+
+    def _classify(self, raw_topic: bytes) -> tuple[bytes, str, PublishVerdict, str, tuple[tuple[str, str], ...]]:
+        """A topic's decoded name and verdict, kept for the next PUBLISH to the same topic bytes."""
+        assert self.topics is not None
+        topic = codec.publish_topic(raw_topic)
+        verdict = self.topics.classify_publish(topic)
+        return raw_topic, topic, verdict, verdict.kind.value, tuple(verdict.properties.items())
+
+    def _flush_batch(self) -> None:
+        """The PUBLISHes taken since the last flush become one Submit (one ticket, one commit)."""
+        if not self._batch:
+            return
+        entries = self._batch_entries
+        ticket = self._next_ticket = self._next_ticket + 1
+        self._pending[ticket] = (sum(size for size, _ack in entries), entries)
+        self._events.append(ev.Submit(ticket, tuple(self._batch)))
+        self._batch, self._batch_entries = [], []
 
     def _on_subscribe(self, packet: codec.RawPacket) -> None:
         subscribe = codec.decode_subscribe(packet)
@@ -389,9 +440,9 @@ class DeviceSession:
 
     def _send_acks(self) -> None:
         # PUBACKs leave in PUBLISH order (MQTT-4.6.0-2), each only after its message is durable.
-        acks = self._acks
+        acks, out, pack = self._acks, self._out, _PUBACK.pack
         while acks and acks[0].done:
-            self._out.append(codec.encode_puback(acks.popleft().packet_id))
+            out.append(pack(0x40, 2, acks.popleft().packet_id))
 
     def _maybe_resume(self) -> None:
         if self._reading_paused and len(self._acks) < self.limits.max_pending_acks // 2 and (
@@ -407,6 +458,7 @@ class DeviceSession:
     def _close(self, why: str, *, abnormal: bool, abort: bool = False) -> None:
         if self.state in (ConnState.CLOSING, ConnState.CLOSED):
             return
+        self._flush_batch()  # what was accepted before the close is still stored, as before it
         was_online = self.state is ConnState.ONLINE
         self.state = advance(self.state, ConnState.CLOSING)
         self._early.clear()

@@ -38,11 +38,12 @@ class RawPacket:
 class Framer:
     """Cuts a byte stream into packets; refuses a packet whose announced size is over `max_packet_size`."""
 
-    __slots__ = ("_buf", "max_packet_size")
+    __slots__ = ("_buf", "_error", "max_packet_size")
 
     def __init__(self, max_packet_size: int) -> None:
         self.max_packet_size = max_packet_size
         self._buf = bytearray()
+        self._error: ProtocolError | None = None
 
     def feed(self, data: bytes) -> None:
         self._buf += data
@@ -69,6 +70,50 @@ class Framer:
         raw = bytes(buf[:total])
         del buf[:total]
         return RawPacket(type=raw[0] >> 4, flags=raw[0] & 0x0F, body=raw[header_len:], raw=raw)
+
+    def take(self) -> list[RawPacket]:
+        """Every whole packet buffered, in order ([] until more bytes arrive), consuming the buffer once.
+
+        A framing error after some whole packets is held back: those packets come out first, and the
+        next call raises it -- the same order as calling `next_packet` one at a time.
+        """
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        buf = self._buf
+        end = len(buf)
+        packets: list[RawPacket] = []
+        at = 0
+        while end - at >= 2:
+            # The remaining length, inlined (it is one byte for any packet under 128 bytes).
+            byte = buf[at + 1]
+            if byte < 0x80:
+                length, header_len = byte, 2
+            else:
+                try:
+                    length, header_len = _remaining_length(buf[at:at + 1 + _MAX_LENGTH_BYTES])
+                except ProtocolError as exc:
+                    self._error = exc
+                    break
+                if header_len == 0:
+                    break
+            total = header_len + length
+            if total > self.max_packet_size:
+                self._error = PacketTooLarge(
+                    "packet_too_large", f"packet of {total} bytes is over the limit of {self.max_packet_size}")
+                break
+            if end - at < total:
+                break
+            raw = bytes(buf[at:at + total])
+            first = raw[0]
+            packets.append(RawPacket(first >> 4, first & 0x0F, raw[header_len:], raw))
+            at += total
+        if at:
+            del buf[:at]
+        if not packets and self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        return packets
 
 
 def _remaining_length(buf: bytearray) -> tuple[int, int]:
@@ -204,6 +249,46 @@ def decode_publish(packet: RawPacket) -> Publish:
         dup=bool(packet.flags & 0x08),
         packet_id=packet_id,
     )
+
+
+def split_publish(packet: RawPacket) -> tuple[bytes, int | None, bytes]:
+    """PUBLISH's (topic bytes, packet id, payload), bounds checked; the topic is not decoded here.
+
+    The hot path: a device publishes to the same topic over and over, so the front door decodes and
+    checks a topic (`publish_topic`) only when its bytes change. QoS 3 and packet id 0 are refused
+    here, as in `decode_publish`.
+    """
+    flags = packet.flags
+    qos = (flags >> 1) & 0x03
+    if qos == 3:
+        raise ProtocolError("malformed_packet", "PUBLISH with QoS 3 (MQTT-3.3.1-4)")
+    body = packet.body
+    if len(body) < 2:
+        raise ProtocolError("malformed_packet", "PUBLISH ends early")
+    end = 2 + ((body[0] << 8) | body[1])
+    if qos:
+        if len(body) < end + 2:
+            raise ProtocolError("malformed_packet", "PUBLISH ends early")
+        packet_id = (body[end] << 8) | body[end + 1]
+        if packet_id == 0:
+            raise ProtocolError("malformed_packet", "PUBLISH packet id 0 (MQTT-2.3.1-1)")
+        return body[2:end], packet_id, body[end + 2:]
+    if len(body) < end:
+        raise ProtocolError("malformed_packet", "PUBLISH ends early")
+    return body[2:end], None, body[end:]
+
+
+def publish_topic(raw: bytes) -> str:
+    """A PUBLISH topic name from its bytes: UTF-8, no U+0000, no wildcard (MQTT-1.5.3, MQTT-3.3.2-2)."""
+    try:
+        topic = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ProtocolError("malformed_utf8", "PUBLISH topic is not UTF-8") from exc
+    if "\x00" in topic:
+        raise ProtocolError("malformed_utf8", "PUBLISH topic contains U+0000 (MQTT-1.5.3-2)")
+    if "+" in topic or "#" in topic:
+        raise ProtocolError("wildcard_in_topic", "PUBLISH topic name contains a wildcard (MQTT-3.3.2-2)")
+    return topic
 
 
 def decode_subscribe(packet: RawPacket) -> Subscribe:

@@ -1,11 +1,13 @@
 """Group commit, shared fairly between devices.
 
-`FairQueue` holds what devices submitted and not yet committed, one FIFO per device. `take` builds
-the next commit round-robin: one message from every device that has any, then a second from each,
-and so on up to `max_batch` -- but never fewer than one from each waiting device. So a device that
+`FairQueue` holds what devices submitted and not yet committed, one FIFO per device. An item is what
+a device submitted at once (the PUBLISHes of one socket read: `count` messages). `take` builds the next
+commit round-robin: one item from every device that has any, then a second from each, and so on up to
+`max_batch` messages -- but never fewer than one item from each waiting device. So a device that
 floods cannot push another device's message past the next commit: it waits at most one commit,
-whatever the flood (issue 13: a QoS 0 flood held other devices' PUBACKs for over 10 s). Within one
-device the order is kept. The structure is plain data (no asyncio, no clock): store.py drives it.
+whatever the flood (issue 13: a QoS 0 flood held other devices' PUBACKs for over 10 s); the front
+door's per-connection byte budget bounds how big one item can be. Within one device the order is
+kept. The structure is plain data (no asyncio, no clock): store.py drives it.
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ MAX_BATCH = 1024
 
 @dataclass(slots=True)
 class _Lane(Generic[T]):
-    items: deque[tuple[T, int]] = field(default_factory=deque)
+    items: deque[tuple[T, int, int]] = field(default_factory=deque)  # (item, payload bytes, messages)
     bytes: int = 0
+    count: int = 0
 
 
 class FairQueue(Generic[T]):
@@ -39,19 +42,21 @@ class FairQueue(Generic[T]):
     def __len__(self) -> int:
         return self.count
 
-    def put(self, device_id: str, item: T, size: int) -> None:
+    def put(self, device_id: str, item: T, size: int, count: int = 1) -> None:
+        """Queue `item`: `count` messages of `size` payload bytes in all."""
         lane = self._lanes.get(device_id)
         if lane is None:
             lane = self._lanes[device_id] = _Lane()
-        lane.items.append((item, size))
+        lane.items.append((item, size, count))
         lane.bytes += size
-        self.count += 1
+        lane.count += count
+        self.count += count
         self.bytes += size
 
     def pending_count(self, device_id: str) -> int:
         """Messages `device_id` has waiting for a commit."""
         lane = self._lanes.get(device_id)
-        return len(lane.items) if lane is not None else 0
+        return lane.count if lane is not None else 0
 
     def pending_bytes(self, device_id: str) -> int:
         """Payload bytes `device_id` has waiting for a commit."""
@@ -62,24 +67,29 @@ class FairQueue(Generic[T]):
         return iter(self._lanes)
 
     def take(self, max_batch: int) -> list[T]:
-        """The next commit's items: round-robin over devices, at least one from each, at most
-        max(max_batch, number of waiting devices)."""
+        """The next commit's items: round-robin over devices, one item from every waiting device
+        whatever the cap, then more, round by round, until `max_batch` messages are taken."""
         out: list[T] = []
-        budget = max(max_batch, len(self._lanes))
-        while self._lanes and len(out) < budget:
-            for device_id in list(self._lanes):
-                lane = self._lanes[device_id]
-                item, size = lane.items.popleft()
+        taken = 0
+        lanes = self._lanes
+        first_round = True
+        while lanes and (first_round or taken < max_batch):
+            for device_id in list(lanes):
+                if not first_round and taken >= max_batch:
+                    break
+                lane = lanes[device_id]
+                item, size, count = lane.items.popleft()
                 lane.bytes -= size
-                self.count -= 1
+                lane.count -= count
+                self.count -= count
                 self.bytes -= size
+                taken += count
                 out.append(item)
                 if not lane.items:
-                    del self._lanes[device_id]
-                if len(out) >= budget:
-                    break
+                    del lanes[device_id]
+            first_round = False
         return out
 
     def drain(self) -> list[T]:
         """Everything, device by device (for failing what can no longer be committed)."""
-        return self.take(self.count)
+        return self.take(max(self.count, 1))

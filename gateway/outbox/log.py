@@ -36,7 +36,7 @@ from gateway.outbox.segment import (
     decode,
     decode_message_at,
     encode_clock,
-    encode_message,
+    encode_message_fields,
     encode_removed,
     encode_string,
 )
@@ -76,7 +76,8 @@ class Segment:
         return f"{self.nonce}{seq:016x}"
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen for the same reason as gateway.records.InboundMessage: one is built per message.
+@dataclass(slots=True)
 class NewMessage:
     device_id: str
     kind: str
@@ -97,7 +98,11 @@ class WritePlan:
     blob: bytes
     first_offset: int
     new_strings: dict[str, int]
-    entries: list[tuple[int, int, int, str]]  # (offset, framed length, payload size, device id)
+    # One entry per message, column by column (appended to the segment's index as they are).
+    offsets: list[int]
+    lengths: list[int]  # framed record length
+    sizes: list[int]  # payload bytes
+    devices: list[int]  # index into SegmentLog.device_names
     queue_clock: float
     seqs: list[int]
 
@@ -177,11 +182,15 @@ class SegmentLog:
 
     # ---- the index (event loop thread) ----------------------------------------------------------
 
-    def _index(self, segment: Segment, offset: int, length: int, size: int, device_id: str, queued: float) -> None:
+    def _device_index(self, device_id: str) -> int:
         ix = self._device_ix.get(device_id)
         if ix is None:
             ix = self._device_ix[device_id] = len(self.device_names)
             self.device_names.append(device_id)
+        return ix
+
+    def _index(self, segment: Segment, offset: int, length: int, size: int, device_id: str, queued: float) -> None:
+        ix = self._device_index(device_id)
         segment.offsets.append(offset)
         segment.lengths.append(length)
         segment.sizes.append(size)
@@ -283,7 +292,10 @@ class SegmentLog:
         new_strings: dict[str, int] = {}
         parts = [encode_clock(queue_clock, wall_clock)]
         at = segment.size + len(parts[0])
-        entries: list[tuple[int, int, int, str]] = []
+        offsets: list[int] = []
+        lengths: list[int] = []
+        sizes: list[int] = []
+        devices: list[int] = []
 
         def ref(text: str) -> int:
             nonlocal at
@@ -296,11 +308,21 @@ class SegmentLog:
             at += len(blob)
             return found
 
+        # One device's messages usually share device, kind and topic: look their refs up once a run.
+        last: tuple[str, str, str] | None = None
+        refs = (0, 0, 0)
+        device_ix = 0
         for m in messages:
-            record = MessageRecord(ref(m.device_id), ref(m.kind), ref(m.topic), m.qos, m.enqueued_at,
-                                   m.properties, m.payload, m.message_id)
-            blob = encode_message(record)
-            entries.append((at, len(blob), len(m.payload), m.device_id))
+            if last is None or m.topic != last[2] or m.device_id != last[0] or m.kind != last[1]:
+                last = (m.device_id, m.kind, m.topic)
+                refs = (ref(m.device_id), ref(m.kind), ref(m.topic))
+                device_ix = self._device_index(m.device_id)
+            blob = encode_message_fields(refs[0], refs[1], refs[2], m.qos, m.enqueued_at, m.properties, m.payload,
+                                         m.message_id)
+            offsets.append(at)
+            lengths.append(len(blob))
+            sizes.append(len(m.payload))
+            devices.append(device_ix)
             parts.append(blob)
             at += len(blob)
         for why, seqs in removals.items():
@@ -309,8 +331,8 @@ class SegmentLog:
                 parts.append(blob)
                 at += len(blob)
         first = segment.end_seq if not create else segment.first_seq
-        return WritePlan(segment, create, b"".join(parts), segment.size, new_strings, entries, queue_clock,
-                         list(range(first, first + len(entries))))
+        return WritePlan(segment, create, b"".join(parts), segment.size, new_strings, offsets, lengths, sizes, devices,
+                         queue_clock, list(range(first, first + len(offsets))))
 
     def write(self, plan: WritePlan) -> None:
         """Append the plan (the writer thread); on any failure nothing of it stays on disk (OSError raised)."""
@@ -349,9 +371,14 @@ class SegmentLog:
         for text, ref in sorted(plan.new_strings.items(), key=lambda item: item[1]):
             segment.texts.append(text)
             segment.refs[text] = ref
-        for offset, length, size, device_id in plan.entries:
-            self._index(segment, offset, length, size, device_id, plan.queue_clock)
-        segment.live_count += len(plan.entries)
+        count = len(plan.offsets)
+        segment.offsets.extend(plan.offsets)
+        segment.lengths.extend(plan.lengths)
+        segment.sizes.extend(plan.sizes)
+        segment.devices.extend(plan.devices)
+        segment.queued.extend([plan.queue_clock] * count)
+        segment.live.extend(b"\x01" * count)
+        segment.live_count += count
         segment.size = plan.first_offset + len(plan.blob) if not plan.create else HEADER + len(plan.blob)
         self.queue_clock = max(self.queue_clock, plan.queue_clock)
 

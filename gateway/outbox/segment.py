@@ -28,6 +28,7 @@ import struct
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from zlib import crc32 as _crc32
 
 MAGIC = b"EGOUTBX1"
 _FRAME = struct.Struct("<II")
@@ -112,14 +113,28 @@ def _short_length(n: int) -> bytes:
 
 
 def encode_message(m: MessageRecord) -> bytes:
-    flags = FLAG_MESSAGE_ID if m.message_id is not None else 0
-    parts = [_MESSAGE.pack(RecordType.MESSAGE, m.device, m.kind, m.topic, m.qos, flags, m.enqueued_at),
-             _short_length(len(m.properties)), m.properties]
-    if m.message_id is not None:
-        raw = m.message_id.encode()
-        parts += [bytes([len(raw)]), raw]
-    parts.append(m.payload)
-    return frame(b"".join(parts))
+    return encode_message_fields(m.device, m.kind, m.topic, m.qos, m.enqueued_at, m.properties, m.payload,
+                                 m.message_id)
+
+
+_MESSAGE_TYPE = int(RecordType.MESSAGE)
+_NO_PROPERTIES = b"\x00"
+
+
+def encode_message_fields(device: int, kind: int, topic: int, qos: int, enqueued_at: float, properties: bytes,
+                          payload: bytes, message_id: str | None) -> bytes:
+    """A framed MESSAGE record from its fields (the commit's hot loop: no record object built)."""
+    if message_id is None:
+        head = _MESSAGE.pack(_MESSAGE_TYPE, device, kind, topic, qos, 0, enqueued_at)
+        if properties:
+            body = b"".join((head, _short_length(len(properties)), properties, payload))
+        else:
+            body = b"".join((head, _NO_PROPERTIES, payload))
+    else:
+        raw = message_id.encode()
+        body = b"".join((_MESSAGE.pack(_MESSAGE_TYPE, device, kind, topic, qos, FLAG_MESSAGE_ID, enqueued_at),
+                         _short_length(len(properties)), properties, bytes([len(raw)]), raw, payload))
+    return _FRAME.pack(len(body), _crc32(body)) + body
 
 
 def encode_removed(why: Removal, seqs: Sequence[int]) -> bytes:

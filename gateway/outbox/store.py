@@ -37,7 +37,14 @@ from gateway.db.engine import DatabaseThread, storage_errors
 from gateway.errors import OutboxFull, StorageError
 from gateway.hub.backoff import next_backoff
 from gateway.metrics import Counters
-from gateway.outbox.bounds import Bound, OutboxLimits, memory_refusal, refusal
+from gateway.outbox.bounds import (
+    MAX_PENDING_BYTES,
+    MAX_PENDING_QOS0_BYTES_PER_DEVICE,
+    Bound,
+    OutboxLimits,
+    memory_refusal,
+    refusal,
+)
 from gateway.outbox.committer import MAX_BATCH, FairQueue
 from gateway.outbox.dead_letters import DeadLetters, NewDeadLetter
 from gateway.outbox.log import Durability, NewMessage, SegmentLog, WritePlan
@@ -45,7 +52,7 @@ from gateway.outbox.queueclock import CLOCK_EVERY, is_expired, resumed
 from gateway.outbox.segment import Removal
 from gateway.outbox.space import DiskSpace, disk_space, effective_reserve, segment_size, space_refusal
 from gateway.outbox.tables import outbox as legacy_table
-from gateway.records import InboundMessage
+from gateway.records import InboundMessage, Submission
 
 log = logging.getLogger("edgegate.outbox")
 
@@ -92,7 +99,9 @@ class QueuedMessage:
 
 @dataclass(slots=True)
 class _Pending:
-    message: NewMessage
+    """Messages of one device submitted together, and the one future they share."""
+
+    messages: list[NewMessage]
     waiter: asyncio.Future[None] | None
 
 
@@ -150,6 +159,8 @@ class Outbox:
         self.messages = 0
         self.bytes = 0
         self._per_device: Counter[str] = Counter()
+        self._refused: tuple[Bound, str] = (Bound.MAX_MESSAGES, "")  # why _admit stopped, when it did
+        self._props_cache: dict[tuple[tuple[str, str], ...], bytes] = {}
         self.commits = 0
         self.largest_batch = 0
         self.dead_letter_count = 0
@@ -213,37 +224,90 @@ class Outbox:
         Raises OutboxFull at once, with nothing stored, when a bound, the memory budget or the free disk
         space would be exceeded, or while the disk keeps failing.
         """
+        taken = self.submit_many((message,), message_id=message_id)
+        if taken.committed is None:
+            raise OutboxFull(taken.refusal or "refused")
+        return taken.committed
+
+    def submit_many(self, messages: Sequence[InboundMessage], *, message_id: str | None = None) -> Submission:
+        """Queue one device's messages, in order, under one future (the front door submits what one read
+        of the socket carried). Each message is checked against the bounds, the memory budget and the
+        free disk space as if submitted alone, in order: the first one refused ends the batch, and the
+        Submission says how many were taken and why the rest were not (each refused one is counted).
+        `message_id` (a re-queued dead letter keeps its id) is for a single message only.
+        """
         if self._closing or self._task is None:
             raise StorageError("the outbox is not open: it was never opened or is closing")
-        size = len(message.payload)
-        refused = (refusal(self.limits, self.messages, self.bytes, self._per_device[message.device_id], size)
-                   or memory_refusal(self._queue.bytes, self._queue.pending_bytes(message.device_id), message.qos,
-                                     size))
-        if refused is not None:
-            self._refuse(refused.bound, refused.message)
-        if self._disk_failed is not None:
-            self._refuse(Bound.DISK_FAILED, f"the outbox cannot write to disk: {self._disk_failed}")
+        if not messages:
+            return Submission(None, 0)
+        device_id = messages[0].device_id
         now = self.monotonic()
         if now - self._space_at > SPACE_EVERY:
             self._refresh_space(now)
-        no_room = space_refusal(self._space, self._reserve_for(self._space), self._queue.bytes, size + 64)
-        if no_room is not None:
-            self._refused_size = size + 64
-            self._refuse(Bound.DISK_SPACE, no_room)
-        new = NewMessage(message.device_id, message.kind, message.topic, message.qos, message.received_at,
-                         _properties(message.properties), message.payload,
-                         message_id)
+        accepted, total = self._admit(device_id, messages)
+        refused_why = None
+        if accepted < len(messages):
+            bound, refused_why = self._refused
+            self.counters.inc("edgegate_outbox_full_total", amount=len(messages) - accepted, bound=bound.value)
+            if not accepted:
+                return Submission(None, 0, refused_why)
+        news = []
+        props_cache = self._props_cache
+        for m in messages[:accepted] if accepted < len(messages) else messages:
+            props = m.properties
+            encoded = props_cache.get(props) if props else b""
+            if encoded is None:
+                if len(props_cache) > 1024:
+                    props_cache.clear()
+                encoded = props_cache[props] = _properties(props)
+            news.append(NewMessage(m.device_id, m.kind, m.topic, m.qos, m.received_at, encoded, m.payload,
+                                   message_id))
         committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if message.qos == 0:
+        if not any(m.qos for m in messages[:accepted]):
             # Nobody waits for a QoS 0 commit; a failure is logged and counted by the writer already.
             committed.add_done_callback(_consume_outcome)
-        self._queue.put(message.device_id, _Pending(new, committed), size)
-        self._count(message.device_id, size, 1)
+        self._queue.put(device_id, _Pending(news, committed), total, accepted)
+        self._count(device_id, total, accepted)
         self._wake.set()
-        if (self._queue.pending_count(message.device_id) >= EAGER_PENDING
+        if (self._queue.pending_count(device_id) >= EAGER_PENDING
                 or len(self._queue) >= self.max_batch):
             self._eager.set()
-        return committed
+        return Submission(committed, accepted, refused_why)
+
+    def _admit(self, device_id: str, messages: Sequence[InboundMessage]) -> tuple[int, int]:
+        """(how many of `messages` fit, in order, their payload bytes); on a refusal `_refused` says why."""
+        total = sum(len(m.payload) for m in messages)
+        count = len(messages)
+        limits, queued = self.limits, self._queue.bytes
+        device_pending = self._queue.pending_bytes(device_id)
+        reserve = self._reserve_for(self._space)
+        if (self._disk_failed is None
+                and self.messages + count <= limits.max_messages and self.bytes + total <= limits.max_bytes
+                and self._per_device[device_id] + count <= limits.per_device_max_messages
+                and queued + total <= MAX_PENDING_BYTES
+                and device_pending + total <= MAX_PENDING_QOS0_BYTES_PER_DEVICE
+                and space_refusal(self._space, reserve, queued, total + 64 * count) is None):
+            return count, total  # the whole batch fits even as its worst case: no per-message check
+        taken = size_taken = 0
+        for m in messages:
+            size = len(m.payload)
+            refused = (refusal(limits, self.messages + taken, self.bytes + size_taken,
+                               self._per_device[device_id] + taken, size)
+                       or memory_refusal(queued + size_taken, device_pending + size_taken, m.qos, size))
+            if refused is not None:
+                self._refused = (refused.bound, refused.message)
+                break
+            if self._disk_failed is not None:
+                self._refused = (Bound.DISK_FAILED, f"the outbox cannot write to disk: {self._disk_failed}")
+                break
+            no_room = space_refusal(self._space, reserve, queued + size_taken, size + 64)
+            if no_room is not None:
+                self._refused_size = size + 64
+                self._refused = (Bound.DISK_SPACE, no_room)
+                break
+            taken += 1
+            size_taken += size
+        return taken, size_taken
 
     def room_for(self, device_id: str) -> asyncio.Future[None] | None:
         """None while `device_id` has less than PAUSE_PENDING_BYTES waiting for a commit; else a future that
@@ -356,7 +420,7 @@ class Outbox:
         self._wake_room_waiters()  # taken into a commit: no longer waiting in memory for one
         removals, self._removals = self._removals, {}
         try:
-            plan = self.log.prepare([p.message for p in batch], removals, self._clock.now(self.monotonic()),
+            plan = self.log.prepare([m for p in batch for m in p.messages], removals, self._clock.now(self.monotonic()),
                                     self.wallclock())
             self._space = await self._writer.run(self._write, plan)
         except OSError as exc:
@@ -377,13 +441,14 @@ class Outbox:
         if not batch:
             return
         self.commits += 1
-        self.largest_batch = max(self.largest_batch, len(batch))
-        devices = {p.message.device_id for p in batch}
-        self._last_sole = devices.pop() if len(devices) == 1 else None
+        stored = len(plan.offsets)
+        self.largest_batch = max(self.largest_batch, stored)
+        first = batch[0].messages[0].device_id
+        self._last_sole = first if all(p.messages[0].device_id == first for p in batch) else None
         for pending in batch:
             if pending.waiter is not None and not pending.waiter.done():
                 pending.waiter.set_result(None)
-        self.counters.inc("edgegate_outbox_committed_total", amount=len(batch))
+        self.counters.inc("edgegate_outbox_committed_total", amount=stored)
         for listener in self._listeners:
             try:
                 listener()
@@ -419,9 +484,10 @@ class Outbox:
     def _fail(self, batch: Sequence[_Pending], error: StorageError) -> None:
         if not batch:
             return
-        self.counters.inc("edgegate_outbox_commit_failed_total", amount=len(batch))
+        self.counters.inc("edgegate_outbox_commit_failed_total", amount=sum(len(p.messages) for p in batch))
         for pending in batch:
-            self._count(pending.message.device_id, -len(pending.message.payload), -1)
+            self._count(pending.messages[0].device_id, -sum(len(m.payload) for m in pending.messages),
+                        -len(pending.messages))
             if pending.waiter is not None and not pending.waiter.done():
                 pending.waiter.set_exception(error)
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+from collections.abc import Sequence
 
 from gateway.auth.topics import RETAIN_PROPERTY, DeviceTopics, TopicKind
 from gateway.frontdoor.services import MessageSink
 from gateway.metrics import Counters
-from gateway.records import InboundMessage
+from gateway.records import InboundMessage, Submission
 from gateway.twin.methods import MethodRelay
 from gateway.twin.service import TwinService
 
@@ -24,12 +25,47 @@ class TwinRouter:
         self.outbox, self.twins, self.methods = outbox, twins, methods
         self.counters = counters or Counters()
 
+    def submit_many(self, messages: Sequence[InboundMessage]) -> Submission:
+        """Route one device's PUBLISHes of one read: telemetry runs go to the outbox as batches, twin and
+        method messages to their services, in order; one future for them all. The outbox may take only
+        a prefix of a run: then nothing after it is routed."""
+        telemetry = TopicKind.TELEMETRY.value
+        if all(m.kind == telemetry and not m.retain for m in messages):
+            return self.outbox.submit_many(messages)
+        futures: list[asyncio.Future[None]] = []
+        accepted, refusal = 0, None
+        run: list[InboundMessage] = []
+        for message in (*messages, None):
+            if message is not None and message.kind == telemetry:
+                run.append(message)
+                continue
+            if run:
+                taken = self.outbox.submit_many([self._with_retain(m) for m in run])
+                if taken.committed is not None:
+                    futures.append(taken.committed)
+                accepted += taken.accepted
+                if taken.accepted < len(run):
+                    refusal = taken.refusal
+                    break
+                run = []
+            if message is not None:
+                futures.append(self.submit(message))
+                accepted += 1
+        if not futures:
+            return Submission(None, accepted, refusal)
+        both = futures[0] if len(futures) == 1 else _all_of(futures)
+        return Submission(both, accepted, refusal)
+
+    @staticmethod
+    def _with_retain(message: InboundMessage) -> InboundMessage:
+        if not message.retain:
+            return message
+        return dataclasses.replace(message, properties=(*message.properties, (RETAIN_PROPERTY, "true")))
+
     def submit(self, message: InboundMessage) -> asyncio.Future[None]:
         """Route one accepted PUBLISH; the future resolves when the PUBACK may go out."""
         if message.kind == TopicKind.TELEMETRY.value:
-            if message.retain:
-                message = dataclasses.replace(message, properties=(*message.properties, (RETAIN_PROPERTY, "true")))
-            return self.outbox.submit(message)
+            return self.outbox.submit(self._with_retain(message))
         # Twin and method topics are rare next to telemetry: parsing the topic again here keeps the
         # front door's record unchanged.
         verdict = DeviceTopics.for_device(message.device_id).classify_publish(message.topic)
@@ -44,3 +80,27 @@ class TwinRouter:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
+
+
+def _all_of(futures: list[asyncio.Future[None]]) -> asyncio.Future[None]:
+    """One future for several: done when all are, failed with the first failure."""
+    combined: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    left = len(futures)
+
+    def one_done(fut: asyncio.Future[None]) -> None:
+        nonlocal left
+        left -= 1
+        if combined.done():
+            if not fut.cancelled():
+                fut.exception()  # retrieved: the combined future already reported the first failure
+            return
+        if fut.cancelled():
+            combined.cancel()
+        elif (exc := fut.exception()) is not None:
+            combined.set_exception(exc)
+        elif left == 0:
+            combined.set_result(None)
+
+    for fut in futures:
+        fut.add_done_callback(one_done)
+    return combined

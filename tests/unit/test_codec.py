@@ -35,6 +35,70 @@ def test_frames_a_stream_of_packets(byte_by_byte: bool) -> None:
     assert packets[1].raw == publish
 
 
+def test_take_frames_everything_buffered_and_holds_an_error_back_until_the_packets_before_it() -> None:
+    publish = codec.encode_publish("devices/dev-1/messages/events/", b"x" * 300, qos=1, packet_id=7)
+    framer = codec.Framer(1024)
+    framer.feed(CONNECT + publish + b"\xc0\x00" + publish[:5])
+    assert [p.type for p in framer.take()] == [PacketType.CONNECT, PacketType.PUBLISH, PacketType.PINGREQ]
+    assert framer.take() == []
+    assert framer.buffered == 5
+    framer.feed(publish[5:] + b"\x30\xff\xff\x03")  # a whole PUBLISH, then one over the limit
+    assert [p.raw for p in framer.take()] == [publish]
+    with pytest.raises(PacketTooLarge):
+        framer.take()
+
+
+@given(st.binary(max_size=64), st.integers(min_value=1, max_value=8))
+def test_take_and_next_packet_frame_any_stream_alike(data: bytes, cut: int) -> None:
+    def run(step: str) -> tuple[list[bytes], str | None]:
+        framer, out, error = codec.Framer(40), [], None
+        try:
+            for at in range(0, len(data), cut):
+                framer.feed(data[at:at + cut])
+                if step == "take":
+                    out += [p.raw for p in framer.take()]
+                else:
+                    while (p := framer.next_packet()) is not None:
+                        out.append(p.raw)
+        except ProtocolError as exc:
+            error = exc.reason
+        return out, error
+
+    assert run("take") == run("next")
+
+
+@pytest.mark.parametrize("qos", [0, 1])
+@pytest.mark.parametrize("topic", ["a/b", "devices/d/messages/events/$.ct=x&k=v", "é/ü"])
+def test_split_publish_agrees_with_decode_publish(qos: int, topic: str) -> None:
+    (packet,) = frame_all(codec.encode_publish(topic, b"payload", qos=qos, packet_id=9 if qos else None))
+    raw_topic, packet_id, payload = codec.split_publish(packet)
+    publish = codec.decode_publish(packet)
+    assert (codec.publish_topic(raw_topic), packet_id, payload) == (publish.topic, publish.packet_id, publish.payload)
+
+
+@pytest.mark.parametrize(("body", "flags", "reason"), [
+    (b"\x00", 0x02, "malformed_packet"),  # ends inside the topic length
+    (b"\x00\x03ab", 0x00, "malformed_packet"),  # topic shorter than announced
+    (b"\x00\x01a\x00", 0x02, "malformed_packet"),  # QoS 1 without a whole packet id
+    (b"\x00\x01a\x00\x00", 0x02, "malformed_packet"),  # packet id 0
+    (b"\x00\x01a", 0x06, "malformed_packet"),  # QoS 3
+])
+def test_split_publish_refuses_what_decode_publish_refuses(body: bytes, flags: int, reason: str) -> None:
+    packet = codec.RawPacket(PacketType.PUBLISH, flags, body, b"")
+    for decode in (codec.split_publish, codec.decode_publish):
+        with pytest.raises(ProtocolError) as err:
+            decode(packet)  # type: ignore[operator]
+        assert err.value.reason == reason
+
+
+@pytest.mark.parametrize(("raw", "reason"), [(b"a/+", "wildcard_in_topic"), (b"#", "wildcard_in_topic"),
+                                             (b"a\x00", "malformed_utf8"), (b"\xff", "malformed_utf8")])
+def test_publish_topic_refuses_wildcards_nul_and_bad_utf8(raw: bytes, reason: str) -> None:
+    with pytest.raises(ProtocolError) as err:
+        codec.publish_topic(raw)
+    assert err.value.reason == reason
+
+
 def test_connect_round_trip() -> None:
     (packet,) = frame_all(CONNECT)
     connect = codec.decode_connect(packet)

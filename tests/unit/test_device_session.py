@@ -244,11 +244,11 @@ def test_too_many_early_packets_is_a_violation() -> None:
 def test_pubacks_leave_in_publish_order_only_after_commit(bytewise: bool) -> None:
     pair = Pair()
     pair.go_online()
-    data = b"".join(codec.encode_publish(TELEMETRY, b"m%d" % i, qos=1, packet_id=i) for i in (1, 2, 3))
-    pair.feed(data, bytewise=bytewise)
+    for i in (1, 2, 3):  # three reads, three Submits (one read's PUBLISHes share one: see the next test)
+        pair.feed(codec.encode_publish(TELEMETRY, b"m%d" % i, qos=1, packet_id=i), bytewise=bytewise)
     submits = pair.of(ev.Submit)
-    assert [s.message.payload for s in submits] == [b"m1", b"m2", b"m3"]
-    assert all(s.message.received_at == WALL and s.message.kind == "telemetry" for s in submits)
+    assert [[m.payload for m in s.messages] for s in submits] == [[b"m1"], [b"m2"], [b"m3"]]
+    assert all(m.received_at == WALL and m.kind == "telemetry" for s in submits for m in s.messages)
     pair.session.commit_finished(submits[2].ticket, True)
     pair.session.commit_finished(submits[1].ticket, True)
     pair.drain()
@@ -256,6 +256,50 @@ def test_pubacks_leave_in_publish_order_only_after_commit(bytewise: bool) -> Non
     pair.session.commit_finished(submits[0].ticket, True)
     pair.drain()
     assert [int.from_bytes(p.body, "big") for p in pair.sent(PacketType.PUBACK)] == [1, 2, 3]
+
+
+def test_one_read_is_one_submit_and_its_pubacks_leave_together() -> None:
+    pair = Pair()
+    pair.go_online()
+    data = b"".join(codec.encode_publish(TELEMETRY, b"m%d" % i, qos=i % 2, packet_id=i if i % 2 else None)
+                    for i in range(1, 6))
+    pair.feed(data)
+    (submit,) = pair.of(ev.Submit)
+    assert [m.payload for m in submit.messages] == [b"m1", b"m2", b"m3", b"m4", b"m5"]
+    assert [m.qos for m in submit.messages] == [1, 0, 1, 0, 1]
+    assert pair.session.pending_bytes == 10
+    pair.session.commit_finished(submit.ticket, True)
+    pair.drain()
+    assert [int.from_bytes(p.body, "big") for p in pair.sent(PacketType.PUBACK)] == [1, 3, 5]
+    assert pair.session.pending_bytes == 0
+
+
+def test_a_topic_is_decoded_and_checked_again_whenever_its_bytes_change() -> None:
+    pair = Pair()
+    pair.go_online()
+    other = "devices/someone-else/messages/events/"
+    pair.feed(b"".join(codec.encode_publish(t, b"x", qos=1, packet_id=n)
+                       for n, t in enumerate((TELEMETRY, other, TELEMETRY + "a=1", TELEMETRY), start=1)))
+    (submit,) = pair.of(ev.Submit)
+    assert [m.topic for m in submit.messages] == [TELEMETRY, TELEMETRY + "a=1", TELEMETRY]
+    assert [m.properties for m in submit.messages] == [(), (("a", "1"),), ()]
+    assert [e.reason for e in pair.of(ev.PublishDenied)] == ["other_device"]
+    pair.feed(codec.encode_publish("devices/x/+/y", b"x", qos=0))
+    assert pair.of(ev.ProtocolViolation)[0].reason == "wildcard_in_topic"
+
+
+def test_the_outbox_taking_part_of_a_read_acks_that_part_and_closes_for_the_rest() -> None:
+    pair = Pair()
+    pair.go_online()
+    pair.feed(b"".join(codec.encode_publish(TELEMETRY, b"m%d" % i, qos=1, packet_id=i) for i in (1, 2, 3)))
+    (submit,) = pair.of(ev.Submit)
+    pair.session.submit_refused(submit.ticket, 1, "outbox full")
+    pair.drain()
+    assert [(e.qos, e.count) for e in pair.of(ev.OutboxRefused)] == [(1, 2)]
+    assert pair.session.state is ConnState.CLOSING
+    assert pair.session.pending_bytes == 2  # m1 is still on its way to the disk
+    pair.session.commit_finished(submit.ticket, True)
+    assert pair.session.pending_bytes == 0
 
 
 def test_a_failed_commit_never_pubacks_and_closes() -> None:
@@ -275,11 +319,11 @@ def test_outbox_refusal_of_qos1_closes_without_puback_qos0_goes_on() -> None:
     pair = Pair()
     pair.go_online()
     pair.feed(codec.encode_publish(TELEMETRY, b"q0", qos=0))
-    pair.session.submit_refused(pair.of(ev.Submit)[0].ticket, "outbox full")
+    pair.session.submit_refused(pair.of(ev.Submit)[0].ticket, 0, "outbox full")
     pair.drain()
     assert pair.session.state is ConnState.ONLINE
     pair.feed(codec.encode_publish(TELEMETRY, b"q1", qos=1, packet_id=3))
-    pair.session.submit_refused(pair.of(ev.Submit)[1].ticket, "outbox full")
+    pair.session.submit_refused(pair.of(ev.Submit)[1].ticket, 0, "outbox full")
     pair.drain()
     assert [e.qos for e in pair.of(ev.OutboxRefused)] == [0, 1]
     assert pair.sent(PacketType.PUBACK) == []
@@ -292,7 +336,7 @@ def test_denied_publish_is_acked_in_order_and_reported() -> None:
     pair.feed(codec.encode_publish(TELEMETRY, b"ok", qos=1, packet_id=1)
               + codec.encode_publish("devices/other/messages/events/", b"no", qos=1, packet_id=2))
     assert [e.reason for e in pair.of(ev.PublishDenied)] != []
-    assert len(pair.of(ev.Submit)) == 1
+    assert [len(s.messages) for s in pair.of(ev.Submit)] == [1]
     pair.drain()
     assert pair.sent(PacketType.PUBACK) == []  # 2 waits behind 1
     pair.session.commit_finished(pair.of(ev.Submit)[0].ticket, True)
@@ -328,7 +372,7 @@ def test_retain_flag_travels_as_a_property_never_retained() -> None:
     pair.go_online()
     pair.feed(codec.encode_publish(TELEMETRY, b"r", qos=0, retain=True))
     (submit,) = pair.of(ev.Submit)
-    assert submit.message.retain is True
+    assert submit.messages[0].retain is True
     assert pair.of(ev.ToBroker) == []  # device publishes never reach the broker
 
 

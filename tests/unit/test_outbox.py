@@ -184,6 +184,19 @@ def test_fair_queue_takes_round_robin_and_at_least_one_from_each() -> None:
     assert queue.pending_bytes("a") == 0
 
 
+def test_fair_queue_counts_the_messages_in_an_item_toward_the_batch() -> None:
+    from gateway.outbox.committer import FairQueue
+
+    queue: FairQueue[str] = FairQueue()
+    queue.put("a", "a-burst", 60, 6)
+    queue.put("a", "a-next", 10, 1)
+    queue.put("b", "b0", 10, 1)
+    assert (queue.pending_count("a"), len(queue)) == (7, 8)
+    assert queue.take(4) == ["a-burst", "b0"]  # a whole item, never split; b still rides along
+    assert queue.take(4) == ["a-next"]
+    assert (len(queue), queue.bytes) == (0, 0)
+
+
 async def test_rows_read_back_in_order_with_unique_stable_ids(tmp_path: Path) -> None:
     box = make(tmp_path / "ob")
     await box.open()
@@ -253,6 +266,39 @@ async def test_full_outbox_refuses_new_keeps_old_and_counts_each_bound(outbox: O
     assert len(rows) == 50
     await outbox.remove(rows[:1])
     await outbox.submit(msg("chatty", 100))  # room again once the hub took one
+
+
+async def test_a_batch_is_taken_as_far_as_it_fits_one_message_at_a_time(outbox: Outbox) -> None:
+    for i in range(15):
+        outbox.submit(msg("chatty", i))
+    batch = [msg("chatty", 100 + i) for i in range(8)]
+    taken = outbox.submit_many(batch)  # per_device_max_messages is 20: five of eight fit
+    assert taken.accepted == 5
+    assert taken.committed is not None
+    assert taken.refusal is not None
+    assert "per_device_max_messages" in taken.refusal
+    assert outbox.counters.get("edgegate_outbox_full_total", bound="per_device_max_messages") == 3
+    await taken.committed
+    assert sorted(numbers(await outbox.peek(100)))[-5:] == [100, 101, 102, 103, 104]
+    nothing = outbox.submit_many([msg("chatty", 200)])
+    assert (nothing.committed, nothing.accepted) == (None, 0)
+    whole = outbox.submit_many([msg("other", i) for i in range(3)])
+    assert whole.accepted == 3
+    assert whole.refusal is None
+    await whole.committed
+
+
+async def test_a_batch_split_across_commits_resolves_once_all_of_it_is_stored(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob", OutboxLimits(), max_batch=4)
+    await box.open()
+    try:
+        first = box.submit_many([msg("a", i) for i in range(3)])
+        second = box.submit_many([msg("a", 10 + i) for i in range(3)])
+        other = box.submit(msg("b", 1))
+        await asyncio.gather(first.committed, second.committed, other)  # type: ignore[arg-type]
+        assert numbers(await box.peek(100)) == [0, 1, 2, 1, 10, 11, 12]  # round-robin by batch, in order
+    finally:
+        await box.close()
 
 
 async def test_low_disk_space_refuses_before_the_disk_is_full_and_recovers(outbox: Outbox, disk: Disk,

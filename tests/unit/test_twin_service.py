@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import pytest
@@ -16,7 +16,7 @@ from sqlalchemy import text
 from gateway.db.engine import open_engine, upgrade
 from gateway.errors import HubUnavailable
 from gateway.metrics import Counters
-from gateway.records import InboundMessage
+from gateway.records import InboundMessage, Submission
 from gateway.twin.health import HubHealth
 from gateway.twin.methods import MethodRelay
 from gateway.twin.router import TwinRouter
@@ -234,14 +234,27 @@ async def test_method_calls_reach_only_their_device_and_answers_only_from_it() -
 
 
 class FakeOutbox:
-    def __init__(self) -> None:
+    def __init__(self, room: int | None = None) -> None:
         self.messages: list[InboundMessage] = []
+        self.room = room
 
     def submit(self, message: InboundMessage) -> asyncio.Future[None]:
         self.messages.append(message)
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         done.set_result(None)
         return done
+
+    def submit_many(self, messages: Sequence[InboundMessage]) -> Submission:
+        """Takes at most `room` messages (all, when None), like an outbox at its bound."""
+        taken = list(messages) if self.room is None else list(messages)[:self.room]
+        if self.room is not None:
+            self.room -= len(taken)
+        self.messages.extend(taken)
+        if not taken:
+            return Submission(None, 0, "full (test)")
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        done.set_result(None)
+        return Submission(done, len(taken), None if len(taken) == len(messages) else "full (test)")
 
 
 def inbound(kind: str, topic: str, payload: bytes = b"", *, retain: bool = False) -> InboundMessage:
@@ -262,6 +275,30 @@ async def test_router_sends_only_telemetry_to_the_outbox_and_carries_retain_as_a
     assert outbox.messages[0].properties == (("a", "1"),)
     assert outbox.messages[1].properties == (("a", "1"), ("mqtt-retain", "true"))
     assert [p.patch for p in store.pending()] == [{"x": 1}]
+
+
+async def test_router_batches_keep_their_order_and_stop_where_the_outbox_stops(store: TwinStore) -> None:
+    hub, broker, outbox = FakeHub(), FakeBroker(), FakeOutbox(room=2)
+    broker.connected.add("dev-1")
+    router = TwinRouter(outbox, service(store, hub, broker), MethodRelay(hub, broker), Counters())
+    plain = [inbound("telemetry", "devices/dev-1/messages/events/", b"p%d" % i) for i in range(2)]
+    all_telemetry = router.submit_many(plain)
+    assert all_telemetry.accepted == 2
+    await all_telemetry.committed  # type: ignore[misc]
+    outbox.room = 2
+    mixed = [inbound("telemetry", "devices/dev-1/messages/events/", b"t1"),
+             inbound("twin_reported", "$iothub/twin/PATCH/properties/reported/?$rid=7", b'{"x": 2}'),
+             inbound("telemetry", "devices/dev-1/messages/events/", b"t2", retain=True),
+             inbound("telemetry", "devices/dev-1/messages/events/", b"t3"),
+             inbound("twin_get", "$iothub/twin/GET/?$rid=8")]
+    taken = router.submit_many(mixed)
+    assert (taken.accepted, taken.refusal) == (3, "full (test)")  # t1, the patch, t2; t3 refused, GET not routed
+    await taken.committed  # type: ignore[misc]
+    assert [m.payload for m in outbox.messages] == [b"p0", b"p1", b"t1", b"t2"]
+    assert outbox.messages[-1].properties[-1] == ("mqtt-retain", "true")
+    assert [p.patch for p in store.pending()] == [{"x": 2}]
+    await asyncio.sleep(0.05)
+    assert not any("rid=8" in topic for topic in broker.topics("dev-1"))  # the GET after the refusal never ran
 
 
 async def test_the_reported_queue_is_bounded_per_device_and_in_bytes(store: TwinStore,
