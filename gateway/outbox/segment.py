@@ -71,7 +71,8 @@ class ClockRecord:
     wall_clock: float
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per message read (see gateway.records.InboundMessage).
+@dataclass(slots=True)
 class MessageRecord:
     device: int
     kind: int

@@ -82,7 +82,8 @@ DISK_RESERVE = 64 * 1024 * 1024
 LEGACY_CHUNK = 2000
 
 
-@dataclass(frozen=True, slots=True)
+# Not frozen: one is built per message read (see gateway.records.InboundMessage).
+@dataclass(slots=True)
 class QueuedMessage:
     """One stored message, as the forwarder reads it."""
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import functools
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -83,17 +84,23 @@ def utcnow() -> datetime:
 
 def wire_message(message: QueuedMessage) -> dict[str, Any]:
     """The hub API's JSON for one message (POST /gateways/{gw}/messages)."""
-    enqueued = datetime.fromtimestamp(message.enqueued_at, UTC).isoformat(timespec="microseconds")
-    system, application = split_properties(message.properties.items())
+    system, application = split_properties(message.properties.items()) if message.properties else ({}, {})
     return {
         "message_id": message.message_id,
         "device_id": message.device_id,
-        "enqueued_time": enqueued.replace("+00:00", "Z"),
+        "enqueued_time": _iso_time(message.enqueued_at),
         "properties": application,
         "payload_b64": base64.b64encode(message.payload).decode(),
         "kind": message.kind,
         "system_properties": system,
     }
+
+
+@functools.lru_cache(maxsize=256)
+def _iso_time(epoch: float) -> str:
+    """ISO 8601 UTC with microseconds; the PUBLISHes of one socket read share their arrival time, so a
+    batch repeats a few values many times."""
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 class Forwarder:
