@@ -186,11 +186,11 @@ class Gateway:
         )
 
         self.outbox = outbox_from_config(config, self.outbox_dir, self.engine, self.counters,
-                                         wallclock=self.clock_watch.epoch)
+                                         wallclock=self.clock_watch.epoch, supervisor=self.supervisor)
         await self.outbox.open()
         write_note(config.state_dir, url, self.outbox_dir)
 
-        self.broker = BrokerPort()
+        self.broker = BrokerPort(self.supervisor)
         await self.broker.start()
         # Twin GETs, reported patches and method answers go to the twin parts; telemetry to the outbox.
         self.twins = await start_twins(url, self.outbox, self.hub_client, self.broker.deliver_to, self.counters)
@@ -215,7 +215,7 @@ class Gateway:
         if self.hub_client is not None:
             self.sync = RegistrySync(self.directory, self.hub_client, clock=self.clock,
                                      full_resync_interval=config.sync.full_resync_interval,
-                                     delta_interval=config.sync.delta_interval)
+                                     delta_interval=config.sync.delta_interval, supervisor=self.supervisor)
             log.info("serving %d cached devices (cursor %s); syncing with the hub at %s",
                      len(self.directory), self.directory.sequence, self.hub_client.url)
             # The sync loop keeps its own task: a renewed EST identity restarts it (_resync_now).

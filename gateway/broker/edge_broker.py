@@ -124,6 +124,37 @@ class EdgeBroker(Broker):
                 await self._publish_retained_messages_for_subscription((a_filter, QOS_0), client_session)
         await self._client_message_loop(client_session, handler)
 
+    # amqtt starts its broadcast loop and its session-expiry monitor as bare tasks. Its broadcast loop
+    # drops whatever a broadcast raises without a word (the task's exception is never retrieved), and an
+    # exception escaping the monitor ends session expiry for good. Here both do nothing at start; the loops
+    # below run under the gateway's supervisor instead (BrokerPort.start): a failure is logged once with its
+    # cause, counted, shown in status, and the loop starts again after a back-off.
+    async def _broadcast_loop(self) -> None:
+        return
+
+    async def _session_monitor(self) -> None:
+        return
+
+    async def broadcast_forever(self) -> None:
+        """Hand each queued broadcast to the sessions that subscribe to it, until cancelled."""
+        running = self._tasks_queue
+        try:
+            while True:
+                while running and running[0].done():
+                    task = running.popleft()
+                    if not task.cancelled() and task.exception() is not None:
+                        # One device's delivery failing (it went away mid-publish) is not the loop's failure.
+                        self.logger.debug("a delivery to one session failed: %r", task.exception())
+                await self._run_broadcast(running)
+        finally:
+            for task in running:
+                task.cancel()
+            running.clear()
+
+    async def expire_sessions_forever(self) -> None:
+        """amqtt's session monitor: drop ended clean sessions and persistent ones past their expiry."""
+        await super()._session_monitor()
+
     async def _publish_retained_messages_for_subscription(self, subscription: tuple[str, int],
                                                           session: Session) -> None:
         if self._retained_messages:

@@ -19,7 +19,9 @@ from gateway.broker.admission import AdmissionTokens, FrontDoorAuthPlugin
 from gateway.broker.amqtt_surface import check_version
 from gateway.broker.edge_broker import EdgeBroker
 from gateway.broker.link import LISTENER_NAME, BrokerReader, BrokerWriter
+from gateway.metrics import Counters
 from gateway.mqtt import codec
+from gateway.service.supervisor import Supervisor
 
 log = logging.getLogger("edgegate.broker")
 
@@ -74,24 +76,32 @@ class BrokerLink:
 
 
 class BrokerPort:
-    """The amqtt broker behind the front door."""
+    """The amqtt broker behind the front door; its two background loops (broadcast, session expiry) run
+    under `supervisor` (the gateway's own, so status shows them)."""
 
-    def __init__(self) -> None:
+    def __init__(self, supervisor: Supervisor | None = None) -> None:
         check_version()
         session_states.install()
         sparse_queue.install()
         self.tokens = AdmissionTokens()
         self.broker = EdgeBroker(broker_config(self.tokens))
+        self.supervisor = supervisor or Supervisor(Counters())
         self._tasks: set[asyncio.Task[None]] = set()
         self._sending: set[asyncio.Task[Any]] = set()
+        self._loops: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
         await self.broker.start()
+        self._loops = [self.supervisor.owned("broker-broadcast", self.broker.broadcast_forever),
+                       self.supervisor.owned("broker-session-expiry", self.broker.expire_sessions_forever)]
 
     async def stop(self) -> None:
-        """Wait briefly for session handlers to finish, then shut the broker down."""
+        """Wait briefly for session handlers to finish, stop the broker's loops, then shut it down."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
         await self.broker.shutdown()
 
     def has_leftover_clean_session(self, device_id: str, clean_session: bool) -> bool:

@@ -28,7 +28,9 @@ from gateway.hub.backoff import BACKOFF_BASE, BACKOFF_CAP, next_backoff
 from gateway.hub.client import HubClient
 from gateway.hub.sync_state import HubState, SyncOutcome, advance
 from gateway.hub.wire import ChangePage
+from gateway.metrics import Counters
 from gateway.records import DeviceRecord
+from gateway.service.supervisor import Supervisor
 
 log = logging.getLogger("edgegate.sync")
 
@@ -69,6 +71,7 @@ class RegistrySync:
         backoff_base: float = BACKOFF_BASE,
         backoff_cap: float = BACKOFF_CAP,
         jitter: Callable[[], float] = random.random,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.directory = directory
         self.client = client
@@ -84,6 +87,8 @@ class RegistrySync:
         self.full_syncs = 0
         self.long_poll = True
         self._task: asyncio.Task[None] | None = None
+        # `run` retries every failure itself; the supervisor is for what would still end it.
+        self.supervisor = supervisor or Supervisor(Counters())
 
     # -- life cycle ----------------------------------------------------------------------------------
 
@@ -92,7 +97,7 @@ class RegistrySync:
         if self._task is None:
             log.info("serving %d cached devices (cursor %s); syncing with the hub at %s",
                      len(self.directory), self.directory.sequence, self.client.url)
-            self._task = asyncio.get_running_loop().create_task(self.run(), name="registry-sync")
+            self._task = self.supervisor.owned("registry-sync", self.run)
 
     async def stop(self) -> None:
         if self._task is not None:

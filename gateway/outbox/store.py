@@ -53,6 +53,7 @@ from gateway.outbox.segment import Removal
 from gateway.outbox.space import DiskSpace, disk_space, effective_reserve, segment_size, space_refusal
 from gateway.outbox.tables import outbox as legacy_table
 from gateway.records import InboundMessage, Submission
+from gateway.service.supervisor import Supervisor, TaskState
 
 log = logging.getLogger("edgegate.outbox")
 
@@ -80,6 +81,9 @@ RETRY_CAP = 5.0
 # The configured reserve for disk space when none is given (space.effective_reserve caps it).
 DISK_RESERVE = 64 * 1024 * 1024
 LEGACY_CHUNK = 2000
+# The outbox's two tasks, as status and /healthz name them.
+WRITER_TASK = "outbox-writer"
+SWEEP_TASK = "outbox-expiry"
 
 
 # Not frozen: one is built per message read (see gateway.records.InboundMessage).
@@ -128,9 +132,13 @@ class Outbox:
         space: Callable[[Path], DiskSpace] = disk_space,
         max_batch: int = MAX_BATCH,
         expire_every: float = EXPIRE_EVERY,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.directory, self.limits = directory, limits or OutboxLimits()
         self.counters = counters or Counters()
+        # The writer and the sweep run supervised: anything that escapes them is logged once, counted,
+        # shown in status and retried, instead of every later submit waiting for a commit forever.
+        self.supervisor = supervisor or Supervisor(self.counters)
         self.durability, self.commit_interval, self.disk_reserve = durability, commit_interval, disk_reserve
         self.dead_letters, self.legacy = dead_letters, legacy
         self.wallclock, self.monotonic, self._space_of = wallclock, monotonic, space
@@ -148,6 +156,7 @@ class Outbox:
         self._room_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._inflight: list[_Pending] = []  # the batch of the commit under way
         self._closing = False
         self._clock = resumed(0.0, monotonic())
         self._space = DiskSpace(0, 0)
@@ -189,9 +198,8 @@ class Outbox:
             await self._import_legacy(self.legacy)
         if self.messages:
             log.info("outbox holds %d messages (%d bytes) from before the restart", self.messages, self.bytes)
-        loop = asyncio.get_running_loop()
-        self._task = loop.create_task(self._write_forever(), name="outbox-writer")
-        self._sweeper = loop.create_task(self._sweep_forever(), name="outbox-expiry")
+        self._task = self.supervisor.owned(WRITER_TASK, self._write_forever, lambda: self._closing)
+        self._sweeper = self.supervisor.owned(SWEEP_TASK, self._sweep_forever, lambda: self._closing)
         if self.dead_letters is not None:
             try:
                 await self.refresh_dead_letters()  # re-queue requests made while the gateway was stopped
@@ -209,7 +217,11 @@ class Outbox:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
         if self._task is not None:
-            await self._task
+            if self.supervisor.health[WRITER_TASK].state is TaskState.FAILING:
+                # Backing off after a failure: no commit will come; the devices keep what was not PUBACKed.
+                self._task.cancel()
+                self._fail_everything(StorageError("the outbox closed while its writer was failing"))
+            await asyncio.gather(self._task, return_exceptions=True)
         self._writer.close()
         self._reader.close()
         self.log.close()
@@ -383,7 +395,18 @@ class Outbox:
                 await self._linger()
             if self._failures and not self._closing:
                 await self._sleep(next_backoff(self._failures - 1, 0.5, base=RETRY_BASE, cap=RETRY_CAP))
-            await self._commit_once()
+            try:
+                await self._commit_once()
+            except BaseException:
+                # Escaping to the supervisor (a bug, or cancelled while failing): the commit's devices get
+                # an error instead of waiting for ever; they keep what was not PUBACKed and send it again.
+                error = StorageError("the outbox writer failed during this commit")
+                for pending in self._inflight:
+                    if pending.waiter is not None and not pending.waiter.done():
+                        pending.waiter.set_exception(error)
+                raise
+            finally:
+                self._inflight = []
             if self._closing and self._failures:
                 self._fail_everything(StorageError("the outbox closed while its disk was failing"))
                 return
@@ -419,7 +442,7 @@ class Outbox:
             await self._reader.run(self.log.reap, reap)
 
     async def _commit_once(self) -> None:
-        batch = self._queue.take(self.max_batch)
+        batch = self._inflight = self._queue.take(self.max_batch)
         self._wake_room_waiters()  # taken into a commit: no longer waiting in memory for one
         removals, self._removals = self._removals, {}
         try:

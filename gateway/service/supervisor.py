@@ -1,9 +1,12 @@
 """Supervised background tasks: a failure is logged once with its cause, counted, retried with back-off,
 and visible in status.json and /healthz. No background task dies silently.
 
-Two shapes: `loop(name, factory)` for a task that runs forever on its own (forwarder, sync, cloud-to-device):
-if it ever raises or returns, it is started again after a back-off; `every(name, interval, step)` for
-periodic work (the status writer): each step that raises is a failure, the next success a recovery.
+Three shapes: `loop(name, factory)` for a task that runs forever on its own (forwarder, cloud-to-device,
+the broker's broadcast loop): if it ever raises or returns, it is started again after a back-off;
+`every(name, interval, step)` for periodic work (the status writer): each step that raises is a failure,
+the next success a recovery; `owned(name, factory, finished)` for a task whose owner ends it (the outbox
+writer, which drains its queue on close; the registry sync, restarted after a new identity): restarted
+like a loop, but `stop()` leaves it to its owner, and returning once `finished()` is true is its end.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ class Supervisor:
                  jitter: Callable[[], float] = random.random) -> None:
         self.counters, self.wallclock, self.jitter = counters, wallclock, jitter
         self.health: dict[str, TaskHealth] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[tuple[str, asyncio.Task[None]]] = []  # the ones `stop()` ends (not the owned)
 
     # ---- starting -----------------------------------------------------------------------------
 
@@ -77,9 +80,15 @@ class Supervisor:
         """Run `step()` every `interval` seconds; a failing step is retried with back-off instead."""
         self._start(name, self._every(name, interval, step))
 
+    def owned(self, name: str, factory: Callable[[], Awaitable[None]],
+              finished: Callable[[], bool] = lambda: False) -> asyncio.Task[None]:
+        """Run `factory()` like `loop`, for an owner that cancels or awaits the returned task itself."""
+        self.health[name] = TaskHealth(name)
+        return asyncio.ensure_future(self._loop(name, factory, finished))
+
     def _start(self, name: str, coro: Awaitable[None]) -> None:
         self.health[name] = TaskHealth(name)
-        self._tasks.append(asyncio.ensure_future(coro))
+        self._tasks.append((name, asyncio.ensure_future(coro)))
 
     # ---- what they look like --------------------------------------------------------------------
 
@@ -119,21 +128,30 @@ class Supervisor:
 
     # ---- the two shapes ---------------------------------------------------------------------------
 
-    async def _loop(self, name: str, factory: Callable[[], Awaitable[None]]) -> None:
+    async def _loop(self, name: str, factory: Callable[[], Awaitable[None]],
+                    finished: Callable[[], bool] = lambda: False) -> None:
         loop = asyncio.get_running_loop()
+        h = self.health[name]
         while True:
-            h = self.health[name]
             h.state, h.retry_in = TaskState.RUNNING, None
             started = loop.time()
             try:
                 await factory()
+                if finished():
+                    h.state = TaskState.STOPPED
+                    return
                 raise RuntimeError("returned; a long-running task must not end")
             except asyncio.CancelledError:
+                h.state = TaskState.STOPPED
                 raise
             except Exception as exc:
                 if loop.time() - started >= STABLE_AFTER:
                     self.recovered(name)  # it ran well for a while: this is a new failure, not the same one
-                await asyncio.sleep(self.failed(name, exc))
+                wait = self.failed(name, exc)
+                if finished():
+                    h.state = TaskState.STOPPED  # failed while its owner was ending it: nothing to retry for
+                    return
+                await asyncio.sleep(wait)
 
     async def _every(self, name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
         while True:
@@ -148,15 +166,15 @@ class Supervisor:
             await asyncio.sleep(interval)
 
     async def stop(self) -> None:
-        """Cancel every task and wait for each to end; a task that fails while ending is logged, not raised."""
-        for task in self._tasks:
+        """Cancel every task but the owned ones and wait for each to end; a task that fails while ending is
+        logged, not raised."""
+        for _name, task in self._tasks:
             task.cancel()
-        for task in self._tasks:
+        for name, task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 try:
                     await task
                 except Exception as exc:
                     log.error("a supervised task failed while stopping: %s", cause(exc))
-        for h in self.health.values():
-            h.state = TaskState.STOPPED
+            self.health[name].state = TaskState.STOPPED
         self._tasks.clear()

@@ -102,3 +102,40 @@ async def test_a_leftover_clean_session_is_forgotten_before_a_persistent_connect
         assert not port.has_leftover_clean_session("dev-c", clean_session=False)
     finally:
         await port.stop()
+
+
+@pytest.mark.asyncio
+async def test_the_broadcast_loop_is_supervised_and_outlives_a_failure(monkeypatch: pytest.MonkeyPatch) -> None:
+    """amqtt runs its broadcast loop as a bare task: one exception and no cloud-to-device message is ever
+    delivered again. Under the supervisor it is counted, shown, and started again."""
+    import gateway.service.supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "RETRY_BASE", 0.01)
+    port = BrokerPort()
+    await port.start()
+    try:
+        out = await open_device(port, "dev-a", ["devices/dev-a/messages/devicebound/#"])
+        real, calls = port.broker._run_broadcast, []
+
+        async def broken_once(running_tasks: object) -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                await port.broker._broadcast_queue.get()
+                raise RuntimeError("injected bug")
+            await real(running_tasks)  # type: ignore[arg-type]
+
+        monkeypatch.setattr(port.broker, "_run_broadcast", broken_once)
+        # The loop already waits inside the real `_run_broadcast`: the first message goes through it,
+        # the second meets the injected bug.
+        await port.deliver("devices/dev-a/messages/devicebound/", b"first", 1)
+        await until(lambda: any(b"first" in p for p in out.packets))
+        await port.deliver("devices/dev-a/messages/devicebound/", b"lost", 1)
+        health = port.supervisor.health["broker-broadcast"]
+        await until(lambda: health.failures == 1)
+        assert health.last_error == "RuntimeError: injected bug"
+        await port.deliver("devices/dev-a/messages/devicebound/", b"after", 1)
+        await until(lambda: any(b"after" in p for p in out.packets))
+        assert port.supervisor.health["broker-session-expiry"].failures == 0
+    finally:
+        await port.stop()
+    assert port.supervisor.health["broker-broadcast"].state.value == "stopped"

@@ -27,6 +27,7 @@ from gateway.outbox.space import DiskSpace
 from gateway.outbox.store import EAGER_PENDING as EAGER
 from gateway.outbox.store import PAUSE_PENDING_BYTES, Outbox
 from gateway.records import InboundMessage
+from gateway.service.supervisor import TaskState
 
 T0 = 1_800_000_000.0
 SMALL = OutboxLimits(time_to_live=100, max_messages=50, max_bytes=10_000, per_device_max_messages=20)
@@ -620,3 +621,61 @@ def test_migration_matches_the_table_definition(engine: Engine) -> None:
 
 def test_outbox_table_module_is_loaded_for_migrations() -> None:
     assert {"outbox", "outbox_dead_letters"} <= set(load_table_modules().tables)
+
+
+# -- supervised tasks ----------------------------------------------------------------------------------
+
+
+async def test_a_writer_that_dies_fails_its_commit_and_is_restarted(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug escaping the writer (here: reaping segments raises once) must neither leave that commit's
+    devices waiting for ever nor stop every later commit: the supervisor restarts the writer."""
+    import gateway.service.supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "RETRY_BASE", 0.01)
+    box = make(tmp_path / "ob", OutboxLimits())
+    await box.open()
+    try:
+        real_reap, calls = box._reap, []
+
+        async def reap_once_broken() -> None:
+            calls.append(1)
+            if len(calls) == 1:
+                raise RuntimeError("injected bug")
+            await real_reap()
+
+        monkeypatch.setattr(box, "_reap", reap_once_broken)
+        with pytest.raises(StorageError, match="writer failed"):
+            await asyncio.wait_for(box.submit(msg("d", 1)), 5)
+        health = box.supervisor.health[store.WRITER_TASK]
+        assert health.failures == 1
+        assert health.last_error == "RuntimeError: injected bug"
+        assert box.counters.get("edgegate_task_failures_total", task=store.WRITER_TASK) == 1
+        await asyncio.wait_for(box.submit(msg("d", 2)), 5)  # committed by the restarted writer
+        assert 2 in numbers(await box.peek(10))
+        assert health.state is TaskState.RUNNING
+    finally:
+        await box.close()
+    assert box.supervisor.health[store.WRITER_TASK].state is TaskState.STOPPED
+    assert box.supervisor.health[store.SWEEP_TASK].state is TaskState.STOPPED
+
+
+async def test_close_does_not_wait_out_a_failing_writers_back_off(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import gateway.service.supervisor as supervisor_module
+
+    monkeypatch.setattr(supervisor_module, "RETRY_BASE", 600.0)  # the retry would come in minutes
+    box = make(tmp_path / "ob", OutboxLimits())
+    await box.open()
+
+    async def broken() -> None:
+        raise RuntimeError("injected bug")
+
+    monkeypatch.setattr(box, "_reap", broken)
+    with pytest.raises(StorageError):
+        await asyncio.wait_for(box.submit(msg("d", 1)), 5)
+    assert box.supervisor.health[store.WRITER_TASK].state is TaskState.FAILING
+    waiting = box.submit(msg("d", 2))  # queued while the writer backs off
+    await asyncio.wait_for(box.close(), 5)
+    with pytest.raises(StorageError, match="writer was failing"):
+        await waiting

@@ -348,6 +348,40 @@ async def test_a_loop_that_dies_is_restarted_and_shows_as_failing() -> None:
     assert runs == [1]  # the first retry waits RETRY_BASE/2 at least
 
 
+async def test_an_owned_task_is_restarted_ends_when_its_owner_says_and_is_left_to_its_owner() -> None:
+    supervisor = Supervisor(Counters(), jitter=lambda: 0.0)
+    import gateway.service.supervisor as module
+
+    closing, runs = asyncio.Event(), []
+
+    async def writer() -> None:
+        runs.append(1)
+        if len(runs) == 1:
+            raise RuntimeError("boom")
+        await closing.wait()
+
+    module_base, module.RETRY_BASE = module.RETRY_BASE, 0.01
+    try:
+        task = supervisor.owned("outbox-writer", writer, closing.is_set)
+        for _ in range(200):
+            if len(runs) == 2:
+                break
+            await asyncio.sleep(0.01)
+        assert runs == [1, 1]
+        assert supervisor.health["outbox-writer"].failures == 1
+        assert supervisor.healthy  # running again
+        await supervisor.stop()  # the owner ends it, not the supervisor
+        assert not task.done()
+        assert supervisor.health["outbox-writer"].state is TaskState.RUNNING
+        closing.set()
+        await asyncio.wait_for(task, 5)
+        assert supervisor.health["outbox-writer"].state is TaskState.STOPPED
+        assert runs == [1, 1]  # returning once finished is an end, not a failure
+    finally:
+        module.RETRY_BASE = module_base
+        task.cancel()
+
+
 # ---- fleet summary -----------------------------------------------------------------------------------------------
 
 
