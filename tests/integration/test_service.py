@@ -106,6 +106,8 @@ def test_metrics_parse_with_prometheus_client_and_healthz_is_ok(tmp_path: Path, 
         assert ("edgegate_max_connections", ()) in samples
         assert samples[("edgegate_server_cert_days_left", ())] > 1
         assert samples[("edgegate_task_up", (("task", "forwarder"),))] == 1
+        for task in ("outbox-writer", "outbox-expiry", "registry-sync", "broker-broadcast", "broker-session-expiry"):
+            assert samples[("edgegate_task_up", (("task", task),))] == 1, task  # every long-running task
         assert samples[("process_resident_memory_bytes", ())] > 10 * 1024 * 1024
         assert ("edgegate_hub_state", (("state", "online"),)) in samples
         status, body = gw.get("/healthz")
