@@ -70,7 +70,8 @@ class Target(ABC):
         deadline = begin + 60
         while not tls_ready(self.port, self.pki, probe_cert, probe_key):
             if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"{self.name} did not start; see {log.name}")
+                tail = (self.workdir / f"{self.name}.log").read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{self.name} did not start; its log ends:\n{tail}")
             time.sleep(0.01)
         self.startup_s = time.monotonic() - begin
         return self

@@ -157,6 +157,7 @@ class Outbox:
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._inflight: list[_Pending] = []  # the batch of the commit under way
+        self._waiting_since = 0.0  # loop time at which the oldest message waiting for a commit arrived
         self._closing = False
         self._clock = resumed(0.0, monotonic())
         self._space = DiskSpace(0, 0)
@@ -280,6 +281,8 @@ class Outbox:
         if not any(m.qos for m in messages[:accepted]):
             # Nobody waits for a QoS 0 commit; a failure is logged and counted by the writer already.
             committed.add_done_callback(_consume_outcome)
+        if not self._queue:
+            self._waiting_since = asyncio.get_running_loop().time()
         self._queue.put(device_id, _Pending(news, committed), total, accepted)
         self._count(device_id, total, accepted)
         self._wake.set()
@@ -423,8 +426,12 @@ class Outbox:
         if self._eager.is_set():
             self._eager.clear()
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._eager.wait(), self.commit_interval)
+        # The linger counts from when the oldest waiting message arrived, not from when the writer got to
+        # it: one that came in while the last commit was being written has waited that long already.
+        left = self.commit_interval - (asyncio.get_running_loop().time() - self._waiting_since)
+        if left > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._eager.wait(), left)
         self._eager.clear()
 
     async def _sleep(self, seconds: float) -> None:
@@ -443,6 +450,7 @@ class Outbox:
 
     async def _commit_once(self) -> None:
         batch = self._inflight = self._queue.take(self.max_batch)
+        self._waiting_since = asyncio.get_running_loop().time()  # what is left (past max_batch) waits anew
         self._wake_room_waiters()  # taken into a commit: no longer waiting in memory for one
         removals, self._removals = self._removals, {}
         try:
