@@ -45,7 +45,7 @@ from gateway.outbox.bounds import (
     memory_refusal,
     refusal,
 )
-from gateway.outbox.committer import MAX_BATCH, FairQueue
+from gateway.outbox.committer import MAX_BATCH, MAX_BATCH_BYTES, FairQueue
 from gateway.outbox.dead_letters import DeadLetters, NewDeadLetter
 from gateway.outbox.log import Durability, NewMessage, SegmentLog, WritePlan
 from gateway.outbox.queueclock import CLOCK_EVERY, is_expired, resumed
@@ -287,7 +287,7 @@ class Outbox:
         self._count(device_id, total, accepted)
         self._wake.set()
         if (self._queue.pending_count(device_id) >= EAGER_PENDING
-                or len(self._queue) >= self.max_batch):
+                or len(self._queue) >= self.max_batch or self._queue.bytes >= MAX_BATCH_BYTES):
             self._eager.set()
         return Submission(committed, accepted, refused_why)
 

@@ -185,6 +185,20 @@ def test_fair_queue_takes_round_robin_and_at_least_one_from_each() -> None:
     assert queue.pending_bytes("a") == 0
 
 
+def test_fair_queue_caps_a_commit_by_payload_bytes_but_never_below_one_from_each() -> None:
+    from gateway.outbox.committer import FairQueue
+
+    queue: FairQueue[str] = FairQueue()
+    for n in range(4):
+        queue.put("flood", f"f{n}", 100_000, 50)
+    queue.put("sensor", "s0", 100)
+    assert queue.take(1024, 150_000) == ["f0", "s0", "f1"]  # one round whatever the cap, then up to it
+    assert queue.take(1024, 150_000) == ["f2", "f3"]
+    assert queue.drain() == []
+    queue.put("flood", "big", 10_000_000, 1)
+    assert queue.take(1024, 150_000) == ["big"]  # one item bigger than the cap still goes, alone
+
+
 def test_fair_queue_counts_the_messages_in_an_item_toward_the_batch() -> None:
     from gateway.outbox.committer import FairQueue
 
