@@ -42,14 +42,11 @@ class PeerIdentity:
     """What the TLS handshake showed about a connecting peer. Built once, when the handshake completes.
 
     `chain` is exactly what the client sent, leaf first (empty when it sent no certificate).
-    `openssl_verdict` is OpenSSL's own chain verdict against the gateway's trust store, recorded by the
-    verify callback and never enforced by it (0 = ok, else an X509_V_ERR code); kept for diagnostics only.
     """
 
     chain: tuple[x509.Certificate, ...]
     sha256: str | None  # leaf thumbprint, normalized
     sha1: str | None
-    openssl_verdict: int = 0
     remote: tuple[str, int] = ("", 0)
 
     @property

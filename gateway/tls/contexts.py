@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import ssl
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 from OpenSSL import SSL, crypto
@@ -19,18 +18,7 @@ from OpenSSL import SSL, crypto
 from gateway.errors import PKIError
 
 
-@dataclass(slots=True)
-class VerifyRecord:
-    """OpenSSL's opinion of the client chain, kept for diagnostics: the first error and its depth."""
-
-    error: int = 0
-    depth: int = -1
-
-
-def _record_verdict(conn: SSL.Connection, _cert: crypto.X509, errnum: int, depth: int, _ok: int) -> bool:
-    record = conn.get_app_data()
-    if isinstance(record, VerifyRecord) and errnum and not record.error:
-        record.error, record.depth = errnum, depth
+def _accept_any_chain(_conn: SSL.Connection, _cert: crypto.X509, _errnum: int, _depth: int, _ok: int) -> bool:
     # Accept every chain here: identity is decided at CONNECT, where we know which device is claimed.
     # The client still proves possession of its key with the TLS CertificateVerify message.
     return True
@@ -52,7 +40,7 @@ def build_device_server_context(chain_path: Path, key_path: Path) -> SSL.Context
         ctx.check_privatekey()
     except SSL.Error as exc:
         raise PKIError(f"cannot use server certificate {chain_path} with key {key_path}: {exc}") from exc
-    ctx.set_verify(SSL.VERIFY_PEER, _record_verdict)
+    ctx.set_verify(SSL.VERIFY_PEER, _accept_any_chain)
     ctx.set_verify_depth(8)
     return ctx
 

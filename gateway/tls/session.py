@@ -13,7 +13,6 @@ from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
 from gateway.records import PeerIdentity
-from gateway.tls.contexts import VerifyRecord
 
 # OpenSSL hands out at most one TLS record (16 KiB of plaintext) per read.
 _READ_CHUNK = 16384
@@ -40,12 +39,10 @@ class TLSFailed(Exception):
 class TLSSession:
     """One server-side TLS connection driven through memory BIOs."""
 
-    __slots__ = ("_conn", "_verify", "closed", "handshake_done")
+    __slots__ = ("_conn", "closed", "handshake_done")
 
     def __init__(self, ctx: SSL.Context) -> None:
         self._conn = SSL.Connection(ctx, None)
-        self._verify = VerifyRecord()
-        self._conn.set_app_data(self._verify)
         self._conn.set_accept_state()
         self.handshake_done = False
         self.closed = False
@@ -115,22 +112,20 @@ class TLSSession:
             self._conn.shutdown()
 
     def peer_identity(self, remote: tuple[str, int]) -> PeerIdentity:
-        """The peer's certificate chain as sent (leaf first) and its thumbprints."""
+        """The peer's certificate chain as sent (leaf first) and its thumbprints.
+
+        OpenSSL keeps its own copy in the session (about 2 KiB per idle device). Releasing it once this is
+        read would be safe for everything but a TLS 1.3 KeyUpdate, which then fails ("unexpected
+        message"): tests/integration/test_tls_keyupdate.py shows it with openssl s_client's K command."""
         from gateway.pki import thumbprint_sha1, thumbprint_sha256
 
         leaf = self._conn.get_peer_certificate(as_cryptography=True)
         if leaf is None:
-            return PeerIdentity(chain=(), sha256=None, sha1=None, openssl_verdict=0, remote=remote)
+            return PeerIdentity(chain=(), sha256=None, sha1=None, remote=remote)
         # On the server side OpenSSL's peer chain excludes the leaf; keep what the client sent, in order.
         rest = self._conn.get_peer_cert_chain(as_cryptography=True) or []
         chain = (leaf, *[c for c in rest if c != leaf])
-        return PeerIdentity(
-            chain=chain,
-            sha256=thumbprint_sha256(leaf),
-            sha1=thumbprint_sha1(leaf),
-            openssl_verdict=self._verify.error,
-            remote=remote,
-        )
+        return PeerIdentity(chain=chain, sha256=thumbprint_sha256(leaf), sha1=thumbprint_sha1(leaf), remote=remote)
 
     @property
     def protocol_version(self) -> str:

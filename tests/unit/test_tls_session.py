@@ -81,3 +81,24 @@ def test_the_handshake_bios_are_replaced(contexts) -> None:
     assert session.handshake_done
     assert after[0] != before[0]
     assert after[1] != before[1]
+
+
+def test_the_peer_chain_is_what_the_client_sent_and_the_connection_goes_on(contexts) -> None:
+    server_ctx, client_ctx = contexts
+    session = TLSSession(server_ctx)
+    client = handshake(session, client_ctx, b"")
+    peer = session.peer_identity(("127.0.0.1", 1))
+    assert [c.subject.rfc4514_string() for c in peer.chain] == ["CN=sensor-1"]
+    assert peer.sha256 is not None and len(peer.sha256) == 64
+    for n in range(3):
+        client.sendall(b"publish %d" % n)
+        session.receive(client_flight(client))
+        assert session.read() == b"publish %d" % n
+        session.write(b"puback %d" % n)
+        client.bio_write(session.outgoing())
+        assert client.recv(100) == b"puback %d" % n
+    assert session.protocol_version == "TLSv1.3"
+    session.close()
+    client.bio_write(session.outgoing())
+    with pytest.raises(SSL.ZeroReturnError):
+        client.recv(100)
