@@ -89,7 +89,8 @@ def test_the_peer_chain_is_what_the_client_sent_and_the_connection_goes_on(conte
     client = handshake(session, client_ctx, b"")
     peer = session.peer_identity(("127.0.0.1", 1))
     assert [c.subject.rfc4514_string() for c in peer.chain] == ["CN=sensor-1"]
-    assert peer.sha256 is not None and len(peer.sha256) == 64
+    assert peer.sha256 is not None
+    assert len(peer.sha256) == 64
     for n in range(3):
         client.sendall(b"publish %d" % n)
         session.receive(client_flight(client))
