@@ -37,7 +37,7 @@ with FrontDoorThread(w / "gw", d) as gw:
     stats = snap2.compare_to(snap1, "filename")
     total = sum(s.size_diff for s in stats)
     print("python heap per conn KiB", total / N / 1024)
-    for s in stats[:12]:
+    for s in stats[:30]:
         print(f"{s.size_diff / N / 1024:7.2f} KiB/conn  {s.traceback[0].filename}")
     assert p.stdin is not None
     p.stdin.close()

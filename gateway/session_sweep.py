@@ -10,10 +10,10 @@ import logging
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 
-from gateway.auth.live import LiveSession, SessionEnd, anchor_lost_sessions, expired_sessions, session_deadline
+from gateway.auth.live import LiveSession, SessionEnd, anchor_lost_sessions, expired_sessions
 from gateway.cache.records import RegisteredCA
 from gateway.metrics import Counters
-from gateway.records import PeerIdentity, TrustAnchors
+from gateway.records import TrustAnchors
 
 log = logging.getLogger("edgegate.sessions")
 
@@ -32,8 +32,6 @@ class SessionSweep:
                  skew: timedelta, counters: Counters, every: float = SWEEP_EVERY) -> None:
         self.list_sessions, self.kick, self.clock = list_sessions, kick, clock
         self.skew, self.counters, self.every = skew, counters, every
-        # id(peer) -> (peer, deadline): a deadline is worked out once per session, not once per sweep.
-        self._deadlines: dict[int, tuple[PeerIdentity, datetime | None]] = {}
         self._tasks: set[asyncio.Task[list[SessionEnd]]] = set()
 
     async def run(self) -> None:
@@ -46,18 +44,7 @@ class SessionSweep:
 
     def sweep(self) -> list[SessionEnd]:
         """Close every session past its deadline; returns the sessions closed."""
-        now = self.clock()
-        due: list[LiveSession] = []
-        seen: dict[int, tuple[PeerIdentity, datetime | None]] = {}
-        for device_id, peer in self.list_sessions():
-            known = self._deadlines.get(id(peer))
-            entry = known if known is not None and known[0] is peer else (peer, session_deadline(peer))
-            seen[id(peer)] = entry
-            deadline = entry[1]
-            if deadline is not None and deadline < now - self.skew:
-                due.append((device_id, peer))
-        self._deadlines = seen
-        return self._close(expired_sessions(due, now, self.skew))
+        return self._close(expired_sessions(self.list_sessions(), self.clock(), self.skew))
 
     def anchors_changed(self, old: TrustAnchors, new: TrustAnchors, removed: tuple[RegisteredCA, ...]) -> None:
         """A directory callback: close the sessions whose chain reached a CA that is gone. The chains are

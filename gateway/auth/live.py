@@ -1,5 +1,5 @@
-"""Which live sessions must end because of their certificates: pure functions over the sessions' peer
-identities and `now`.
+"""Which live sessions must end because of their certificates: pure functions over the chains the
+sessions were admitted with and `now`.
 
 A session was admitted against a certificate chain; when the chain stops being good (a certificate in it
 expires, or the registered CA it reached is removed), the session ends with the sentence the device
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.auth.chain_failure import chain_cert_expired, name
 from gateway.auth.decision import leaf_dates
@@ -23,7 +24,32 @@ from gateway.records import PeerIdentity, TrustAnchors
 # The reason code of a session closed because its CA was unregistered (the others are auth reasons).
 CA_REMOVED = "ca_removed"
 
-LiveSession = tuple[str, PeerIdentity]
+
+
+@dataclass(frozen=True, slots=True)
+class AdmittedChain:
+    """What a live session keeps of the chain it was admitted with: the certificates as DER, the leaf's
+    thumbprint, and the first notAfter in the chain.
+
+    Not the parsed certificates: with the names and extensions the decision read cached in them, a chain
+    of two costs about 5 KiB per idle device (DER about 1). The chain is parsed again only when it is due
+    to expire or a CA was removed, which is rare.
+    """
+
+    der: tuple[bytes, ...]
+    sha256: str | None
+    deadline: datetime | None
+
+    @classmethod
+    def of(cls, peer: PeerIdentity) -> AdmittedChain:
+        return cls(tuple(c.public_bytes(Encoding.DER) for c in peer.chain), peer.sha256, session_deadline(peer))
+
+    def peer(self) -> PeerIdentity:
+        """The chain parsed again, as a PeerIdentity (without the SHA-1 thumbprint nobody needs here)."""
+        return PeerIdentity(tuple(x509.load_der_x509_certificate(d) for d in self.der), self.sha256, None)
+
+
+LiveSession = tuple[str, AdmittedChain]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +76,10 @@ def session_deadline(peer: PeerIdentity) -> datetime | None:
 def expired_sessions(sessions: Iterable[LiveSession], now: datetime, skew: timedelta) -> list[SessionEnd]:
     """Sessions whose leaf, or a certificate above it, is past notAfter plus `skew`."""
     ends: list[SessionEnd] = []
-    for device_id, peer in sessions:
+    for device_id, held in sessions:
+        if held.deadline is None or held.deadline >= now - skew:
+            continue
+        peer = held.peer()
         leaf = peer.leaf
         if leaf is None:
             continue
@@ -79,7 +108,8 @@ def anchor_lost_sessions(
         return []
     still = {c.subject for c in new.roots}
     ends: list[SessionEnd] = []
-    for device_id, peer in sessions:
+    for device_id, held in sessions:
+        peer = held.peer()
         leaf = peer.leaf
         named = [removed[c.issuer] for c in peer.chain if c.issuer in removed]
         if leaf is None or not named:

@@ -22,7 +22,6 @@ from gateway.frontdoor.session import DeviceSession
 from gateway.frontdoor.states import ConnState
 from gateway.metrics import Counters
 from gateway.ratelimit import RateLimiter
-from gateway.records import PeerIdentity
 from gateway.tls.contexts import ServerContextHolder
 from gateway.tls.session import TLSFailed, TLSSession
 
@@ -79,11 +78,6 @@ class DeviceConnection(asyncio.Protocol):
     @property
     def device_id(self) -> str | None:
         return self.session.device_id
-
-    @property
-    def peer(self) -> PeerIdentity | None:
-        """What the TLS handshake showed about the device (its chain), once it completed."""
-        return self.session.peer
 
     # ---- asyncio callbacks -------------------------------------------------------------------
 
@@ -272,7 +266,7 @@ class DeviceConnection(asyncio.Protocol):
     def _record_decision(self, event: ev.Decided) -> None:
         """One counter and, for a rejection, one log line naming device, thumbprint and reason."""
         decision, w = event.decision, self.wiring
-        thumbprint = (self.peer.sha256 if self.peer else None) or "-"
+        thumbprint = decision.thumbprint or "-"
         if decision.ok:
             w.counters.inc("edgegate_auth_accepted_total")
             log.info("admitted device=%s thumbprint=%s from %s:%d", decision.device_id, thumbprint, *self.remote)

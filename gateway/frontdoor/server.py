@@ -10,13 +10,13 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
+from gateway.auth.live import AdmittedChain
 from gateway.broker.port import BrokerPort
 from gateway.frontdoor.connection import DeviceConnection, Wiring
 from gateway.frontdoor.limits import FrontDoorLimits
 from gateway.frontdoor.services import DeviceDirectory, MessageSink
 from gateway.metrics import Counters
 from gateway.ratelimit import RateLimiter
-from gateway.records import PeerIdentity
 from gateway.tls.contexts import ServerContextHolder
 
 __all__ = ["FrontDoor", "FrontDoorLimits"]
@@ -120,8 +120,9 @@ class FrontDoor:
         conn.kick(reason)
         return True
 
-    def sessions(self) -> Iterator[tuple[str, PeerIdentity]]:
-        """Each connected device with what its TLS handshake showed (for certificate-expiry checks)."""
+    def sessions(self) -> Iterator[tuple[str, AdmittedChain]]:
+        """Each connected device with the chain it was admitted with (for certificate-expiry checks)."""
         for device_id, conn in list(self.online.items()):
-            if conn.peer is not None:
-                yield device_id, conn.peer
+            admitted = conn.session.admitted
+            if admitted is not None:
+                yield device_id, admitted

@@ -32,6 +32,7 @@ from datetime import datetime
 
 from gateway.auth.decision import AuthDecision, AuthPolicy, ConnectClaim, authenticate
 from gateway.auth.identity import validate_device_id
+from gateway.auth.live import AdmittedChain
 from gateway.auth.reasons import Reason
 from gateway.auth.topics import DeviceTopics, PublishVerdict, TopicKind
 from gateway.errors import ProtocolError
@@ -82,7 +83,8 @@ class DeviceSession:
     def __init__(self, limits: FrontDoorLimits, now: float) -> None:
         self.limits = limits
         self.state = ConnState.HANDSHAKING
-        self.peer: PeerIdentity | None = None
+        self.peer: PeerIdentity | None = None  # from the handshake until the decision
+        self.admitted: AdmittedChain | None = None  # from the decision on: what the session sweep reads
         self.connect: Connect | None = None
         self.device_id: str | None = None
         self.topics: DeviceTopics | None = None
@@ -228,6 +230,9 @@ class DeviceSession:
         decision = authenticate(self.peer, claim, record, policy, now)
         if decision.ok and connect.will is not None:
             decision = check_will(decision, connect.will)
+        if decision.ok:
+            self.admitted = AdmittedChain.of(self.peer)
+        self.peer = None  # the parsed chain costs ~5 KiB per idle device; DER is all a live session needs
         self._events.append(ev.Decided(decision))
         if not decision.ok:
             self._out.append(codec.encode_connack(decision.reason.connack_code))

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from gateway.auth.decision import AuthPolicy, ConnectClaim, authenticate
-from gateway.auth.live import CA_REMOVED, anchor_lost_sessions, expired_sessions, session_deadline
+from gateway.auth.live import CA_REMOVED, AdmittedChain, anchor_lost_sessions, expired_sessions, session_deadline
 from gateway.auth.reasons import Reason
 from gateway.metrics import Counters
 from gateway.pki import CA, IssuedCert, self_signed_device_cert, thumbprint_sha1, thumbprint_sha256
@@ -32,6 +32,10 @@ def peer(issued: IssuedCert, *, with_chain: bool = True) -> PeerIdentity:
     return PeerIdentity(chain, thumbprint_sha256(issued.cert), thumbprint_sha1(issued.cert))
 
 
+def admitted(issued: IssuedCert) -> AdmittedChain:
+    return AdmittedChain.of(peer(issued))
+
+
 EXPIRING = INTER.issue_device_cert("expiring", not_before=T - DAY, not_after=T)
 LASTING = INTER.issue_device_cert("lasting", now=T - DAY)
 UNDER_SHORT = SHORT_INTER.issue_device_cert("under-short", not_before=T - DAY, not_after=T + 100 * DAY)
@@ -50,7 +54,7 @@ SELF = self_signed_device_cert("self", not_before=T - DAY, not_after=T + timedel
     ],
 )
 def test_expired_sessions(device: IssuedCert, now: datetime, code: str | None, words: str | None) -> None:
-    ends = expired_sessions([("d", peer(device))], now, SKEW)
+    ends = expired_sessions([("d", admitted(device))], now, SKEW)
     if code is None:
         assert ends == []
         return
@@ -61,7 +65,7 @@ def test_expired_sessions(device: IssuedCert, now: datetime, code: str | None, w
 
 def test_the_device_gets_the_same_sentence_on_reconnect() -> None:
     now = T + timedelta(minutes=5)
-    [end] = expired_sessions([("expiring", peer(EXPIRING))], now, SKEW)
+    [end] = expired_sessions([("expiring", admitted(EXPIRING))], now, SKEW)
     record = DeviceRecord("expiring", True, AuthType.CERTIFICATE_AUTHORITY, "gw")
     decision = authenticate(peer(EXPIRING), ConnectClaim("expiring"), record,
                             AuthPolicy("gw", TrustAnchors((ROOT.cert,)), SKEW), now)
@@ -72,6 +76,16 @@ def test_the_device_gets_the_same_sentence_on_reconnect() -> None:
 def test_deadline_is_the_first_not_after_in_the_chain() -> None:
     assert session_deadline(peer(UNDER_SHORT)) == T + 10 * DAY
     assert session_deadline(PeerIdentity((), None, None)) is None
+
+
+def test_a_live_session_keeps_the_chain_as_der_and_gets_it_back_whole() -> None:
+    sent = peer(UNDER_SHORT)
+    held = AdmittedChain.of(sent)
+    assert all(isinstance(d, bytes) for d in held.der)
+    assert held.deadline == T + 10 * DAY
+    assert held.sha256 == sent.sha256
+    assert held.peer().chain == sent.chain
+    assert AdmittedChain.of(PeerIdentity((), None, None)).peer().chain == ()
 
 
 OLD = TrustAnchors((ROOT.cert, OTHER_INTER.cert))
@@ -91,7 +105,7 @@ ON_OTHER = OTHER_INTER.issue_device_cert("on-other", now=T - DAY)
     ],
 )
 def test_anchor_lost_sessions(new: TrustAnchors, device: IssuedCert, lost: bool) -> None:
-    ends = anchor_lost_sessions([("d", peer(device))], OLD, new, T)
+    ends = anchor_lost_sessions([("d", admitted(device))], OLD, new, T)
     assert [e.code for e in ends] == ([CA_REMOVED] if lost else [])
     if lost:
         assert "was removed from the hub" in ends[0].message
@@ -99,7 +113,7 @@ def test_anchor_lost_sessions(new: TrustAnchors, device: IssuedCert, lost: bool)
 
 async def test_the_sweep_kicks_counts_and_logs_once(caplog: pytest.LogCaptureFixture) -> None:
     now = [T]
-    sessions = {"expiring": peer(EXPIRING), "lasting": peer(LASTING)}
+    sessions = {"expiring": admitted(EXPIRING), "lasting": admitted(LASTING)}
     kicked: list[tuple[str, str]] = []
 
     def kick(device_id: str, reason: str) -> bool:

@@ -97,6 +97,25 @@ def test_nothing_is_allocated_until_used() -> None:
     assert "_queue" in vars(q)
 
 
+def test_an_emptied_queue_lets_its_deque_go_and_waiters_wait_in_a_list() -> None:
+    async def scenario() -> tuple[bool, type, bool]:
+        q = SparseQueue()
+        q.put_nowait("subscribe")
+        q.get_nowait()
+        kept = "_queue" in vars(q)
+        getter = asyncio.ensure_future(q.get())  # what an idle device's session does
+        await asyncio.sleep(0)
+        waiters = type(q._getters)
+        q.put_nowait("c2d")
+        await getter
+        return kept, waiters, "_queue" in vars(q)
+
+    kept, waiters, still = asyncio.run(scenario())
+    assert not kept
+    assert issubclass(waiters, list)
+    assert not still
+
+
 def test_amqtt_builds_its_per_device_queues_sparse() -> None:
     sparse_queue.install()
 
