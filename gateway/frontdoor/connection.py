@@ -61,6 +61,9 @@ class Wiring:
 class DeviceConnection(asyncio.Protocol):
     """The front door's side of one TCP connection from a device."""
 
+    __slots__ = ("_paused_writing", "_pump_soon", "_timer", "_timer_at", "_write_waiters", "link", "loop", "remote",
+                 "session", "tls", "transport", "wiring")
+
     def __init__(self, wiring: Wiring, loop: asyncio.AbstractEventLoop) -> None:
         self.wiring = wiring
         self.loop = loop
