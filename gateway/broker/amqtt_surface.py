@@ -11,6 +11,7 @@ from __future__ import annotations
 from importlib import metadata
 
 import amqtt.mqtt.protocol.broker_handler as broker_handler_module
+import amqtt.mqtt.protocol.handler as handler_module
 import amqtt.session as session_module
 from amqtt.adapters import ReaderAdapter, WriterAdapter
 from amqtt.broker import Broker
@@ -32,7 +33,7 @@ __all__ = [
     "AMQTT_VERSION", "QOS_0", "QOS_1", "QOS_2", "Action", "BaseAuthPlugin", "Broker", "BrokerError", "BrokerEvents",
     "BrokerProtocolHandler", "MachineError",
     "OutgoingApplicationMessage", "ReaderAdapter", "Session", "WriterAdapter", "broker_handler_module",
-    "check_version", "session_module",
+    "check_version", "handler_module", "session_module",
 ]
 
 

@@ -1,4 +1,5 @@
-"""An asyncio.Queue that allocates its buffers on first use, for amqtt's per-device queues.
+"""An asyncio.Queue that allocates its buffers on first use, for amqtt's per-device queues (and an
+asyncio.Event and a deque stand-in for the same reason).
 
 amqtt 0.12.1 builds four queues for every connected device: two in its `Session` (retained and
 delivered messages) and two in its broker protocol handler (pending subscribe and unsubscribe). A
@@ -14,10 +15,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import types
 from collections.abc import Callable
 from typing import Any
 
-from gateway.broker.amqtt_surface import broker_handler_module, session_module
+from gateway.broker.amqtt_surface import broker_handler_module, handler_module, session_module
 
 
 class _Waiters(list):  # type: ignore[type-arg]
@@ -28,6 +30,23 @@ class _Waiters(list):  # type: ignore[type-arg]
 
     def popleft(self) -> Any:
         return self.pop(0)
+
+
+class SparseEvent(asyncio.Event):
+    """asyncio.Event with its waiters in a list: amqtt's protocol handler holds three per device, and
+    each stock Event keeps a deque (0.6 KiB) that nobody waits on while the device is idle."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters = _Waiters()  # type: ignore[assignment]
+
+
+def _namespace(module: types.ModuleType, **overrides: Any) -> types.ModuleType:
+    """A copy of `module`'s namespace with some names replaced, for one amqtt module to see."""
+    copy = types.ModuleType(module.__name__)
+    copy.__dict__.update(vars(module))
+    copy.__dict__.update(overrides)
+    return copy
 
 
 def _set_event() -> asyncio.Event:
@@ -79,6 +98,10 @@ class SparseQueue(asyncio.Queue):  # type: ignore[type-arg]
 
 
 def install() -> None:
-    """Make amqtt build its per-device queues as SparseQueue. Idempotent."""
+    """Make amqtt build its per-device queues as SparseQueue, and its protocol handler's events and
+    in-flight task list the sparse way. Idempotent."""
     session_module.Queue = SparseQueue
     broker_handler_module.Queue = SparseQueue
+    if handler_module.asyncio.Event is not SparseEvent:
+        handler_module.asyncio = _namespace(asyncio, Event=SparseEvent)
+        handler_module.collections = _namespace(collections, deque=_Waiters)

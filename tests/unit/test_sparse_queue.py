@@ -127,3 +127,40 @@ def test_amqtt_builds_its_per_device_queues_sparse() -> None:
     queues = [session.retained_messages, session.delivered_message_queue,
               handler._pending_subscriptions, handler._pending_unsubscriptions]
     assert all(isinstance(q, SparseQueue) for q in queues)
+
+
+async def event_scenario(make: Callable[[], asyncio.Event]) -> list[object]:
+    event = make()
+    seen: list[object] = [event.is_set()]
+    waiters = [asyncio.ensure_future(event.wait()) for _ in range(3)]
+    cancelled = asyncio.ensure_future(event.wait())
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    seen.append([w.done() for w in waiters])
+    event.set()
+    seen.append(await asyncio.gather(*waiters))
+    event.clear()
+    seen.append(event.is_set())
+    late = asyncio.ensure_future(event.wait())
+    await asyncio.sleep(0)
+    seen.append(late.done())
+    event.set()
+    seen.append(await late)
+    return seen
+
+
+def test_sparse_event_behaves_as_asyncio_event() -> None:
+    assert asyncio.run(event_scenario(sparse_queue.SparseEvent)) == asyncio.run(event_scenario(asyncio.Event))
+
+
+def test_amqtt_handler_builds_sparse_events() -> None:
+    sparse_queue.install()
+    sparse_queue.install()  # idempotent
+
+    async def build() -> BrokerProtocolHandler:
+        return BrokerProtocolHandler(None)  # type: ignore[arg-type]
+
+    handler = asyncio.run(build())
+    assert isinstance(handler._reader_stopped, sparse_queue.SparseEvent)
+    assert isinstance(handler._reader_stopped._waiters, list)  # type: ignore[attr-defined]
