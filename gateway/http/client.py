@@ -201,13 +201,15 @@ class HttpPool:
                     await asyncio.gather(*(connection.closed() for connection in idle))
 
     def _take_idle(self) -> _Connection | None:
+        """The most recently used live idle connection (the least likely to be closed by the peer); the
+        dead and the expired are closed on the way, so that none holds a descriptor for long."""
         now = asyncio.get_running_loop().time()
-        while self._idle:
-            connection = self._idle.pop()  # the most recently used: the least likely to be closed by the peer
-            if connection.reusable(now):
-                return connection
-            connection.close()
-        return None
+        live = [connection for connection in self._idle if connection.reusable(now)]
+        for connection in self._idle:
+            if connection not in live:
+                connection.close()
+        self._idle = live
+        return self._idle.pop() if self._idle else None
 
     async def _connect(self) -> _Connection:
         try:

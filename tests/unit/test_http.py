@@ -120,6 +120,36 @@ async def test_concurrent_requests_open_at_most_max_connections() -> None:
     assert server.connections == 2
 
 
+async def test_a_retired_pool_lets_the_request_in_flight_finish_then_closes_its_connections() -> None:
+    release = asyncio.Event()
+
+    async def slow_or_fast(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            if head.startswith(b"GET /slow "):
+                await release.wait()
+            writer.write(OK)
+            await writer.drain()
+
+    server = Scripted(slow_or_fast)
+    pool = pool_for(await server.start())
+    try:
+        long_poll = asyncio.ensure_future(pool.request("GET", "/slow", within=5, max_body=10, retry_stale=True))
+        await asyncio.sleep(0.1)
+        assert (await pool.request("GET", "/fast", within=5, max_body=10, retry_stale=True)).status == 200
+        assert server.open == 2
+        pool.retire()  # the idle connection is closed now, the long poll's when it is answered
+        await asyncio.sleep(0.1)
+        assert (server.open, pool.drained, long_poll.done()) == (1, False, False)
+        release.set()
+        assert (await long_poll).status == 200
+        await asyncio.sleep(0.1)
+        assert (server.open, pool.drained) == (0, True)
+    finally:
+        await pool.close()
+        assert server.server is not None
+        server.server.close()
+
+
 async def test_no_answer_within_the_deadline_is_a_timeout(scripted) -> None:
     async def silent(reader: asyncio.StreamReader, _writer: asyncio.StreamWriter) -> None:
         await reader.read()
