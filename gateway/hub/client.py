@@ -33,8 +33,6 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 MAX_CONNECTIONS = 8
 # Statuses that blame the request, not the hub: retrying the same bytes can never succeed.
 PERMANENT_STATUSES = frozenset({400, 413, 422})
-# The longest a request may be in flight on a retired pool: the hub's cap on a long poll.
-MAX_LONG_POLL = 120.0
 # A scope or change page of 1000 devices is well under 1 MiB, a CA list or a c2d batch a few MiB; far
 # above that is a hub gone wrong, which must not grow the gateway's memory without bound.
 MAX_ANSWER_BYTES = 16 * 1024 * 1024
@@ -142,7 +140,7 @@ class HubClient:
         """Present a renewed identity from the next request on, without a restart.
 
         Requests in flight (long polls) finish on the old pool, whose connections are closed as they end;
-        each has its deadline (at most request_timeout + MAX_LONG_POLL), so none lingers.
+        each has its deadline (request_timeout plus the long poll's wait), so none lingers.
         """
         old, self._ssl, self._pool = self._pool, ssl_context, None
         self._retired = {pool for pool in self._retired if not pool.drained}
@@ -224,9 +222,10 @@ class HubClient:
             content = json.dumps(payload).encode()
         try:
             # Every request may go twice when a kept-alive connection turns out closed by the hub before any
-            # byte of the answer: GETs read; the hub keeps a message once per message_id, a reported patch
-            # once per patch_id, a c2d ack moves a cursor to where it already is; a repeated method answer
-            # gets 404, which method_response reports as "no longer waited for", logged and not acted on.
+            # byte of the answer: GETs only read; the hub keeps a message once per message_id and applies a
+            # reported patch once per patch_id; a repeated c2d ack finds nothing left to mark below its
+            # cursor; a repeated method answer gets 404, which method_response reports as "no longer waited
+            # for", logged and not acted on.
             answer = await self._http().request(method, target, headers=headers, body=content, within=within,
                                                 max_body=MAX_ANSWER_BYTES, retry_stale=True)
         except HttpError as exc:
