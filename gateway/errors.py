@@ -13,6 +13,8 @@
     │   ├── EstUnavailable     refused, timed out, 5xx, pending: keep what we hold and retry
     │   ├── EstRejected        the EST server refused us (untrusted server, auth, CSR policy)
     │   └── EstReplyInvalid    the reply is unusable (PKCS#7 that does not parse, wrong key, wrong kind)
+    ├── HttpError              the HTTP/1.1 link under the hub and EST clients failed (gateway.http); those
+    │                          clients turn it into a HubError or EstError with their own sentence
     └── StorageError           the gateway's database failed
         └── OutboxFull         the outbox is at its bound; the message was not accepted
 
@@ -20,6 +22,8 @@ Adapters translate foreign exceptions at the boundary and chain them (`raise ...
 """
 
 from __future__ import annotations
+
+from enum import StrEnum
 
 
 class EdgegateError(Exception):
@@ -100,6 +104,28 @@ class EstRejected(EstError):
 
 class EstReplyInvalid(EstError):
     """The EST server answered with something the gateway cannot use."""
+
+
+class HttpFailure(StrEnum):
+    """How an HTTP exchange failed; the hub and EST clients word each one for their reader."""
+
+    REFUSED = "refused"  # nothing listens at the address
+    TIMEOUT = "timeout"  # no connection, or no whole answer, within the deadline
+    UNTRUSTED = "untrusted"  # the server's certificate does not verify (root, name or dates)
+    TLS = "tls"  # any other TLS failure, among them the server's alerts about our certificate
+    RESET = "reset"  # the peer reset the connection
+    CLOSED = "closed"  # the peer closed the connection before a whole answer
+    MALFORMED = "malformed"  # the answer is not HTTP/1.1
+    TOO_LARGE = "too_large"  # the answer's body is over the caller's limit
+    UNREACHABLE = "unreachable"  # any other socket error (no route, no such name ...)
+
+
+class HttpError(EdgegateError):
+    """An HTTP exchange failed below the API; `kind` says how, `detail` what the socket or TLS layer said."""
+
+    def __init__(self, kind: HttpFailure, detail: str) -> None:
+        self.kind, self.detail = kind, detail
+        super().__init__(f"{kind.value}: {detail}")
 
 
 class StorageError(EdgegateError):

@@ -161,7 +161,7 @@ def configure_logging(level: str = "INFO", log_format: str = "text") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     # amqtt logs every connection and packet at INFO/DEBUG; the front door already says what matters.
-    for noisy in ("amqtt", "transitions", "aiohttp.access"):
+    for noisy in ("amqtt", "transitions"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # Alembic says "Context impl SQLiteImpl", "Will assume transactional DDL" and one line per
     # migration at INFO: the gateway's own "database ... at migration ..." line says what matters.

@@ -1,20 +1,21 @@
-"""The EST client: RFC 7030 over HTTPS with aiohttp. Every failure leaves as an EstError subclass with a
+"""The EST client: RFC 7030 over HTTPS (gateway.http). Every failure leaves as an EstError subclass with a
 reason code and a sentence that says what to do (see gateway.errors)."""
 
 from __future__ import annotations
 
+import base64
 import re
 import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiohttp
 from cryptography import x509
 
-from gateway.errors import EstRejected, EstUnavailable, PKIError
+from gateway.errors import EstRejected, EstReplyInvalid, EstUnavailable, HttpError, HttpFailure, PKIError
 from gateway.est.csr import base64_body
 from gateway.est.pkcs7 import MAX_REPLY_BYTES, parse_certs_only
+from gateway.http.client import fetch
 
 DEFAULT_TIMEOUT = 30.0  # an enrollment may wait on a slow HSM-backed CA; still bounded
 # OpenSSL's names for the alerts a server sends when it does not accept the client certificate.
@@ -38,7 +39,9 @@ class EstClient:
     def __init__(self, trusted_certs: Sequence[Path], username: str | None = None, password: str | None = None,
                  *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.trusted_certs = tuple(trusted_certs)
-        self._basic = aiohttp.BasicAuth(username, password or "") if username is not None else None
+        # RFC 7617: user-id ":" password, UTF-8, base64.
+        self._basic = ("Basic " + base64.b64encode(f"{username}:{password or ''}".encode()).decode()
+                       if username is not None else None)
         self.timeout = timeout
 
     def context(self, auth: ClientAuth) -> ssl.SSLContext:
@@ -75,34 +78,32 @@ class EstClient:
     async def _answers_anonymously(self, url: str) -> bool:
         base = url.rsplit("/", 1)[0]
         try:
-            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout)) as session, \
-                    session.get(f"{base}/cacerts", ssl=self.context(ClientAuth("anonymous"))) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, ssl.SSLError, OSError, TimeoutError):
+            answer = await fetch(f"{base}/cacerts", "GET", ssl_context=self.context(ClientAuth("anonymous")),
+                                 within=self.timeout, max_body=MAX_REPLY_BYTES)
+        except HttpError:
             return False
+        return answer.status == 200
 
     async def _call(self, method: str, url: str, auth: ClientAuth, body: bytes | None, what: str,
                     *, accept_404: bool = False) -> bytes:
-        headers = {"Content-Type": "application/pkcs10", "Content-Transfer-Encoding": "base64"} if body else {}
-        timeout = aiohttp.ClientTimeout(total=self.timeout)
+        headers = [("Content-Type", "application/pkcs10"), ("Content-Transfer-Encoding", "base64")] if body else []
+        if self._basic is not None:
+            headers.append(("Authorization", self._basic))
         ctx = self.context(auth)
         try:
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
-                method, url, data=body, headers=headers, ssl=ctx, auth=self._basic
-            ) as response:
-                status = response.status
-                raw = await response.content.read(MAX_REPLY_BYTES + 1)
-                retry_after = response.headers.get("Retry-After")
-        except aiohttp.ClientConnectorCertificateError as exc:
-            error = exc.certificate_error
-            detail = getattr(error, "verify_message", None) or str(error)
-            raise EstRejected("server_untrusted", f"the EST server at {url} presented a certificate we do not "
-                              f"trust ({detail}): cert_issuance.est.trusted_certs must hold the root that "
-                              "signed it, and the URL's host must be a name it carries") from exc
-        except TimeoutError as exc:
-            raise EstUnavailable("timeout", f"the EST server at {url} did not answer within "
-                                 f"{self.timeout:g}s") from exc
-        except (aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+            answer = await fetch(url, method, ssl_context=ctx, headers=headers, body=body or b"",
+                                 within=self.timeout, max_body=MAX_REPLY_BYTES)
+        except HttpError as exc:
+            if exc.kind is HttpFailure.UNTRUSTED:
+                raise EstRejected("server_untrusted", f"the EST server at {url} presented a certificate we do "
+                                  f"not trust ({exc.detail}): cert_issuance.est.trusted_certs must hold the root "
+                                  "that signed it, and the URL's host must be a name it carries") from exc
+            if exc.kind is HttpFailure.TIMEOUT:
+                raise EstUnavailable("timeout", f"the EST server at {url} did not answer within "
+                                     f"{self.timeout:g}s") from exc
+            if exc.kind is HttpFailure.TOO_LARGE:
+                raise EstReplyInvalid("reply_too_large", f"the EST {what} reply is over {MAX_REPLY_BYTES} "
+                                      "bytes") from exc
             alert = _client_cert_alert(exc)
             if alert is None and auth.cert is not None and await self._answers_anonymously(url):
                 # TLS 1.3 servers check the client certificate after the handshake: the alert is lost and
@@ -113,6 +114,7 @@ class EstClient:
                                   f"certificate {auth.cert} in the TLS handshake ({alert}): it must be issued "
                                   "by a CA the EST server trusts, and be inside its dates") from exc
             raise EstUnavailable("unreachable", f"cannot reach the EST server at {url}: {_describe(exc)}") from exc
+        status, raw, retry_after = answer.status, answer.body, answer.header("Retry-After")
         if status == 200 or (status in (204, 404) and accept_404):
             return raw
         reason, message = _refusal(raw)
@@ -151,9 +153,7 @@ def _client_cert_alert(exc: BaseException) -> str | None:
     return next((alert for alert in _CLIENT_CERT_ALERTS if alert in text), None)
 
 
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ConnectionRefusedError):
+def _describe(exc: HttpError) -> str:
+    if exc.kind is HttpFailure.REFUSED:
         return "connection refused (nothing listens there: EST server down?)"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the connection was closed before an answer"
-    return f"{exc.__class__.__name__}: {exc}"
+    return exc.detail

@@ -8,8 +8,6 @@ about our identity certificate): the hub refused *us*, which an operator must fi
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import json
 import ssl
 from collections.abc import Callable
@@ -17,12 +15,11 @@ from datetime import datetime
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
-
-import aiohttp
+from urllib.parse import quote, urlencode, urlsplit
 
 from gateway.cache.records import RegisteredCA
-from gateway.errors import HubRefusedContent, HubRejected, HubUnavailable
+from gateway.errors import HttpError, HttpFailure, HubError, HubRefusedContent, HubRejected, HubUnavailable
+from gateway.http.client import HttpPool, Origin
 from gateway.hub.wire import ChangePage, ScopePage, parse_cas, parse_change_page, parse_device, parse_scope_page
 from gateway.records import DeviceRecord
 from gateway.tls.contexts import build_hub_client_context
@@ -36,8 +33,9 @@ DEFAULT_CONNECT_TIMEOUT = 5.0
 MAX_CONNECTIONS = 8
 # Statuses that blame the request, not the hub: retrying the same bytes can never succeed.
 PERMANENT_STATUSES = frozenset({400, 413, 422})
-# The longest a request may be in flight on a retired session: the hub's cap on a long poll.
-MAX_LONG_POLL = 120.0
+# A scope or change page of 1000 devices is well under 1 MiB, a CA list or a c2d batch a few MiB; far
+# above that is a hub gone wrong, which must not grow the gateway's memory without bound.
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
 # OpenSSL's names for the alerts a server sends when it does not accept the client certificate.
 _IDENTITY_ALERTS = ("certificate required", "bad certificate", "unknown ca", "certificate unknown",
                     "certificate revoked", "certificate expired", "access denied")
@@ -61,10 +59,11 @@ class HubClient:
         self.gateway_id = gateway_id
         self.request_timeout = request_timeout
         self.connect_timeout = connect_timeout
-        self._base = f"{self.url}/gateways/{quote(gateway_id, safe='')}"
+        self._origin = Origin.from_url(self.url, hostname)
+        self._base = f"{urlsplit(self.url).path}/gateways/{quote(gateway_id, safe='')}"
         self._ssl = ssl_context
-        self._session: aiohttp.ClientSession | None = None
-        self._retired: set[asyncio.Task[None]] = set()
+        self._pool: HttpPool | None = None
+        self._retired: set[HttpPool] = set()
         # Told the hub's Date header of every answer: the clock floor's best evidence (gateway.clock_watch).
         self.on_date: Callable[[datetime], object] | None = None
 
@@ -140,13 +139,14 @@ class HubClient:
     def use_ssl_context(self, ssl_context: ssl.SSLContext) -> None:
         """Present a renewed identity from the next request on, without a restart.
 
-        Requests in flight (long polls) finish on the old session, which is closed once they are done.
+        Requests in flight (long polls) finish on the old pool, whose connections are closed as they end;
+        each has its deadline (request_timeout plus the long poll's wait), so none lingers.
         """
-        old, self._ssl, self._session = self._session, ssl_context, None
+        old, self._ssl, self._pool = self._pool, ssl_context, None
+        self._retired = {pool for pool in self._retired if not pool.drained}
         if old is not None:
-            task = asyncio.get_running_loop().create_task(_close_later(old, self.request_timeout + MAX_LONG_POLL))
-            self._retired.add(task)
-            task.add_done_callback(self._retired.discard)
+            old.retire()
+            self._retired.add(old)
 
     # -- twins and direct methods (wire format: docs/HUB_MOCK.md) ----------------------------------
 
@@ -188,21 +188,18 @@ class HubClient:
         return body is not None
 
     async def close(self) -> None:
-        for task in list(self._retired):
-            task.cancel()
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        pools, self._retired = [*self._retired, *([self._pool] if self._pool else [])], set()
+        self._pool = None
+        for pool in pools:
+            await pool.close()
 
     # -- HTTP and error mapping --------------------------------------------------------------------
 
-    def _client_session(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=MAX_CONNECTIONS),
-                headers={"Accept": "application/json"},
-            )
-        return self._session
+    def _http(self) -> HttpPool:
+        if self._pool is None:
+            self._pool = HttpPool(self._origin, ssl_context=self._ssl, max_connections=MAX_CONNECTIONS,
+                                  connect_timeout=self.connect_timeout)
+        return self._pool
 
     async def _request(
         self,
@@ -215,34 +212,27 @@ class HubClient:
         method: str = "GET",
         payload: Any = None,
     ) -> Any:
-        timeout = aiohttp.ClientTimeout(total=self.request_timeout + extra_time, sock_connect=self.connect_timeout)
+        within = self.request_timeout + extra_time
         where = f"{self.url} ({self.hostname})"
+        target = self._base + path + (f"?{urlencode(params, quote_via=quote)}" if params else "")
+        headers = [("Accept", "application/json")]
+        content = b""
+        if method == "POST":
+            headers.append(("Content-Type", "application/json"))
+            content = json.dumps(payload).encode()
         try:
-            async with self._client_session().request(
-                method, self._base + path, params=params, json=payload, timeout=timeout, server_hostname=self.hostname
-            ) as response:
-                status = response.status
-                raw = await response.read()
-                self._note_date(response.headers.get("Date"))
-        except aiohttp.ClientConnectorCertificateError as exc:
-            raise HubUnavailable(
-                f"the hub at {where} presented a certificate we do not trust: {_verify_message(exc)}"
-            ) from exc
-        except (aiohttp.ClientSSLError, ssl.SSLError, aiohttp.ClientOSError) as exc:
-            alert = _identity_alert(exc)
-            if alert is not None:
-                raise HubRejected(
-                    f"the hub at {where} refused the identity certificate of gateway {self.gateway_id} "
-                    f"in the TLS handshake ({alert})"
-                ) from exc
-            raise HubUnavailable(f"cannot talk to the hub at {where}: {_describe(exc)}") from exc
-        except TimeoutError as exc:
-            raise HubUnavailable(
-                f"the hub at {where} did not answer within {timeout.total:g}s (down or blackholed?)"
-            ) from exc
-        except aiohttp.ClientError as exc:
-            raise HubUnavailable(f"cannot talk to the hub at {where}: {_describe(exc)}") from exc
-        body = _json(raw)
+            # Every request may go twice when a kept-alive connection turns out closed by the hub before any
+            # byte of the answer: GETs only read; the hub keeps a message once per message_id and applies a
+            # reported patch once per patch_id; a repeated c2d ack finds nothing left to mark below its
+            # cursor; a repeated method answer gets 404, which method_response reports as "no longer waited
+            # for", logged and not acted on.
+            answer = await self._http().request(method, target, headers=headers, body=content, within=within,
+                                                max_body=MAX_ANSWER_BYTES, retry_stale=True)
+        except HttpError as exc:
+            raise transport_error(exc, where, self.gateway_id, within) from exc
+        self._note_date(answer.header("Date"))
+        status = answer.status
+        body = _json(answer.body)
         if status == 200:
             if body is None:
                 raise HubUnavailable(f"the hub at {where} answered {path} with something that is not JSON")
@@ -261,7 +251,6 @@ class HubClient:
             raise HubRefusedContent(status, reason, message, text)
         raise HubUnavailable(text)
 
-
     def _note_date(self, header: str | None) -> None:
         if self.on_date is None or not header:
             return
@@ -271,13 +260,6 @@ class HubClient:
             return
         if date.tzinfo is not None:
             self.on_date(date)
-
-
-async def _close_later(session: aiohttp.ClientSession, delay: float) -> None:
-    try:
-        await asyncio.sleep(delay)
-    finally:
-        await session.close()
 
 
 def _json(raw: bytes) -> Any:
@@ -304,23 +286,22 @@ def _reset_page(since: int) -> ChangePage:
     return ChangePage((), since, False, reset=True)
 
 
-def _verify_message(exc: aiohttp.ClientConnectorCertificateError) -> str:
-    error = exc.certificate_error
-    return str(getattr(error, "verify_message", None) or error)
+def transport_error(failure: HttpError, where: str, gateway_id: str, within: float) -> HubError:
+    """What an HTTP failure means for the gateway: the hub is unavailable, or it refused our identity."""
+    if failure.kind is HttpFailure.UNTRUSTED:
+        return HubUnavailable(f"the hub at {where} presented a certificate we do not trust: {failure.detail}")
+    if failure.kind is HttpFailure.TIMEOUT:
+        return HubUnavailable(f"the hub at {where} did not answer within {within:g}s (down or blackholed?)")
+    alert = next((alert for alert in _IDENTITY_ALERTS if alert in failure.detail.lower()), None)
+    if alert is not None:
+        return HubRejected(f"the hub at {where} refused the identity certificate of gateway {gateway_id} "
+                           f"in the TLS handshake ({alert})")
+    return HubUnavailable(f"cannot talk to the hub at {where}: {_DESCRIPTIONS.get(failure.kind, failure.detail)}")
 
 
-def _identity_alert(exc: BaseException) -> str | None:
-    """The TLS alert text if the hub's TLS layer turned down our certificate, else None."""
-    text = " ".join(str(e).lower() for e in (exc, exc.__cause__, getattr(exc, "os_error", None)) if e)
-    return next((alert for alert in _IDENTITY_ALERTS if alert in text), None)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, aiohttp.ClientConnectorError) and isinstance(exc.os_error, ConnectionRefusedError):
-        return "connection refused (nothing listens there: hub down?)"
-    if isinstance(exc, aiohttp.ClientOSError) and exc.errno == errno.ECONNRESET:
-        # A TLS 1.3 server that does not trust the client certificate often just drops the connection.
-        return "connection reset by the hub (if this persists, check that the hub trusts our identity certificate)"
-    if isinstance(exc, aiohttp.ServerDisconnectedError):
-        return "the connection was closed before an answer"
-    return f"{exc.__class__.__name__}: {exc}"
+_DESCRIPTIONS = {
+    HttpFailure.REFUSED: "connection refused (nothing listens there: hub down?)",
+    # A TLS 1.3 server that does not trust the client certificate often just drops the connection.
+    HttpFailure.RESET: "connection reset by the hub (if this persists, check that the hub trusts our identity "
+                       "certificate)",
+}
