@@ -76,7 +76,7 @@ def measure_disk(name: str, target: Target, s: Sizes, figs: dict[str, Figure], p
 
 
 def measure(name: str, target: Target, s: Sizes, figs: dict[str, Figure], pki: BenchPKI,
-            only_disk: bool = False) -> None:
+            only_disk: bool = False, only_memory: bool = False) -> None:
     target.start()
     if only_disk:
         try:
@@ -99,27 +99,36 @@ def measure(name: str, target: Target, s: Sizes, figs: dict[str, Figure], pki: B
     try:
         time.sleep(1.0)
         figs["startup"].add(name, target.startup_s)
-        figs["idle_rss"].add(name, target.rss() / 2**20)
-        for key, publishers, qos in (("qos1", [0], 1), ("qos0", [0], 0), ("fanin10", list(range(10)), 1)):
-            rate, cpu = publish_rate_and_cpu(target, publishers, s.messages, qos)
-            figs[key].add(name, rate)
-            figs[f"{key}_cpu"].add(name, cpu)
+        idle = target.rss()
+        figs["idle_rss"].add(name, idle / 2**20)
+        if not only_memory:
+            for key, publishers, qos in (("qos1", [0], 1), ("qos0", [0], 0), ("fanin10", list(range(10)), 1)):
+                rate, cpu = publish_rate_and_cpu(target, publishers, s.messages, qos)
+                figs[key].add(name, rate)
+                figs[f"{key}_cpu"].add(name, cpu)
         base = target.rss()
         hold(s.fanin)
-        rate, cpu = publish_rate_and_cpu(target, list(range(10)), s.messages, 1)
-        figs["fanin"].add(name, rate)
-        figs["fanin_cpu"].add(name, cpu)
+        if not only_memory:
+            rate, cpu = publish_rate_and_cpu(target, list(range(10)), s.messages, 1)
+            figs["fanin"].add(name, rate)
+            figs["fanin_cpu"].add(name, cpu)
         hold(s.mem_small - s.fanin)
         figs["per_conn_small"].add(name, rss_per_connection(base))
         storm = hold(s.storm)
         figs["admission"].add(name, storm.admitted / storm.seconds)
         figs["refused"].add(name, storm.refused + storm.failed)
         hold(s.mem_large - s.mem_small - s.storm)
-        figs["per_conn_large"].add(name, rss_per_connection(base))
+        per_conn = rss_per_connection(base)
+        figs["per_conn_large"].add(name, per_conn)
         figs["rss_large"].add(name, target.rss() / 2**20)
+        # What an operator sizing a Pi asks: how many idle devices fit under MemoryMax=256M, from this
+        # run's idle RSS and its RSS per connection at the large size (no room kept for bursts).
+        figs["fit_256"].add(name, (256 * 2**20 - idle) / (per_conn * 1024) if per_conn else 0.0)
         for h in held:
             h.close()
         held.clear()
+        if only_memory:
+            return
         if name in PERSISTENT:
             measure_disk(name, target, s, figs, pki)
         if isinstance(target, EdgegateTarget):
@@ -179,6 +188,8 @@ def main() -> None:
     parser.add_argument("--write", type=Path, help="write the report (Markdown) to this file")
     parser.add_argument("--only-disk", action="store_true",
                         help="only the disk figures (bytes/message, fdatasync/s, fleet PUBACK latency)")
+    parser.add_argument("--only-memory", action="store_true",
+                        help="only start-up, idle RSS, RSS per connection, the storm and the 256 MiB fit")
     args = parser.parse_args()
     runs = args.runs or (1 if args.quick else 3)
     sizes = Sizes(args.quick)
@@ -199,6 +210,7 @@ def main() -> None:
         "refused": Figure("  of which refused or failed", "conns", False),
         "per_conn_large": Figure(f"RSS per idle TLS connection at {sizes.mem_large:,}", "KiB", False),
         "rss_large": Figure(f"RSS with {sizes.mem_large:,} idle TLS connections", "MiB", False),
+        "fit_256": Figure("  idle devices that fit in 256 MiB (from idle RSS and the row above)", "devices", True),
         "drain": Figure(f"backlog drain, {sizes.backlog:,} messages to the hub", "msg/s", True),
         "auth_ss": Figure("auth decision p99, thumbprint, 100k cached", "ms", False),
         "auth_ca": Figure("auth decision p99, CA chain, 100k cached", "ms", False),
@@ -213,6 +225,10 @@ def main() -> None:
     }
     if args.only_disk:
         figs = {k: v for k, v in figs.items() if k.startswith(("fleet_", "fast_"))}
+    if args.only_memory:
+        figs = {k: v for k, v in figs.items()
+                if k in ("startup", "idle_rss", "per_conn_small", "admission", "refused", "per_conn_large",
+                         "rss_large", "fit_256")}
     with tempfile.TemporaryDirectory(prefix="edgegate-bench-") as tmp:
         work = Path(tmp)
         pki = BenchPKI.create(work / "pki")
@@ -224,8 +240,8 @@ def main() -> None:
                 print(f"run {run + 1}/{runs}: {name} ...", flush=True)
                 target = TARGETS[name](name, pki, work)
                 target.prepare(ids)
-                measure(name, target, sizes, figs, pki, only_disk=args.only_disk)
-            if "edgegate" in names and not args.only_disk:
+                measure(name, target, sizes, figs, pki, only_disk=args.only_disk, only_memory=args.only_memory)
+            if "edgegate" in names and not args.only_disk and not args.only_memory:
                 p99 = auth_p99_ms(sizes.auth_devices)
                 figs["auth_ss"].add("edgegate", p99["thumbprint"])
                 figs["auth_ca"].add("edgegate", p99["ca_chain"])
