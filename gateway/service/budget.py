@@ -19,11 +19,12 @@ MIB = 1024 * 1024
 # before `connection_made` can refuse them). 128 covers that with room; 5 % scales it for big limits.
 FD_RESERVE_MIN = 128
 FD_RESERVE_FRACTION = 0.05
-# An idle gateway with its cache loaded: ~77 MiB measured (issue 18), rounded up.
+# An idle gateway with its cache loaded: 80 MiB measured with 10,021 cached devices (`python -m bench
+# --only-memory`, December 2026), 71-73 MiB with a small cache.
 MEMORY_BASELINE = 80 * MIB
-# One idle authenticated TLS device: ~58 KiB measured (issue 18: 38 KiB OpenSSL, the rest amqtt's
-# session and the front door), rounded up for the handshake's transient allocations.
-MEMORY_PER_CONNECTION = 64 * 1024
+# One idle authenticated TLS device: 57 KiB measured at 10,000 (the same run: ~32 KiB OpenSSL with the
+# device's chain, ~24 KiB amqtt's session and the front door), rounded up for the handshake's transients.
+MEMORY_PER_CONNECTION = 60 * 1024
 # Kept free for the outbox's in-memory batches, the cache, sync pages and reconnect bursts.
 MEMORY_MARGIN_FRACTION = 0.2
 # A memory limit at or above this is "no limit" (cgroup v1 writes 2**63 rounded to a page).
