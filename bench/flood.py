@@ -2,7 +2,7 @@
 gateway's peak RSS (the issue-13 drill; the front door's per-connection byte budget is what finally stops
 reading the flooder's socket, the outbox's share is its per-device QoS 0 memory cap and fair commits).
 
-    python -m bench.flood [--fleet 20] [--period 0.1] [--seconds 20] [--payload 2048] [--flood 200000]
+    python -m bench.flood [--fleet 20] [--period 0.1] [--seconds 20] [--payload 2048] [--flood 200000] [--hub-down]
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0)
     parser.add_argument("--payload", type=int, default=2048, help="flood payload bytes")
     parser.add_argument("--flood", type=int, default=200_000, help="QoS 0 messages the flooder sends")
+    parser.add_argument("--hub-down", action="store_true",
+                        help="the hub refuses connections throughout (an offline site: nothing is forwarded)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgegate-flood-") as tmp:
         work = Path(tmp)
@@ -38,6 +40,9 @@ def main() -> None:
         target = EdgegateTarget("edgegate", pki, work)
         target.prepare([device_id(i) for i in range(args.fleet + 1)] + ["probe-0"])
         target.start()
+        if args.hub_down:
+            assert target.hub is not None
+            target.hub.admin.fault("down")
         peak = [target.rss()]
         idle = peak[0]
         done = threading.Event()

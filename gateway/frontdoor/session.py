@@ -139,6 +139,11 @@ class DeviceSession:
         return None
 
     @property
+    def reading_paused(self) -> bool:
+        """Has the session asked the shell to stop reading (its byte or PUBACK budget is spent)?"""
+        return self._reading_paused
+
+    @property
     def pending_bytes(self) -> int:
         """Payload bytes accepted from the device and not yet committed by the outbox."""
         return self._pending_bytes

@@ -118,9 +118,10 @@ class HubClient:
         """The CA certificates registered in the hub."""
         return _parsed(parse_cas, await self._request("/cas", {}), "CA list")
 
-    async def post_messages(self, messages: list[dict[str, Any]]) -> None:
-        """Hand a batch of device messages to the hub (idempotent by message_id)."""
-        await self._request("/messages", {}, method="POST", payload={"messages": messages})
+    async def post_messages(self, body: bytes) -> None:
+        """Hand a batch of device messages to the hub (idempotent by message_id); `body` is the batch as
+        the API's JSON, {"messages": [...]} (gateway.upstream.forwarder.encode_batch)."""
+        await self._request("/messages", {}, method="POST", content=body)
 
     async def wait_c2d(self, after: int, wait: float) -> tuple[list[dict[str, Any]], int]:
         """Cloud-to-device messages after cursor `after`, long-polled up to `wait` seconds."""
@@ -211,22 +212,23 @@ class HubClient:
         extra_time: float = 0.0,
         method: str = "GET",
         payload: Any = None,
+        content: bytes | None = None,
     ) -> Any:
         within = self.request_timeout + extra_time
         where = f"{self.url} ({self.hostname})"
         target = self._base + path + (f"?{urlencode(params, quote_via=quote)}" if params else "")
         headers = [("Accept", "application/json")]
-        content = b""
         if method == "POST":
             headers.append(("Content-Type", "application/json"))
-            content = json.dumps(payload).encode()
+            if content is None:
+                content = json.dumps(payload).encode()
         try:
             # Every request may go twice when a kept-alive connection turns out closed by the hub before any
             # byte of the answer: GETs only read; the hub keeps a message once per message_id and applies a
             # reported patch once per patch_id; a repeated c2d ack finds nothing left to mark below its
             # cursor; a repeated method answer gets 404, which method_response reports as "no longer waited
             # for", logged and not acted on.
-            answer = await self._http().request(method, target, headers=headers, body=content, within=within,
+            answer = await self._http().request(method, target, headers=headers, body=content or b"", within=within,
                                                 max_body=MAX_ANSWER_BYTES, retry_stale=True)
         except HttpError as exc:
             raise transport_error(exc, where, self.gateway_id, within) from exc

@@ -24,6 +24,7 @@ import asyncio
 import base64
 import contextlib
 import functools
+import json
 import logging
 import random
 from collections.abc import Callable, Sequence
@@ -57,6 +58,10 @@ IDLE_RECHECK = 60.0
 # (each POST costs the hub a transaction and us event-loop time). A message that reaches an idle
 # forwarder is sent at once; only the ones behind it wait (at most this long).
 LINGER = 0.05
+# A POST body is encoded this many payload bytes at a time, with the event loop let in between: one
+# json.dumps of a full batch of 2 KiB messages (1.4 MB of JSON) held the loop for ~15 ms, and every
+# device's PUBACK waited behind it (bench.flood: the fleet's PUBACK p99 at 100-160 ms under a flood).
+ENCODE_SLICE_BYTES = 64 * 1024
 
 
 def leaves_room(batch: Sequence[QueuedMessage], max_count: int, max_bytes: int) -> bool:
@@ -73,7 +78,7 @@ class ForwarderState(StrEnum):
 
 
 class MessageUplink(Protocol):
-    async def post_messages(self, messages: list[dict[str, Any]]) -> None: ...
+    async def post_messages(self, body: bytes) -> None: ...
 
     async def close(self) -> None: ...
 
@@ -94,6 +99,22 @@ def wire_message(message: QueuedMessage) -> dict[str, Any]:
         "kind": message.kind,
         "system_properties": system,
     }
+
+
+async def encode_batch(batch: Sequence[QueuedMessage]) -> bytes:
+    """The hub API's POST body for `batch` ({"messages": [wire_message, ...]}), encoded a slice of
+    ENCODE_SLICE_BYTES at a time with the event loop let in between."""
+    slices: list[str] = []
+    start = size = 0
+    last = len(batch) - 1
+    for i, message in enumerate(batch):
+        size += len(message.payload)
+        if size >= ENCODE_SLICE_BYTES or i == last:
+            slices.append(json.dumps([wire_message(m) for m in batch[start:i + 1]])[1:-1])
+            start, size = i + 1, 0
+            if i != last:
+                await asyncio.sleep(0)
+    return ('{"messages": [' + ", ".join(slices) + "]}").encode()
 
 
 @functools.lru_cache(maxsize=256)
@@ -200,7 +221,7 @@ class Forwarder:
             # Once more, alone: a hub that changed its mind during the narrowing (a fault cleared, a
             # deployment finished) must not turn good messages into dead letters.
             try:
-                await self.uplink.post_messages([wire_message(message)])
+                await self.uplink.post_messages(await encode_batch([message]))
             except HubRefusedContent as exc:
                 await self.outbox.dead_letter([message], exc.status, exc.reason, exc.detail)
                 self.dead_lettered += 1
@@ -214,7 +235,7 @@ class Forwarder:
         if not batch:
             return 0
         try:
-            await self.uplink.post_messages([wire_message(m) for m in batch])
+            await self.uplink.post_messages(await encode_batch(batch))
         except HubRefusedContent as exc:
             if len(batch) == 1:
                 refused.append((batch[0], exc))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import shutil
 import time
 import uuid
@@ -211,9 +212,9 @@ class SnapshotAfterFirstPost:
         self.client, self.directory, self.snapshot = client, directory, snapshot
         self.posted: list[str] = []
 
-    async def post_messages(self, messages: list[dict[str, Any]]) -> None:
-        await self.client.post_messages(messages)
-        self.posted += [m["message_id"] for m in messages]
+    async def post_messages(self, body: bytes) -> None:
+        await self.client.post_messages(body)
+        self.posted += [m["message_id"] for m in json.loads(body)["messages"]]
         if not self.snapshot.exists():
             shutil.copytree(self.directory, self.snapshot)
 
@@ -356,9 +357,9 @@ class CountingUplink:
         self.client = client
         self.posts: list[int] = []
 
-    async def post_messages(self, messages: list[dict[str, Any]]) -> None:
-        await self.client.post_messages(messages)
-        self.posts.append(len(messages))
+    async def post_messages(self, body: bytes) -> None:
+        await self.client.post_messages(body)
+        self.posts.append(len(json.loads(body)["messages"]))
 
     async def close(self) -> None:
         await self.client.close()

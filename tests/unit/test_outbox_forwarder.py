@@ -3,13 +3,23 @@ the retry schedule."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+from dataclasses import replace
 from datetime import UTC, datetime
 
 import pytest
 
 from gateway.hub.backoff import next_backoff
 from gateway.outbox.store import QueuedMessage
-from gateway.upstream.forwarder import BACKOFF_BASE, BACKOFF_CAP, leaves_room, wire_message
+from gateway.upstream.forwarder import (
+    BACKOFF_BASE,
+    BACKOFF_CAP,
+    ENCODE_SLICE_BYTES,
+    encode_batch,
+    leaves_room,
+    wire_message,
+)
 from hub_mock.ingest import parse_batch
 
 STORED = QueuedMessage(7, "0123456789abcdef0123456789abcdef", "sensor-1", "telemetry",
@@ -72,3 +82,37 @@ def _batch(count: int, payload_bytes: int) -> list[QueuedMessage]:
 )
 def test_leaves_room(count: int, payload_bytes: int, room: bool) -> None:
     assert leaves_room(_batch(count, payload_bytes), 500, 1_000_000) is room
+
+
+@pytest.mark.parametrize(("count", "size"), [(0, 10), (1, 10), (3, 100), (500, 2048), (40, ENCODE_SLICE_BYTES + 1)])
+def test_a_batch_encoded_in_slices_is_the_same_json_as_one_dump(count: int, size: int) -> None:
+    batch = [replace(STORED, seq=i, message_id=f"{i:032x}", payload=bytes([i % 256]) * size) for i in range(count)]
+    body = asyncio.run(encode_batch(batch))
+    assert json.loads(body) == {"messages": [wire_message(m) for m in batch]}
+    if count:
+        assert parse_batch(json.loads(body))[0].payload == batch[0].payload  # what the hub reads back
+
+
+def test_encoding_a_big_batch_lets_the_event_loop_in_between_slices() -> None:
+    """A flood's full batch must not hold the loop in one piece: other devices' PUBACKs wait behind it."""
+    batch = [replace(STORED, seq=i, message_id=f"{i:032x}", payload=b"x" * 2048) for i in range(500)]
+
+    async def scenario() -> int:
+        ticks = 0
+        done = False
+
+        async def other_device() -> None:
+            nonlocal ticks
+            while not done:
+                ticks += 1
+                await asyncio.sleep(0)
+
+        ticker = asyncio.ensure_future(other_device())
+        await asyncio.sleep(0)
+        await encode_batch(batch)
+        done = True
+        await ticker
+        return ticks
+
+    slices = 500 * 2048 // ENCODE_SLICE_BYTES
+    assert asyncio.run(scenario()) >= slices - 1
