@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, Integer, cast, delete, func, insert, select, update
-from sqlalchemy.dialects import postgresql, sqlite
 
 from gateway.db.engine import storage_errors
 from gateway.outbox.tables import outbox_dead_letters
@@ -75,14 +74,12 @@ class DeadLetters:
                  "properties": json.dumps(d.properties, separators=(",", ":")), "payload": d.payload, "qos": d.qos,
                  "enqueued_at": d.enqueued_at, "dead_at": d.dead_at, "status": d.status, "reason": d.reason[:128],
                  "detail": d.detail, "requeue": False} for d in letters]
-        dialect = self.engine.dialect.name
-        statement = (sqlite.insert(outbox_dead_letters) if dialect == "sqlite" else
-                     postgresql.insert(outbox_dead_letters) if dialect == "postgresql" else None)
+        statement = _insert_or_ignore(self.engine.dialect.name)
         with storage_errors("storing dead letters", self.engine.url), self.engine.begin() as conn:
             if statement is None:
                 conn.execute(insert(outbox_dead_letters), rows)
             else:
-                conn.execute(statement.on_conflict_do_nothing(index_elements=["message_id"]), rows)
+                conn.execute(statement, rows)
 
     def entries(self, *, device_id: str | None = None, limit: int = 100) -> list[DeadLetter]:
         query = select(*_C).order_by(_C.id).limit(limit)
@@ -127,3 +124,17 @@ class DeadLetters:
         if ids:
             with storage_errors("removing re-queued dead letters", self.engine.url), self.engine.begin() as conn:
                 conn.execute(delete(outbox_dead_letters).where(_C.id.in_(list(ids))))
+
+
+def _insert_or_ignore(dialect: str) -> Any:
+    """INSERT ... ON CONFLICT (message_id) DO NOTHING in the engine's own dialect, or None for another. Each
+    dialect's module is imported when used: PostgreSQL's costs a SQLite gateway 4 MiB of resident memory."""
+    if dialect == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
+        return sqlite.insert(outbox_dead_letters).on_conflict_do_nothing(index_elements=["message_id"])
+    if dialect == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
+        return postgresql.insert(outbox_dead_letters).on_conflict_do_nothing(index_elements=["message_id"])
+    return None

@@ -5,9 +5,16 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 
-def test_the_gateway_process_does_not_import_aiohttp() -> None:
-    """aiohttp costs ~10 MiB of idle RSS; only hub_mock (another process) serves with it."""
-    code = "import sys, gateway.runtime, gateway.cli.main; print(sorted(m for m in sys.modules if 'aiohttp' in m))"
+
+@pytest.mark.parametrize(("prefix", "why"), [
+    ("aiohttp", "~10 MiB of idle RSS; only hub_mock (another process) serves with it"),
+    ("sqlalchemy.dialects.postgresql", "4 MiB on every SQLite gateway; imported where a PostgreSQL engine is used"),
+    ("alembic", "migrations run in a short-lived child (gateway.db.migrate)"),
+])
+def test_the_gateway_process_does_not_import(prefix: str, why: str) -> None:
+    code = ("import sys, gateway.runtime, gateway.cli.main; "
+            f"print(sorted(m for m in sys.modules if m == {prefix!r} or m.startswith({prefix + '.'!r})))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert done.stdout.strip() == "[]"
+    assert done.stdout.strip() == "[]", why
