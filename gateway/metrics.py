@@ -1,8 +1,24 @@
-"""Counters: cheap, in-process, labelled. Read by `edgegate status` and the tests."""
+"""Counters and gauges: cheap, in-process, labelled. Read by `edgegate status`, /metrics and the tests.
+
+Plain values only: the Prometheus text format is gateway.service.exposition's, imported only where
+/metrics is served (prometheus_client is 2 MiB of a gateway that has no [health] listener).
+"""
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Gauge:
+    """One gauge sample for /metrics."""
+
+    name: str
+    help: str
+    value: float
+    labels: Mapping[str, str] = field(default_factory=dict)
 
 
 class Counters:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway import logs
 from gateway.auth.decision import AuthPolicy
@@ -34,14 +34,12 @@ from gateway.frontdoor.server import FrontDoor, FrontDoorLimits
 from gateway.hub.client import HubClient
 from gateway.hub.registry_sync import RegistrySync
 from gateway.hub.sync_state import HubState
-from gateway.metrics import Counters
+from gateway.metrics import Counters, Gauge
 from gateway.outbox.wiring import OUTBOX_DIR, outbox_from_config
 from gateway.pki import load_certs
 from gateway.pki.keeper import ServerCertKeeper, describe_chain, load_edge_ca, server_cert
 from gateway.records import DeviceRecord
 from gateway.service.budget import ConnectionBudget, connection_budget
-from gateway.service.endpoint import HealthEndpoint
-from gateway.service.exposition import Gauge, render
 from gateway.service.failures import operational_sentence
 from gateway.service.notify import Notifier
 from gateway.service.reload import reload_plan
@@ -52,6 +50,9 @@ from gateway.session_sweep import SessionSweep
 from gateway.twin.wiring import start_twins
 from gateway.upstream.c2d import CloudToDevice
 from gateway.upstream.forwarder import Forwarder
+
+if TYPE_CHECKING:
+    from gateway.service.endpoint import HealthEndpoint
 
 log = logging.getLogger("edgegate")
 
@@ -239,6 +240,8 @@ class Gateway:
         if self.notifier.watchdog is not None:
             supervise.every("systemd-watchdog", self.notifier.watchdog, self._watchdog)
         if config.health.listen is not None:
+            from gateway.service.endpoint import HealthEndpoint  # prometheus_client: only with a listener
+
             self.endpoint = HealthEndpoint(self.health, self.metrics)
             host, port = await self.endpoint.start(*config.health.listen)
             log.info("health and metrics on http://%s:%d/healthz and /metrics", host, port)
@@ -291,6 +294,8 @@ class Gateway:
     async def metrics(self) -> bytes:
         oldest = await self.outbox.peek(1) if self.outbox.messages else []
         gauges = self.gauges(oldest[0].enqueued_at if oldest else None, self.clock().timestamp())
+        from gateway.service.exposition import render
+
         return await asyncio.to_thread(render, self.counters.snapshot(), gauges)
 
     def status(self) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
     ("aiohttp", "~10 MiB of idle RSS; only hub_mock (another process) serves with it"),
     ("sqlalchemy.dialects.postgresql", "4 MiB on every SQLite gateway; imported where a PostgreSQL engine is used"),
     ("alembic", "migrations run in a short-lived child (gateway.db.migrate)"),
+    ("prometheus_client", "2 MiB; imported only when a [health] listener serves /metrics"),
 ])
 def test_the_gateway_process_does_not_import(prefix: str, why: str) -> None:
     code = ("import sys, gateway.runtime, gateway.cli.main; "

@@ -17,7 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from devices.fleet import percentile, summarize
 from gateway.config import parse_config
 from gateway.logs import RejectionLimiter, SafeFormatter, escape, priority
-from gateway.metrics import Counters
+from gateway.metrics import Counters, Gauge
 from gateway.service.budget import (
     FD_RESERVE_MIN,
     MIB,
@@ -27,7 +27,7 @@ from gateway.service.budget import (
     connections_for_memory,
     connections_for_open_files,
 )
-from gateway.service.exposition import Gauge, parse_key, render
+from gateway.service.exposition import parse_key, render
 from gateway.service.failures import operational_sentence
 from gateway.service.notify import Notifier, socket_address, watchdog_interval
 from gateway.service.reload import reload_plan
