@@ -47,6 +47,14 @@ def top_functions(raw: Path, limit: int) -> list[tuple[float, str]]:
     return [(100.0 * n / total, name) for name, n in own.most_common(limit)] if total else []
 
 
+def spied(target: object, hub: bool) -> int:
+    """The pid py-spy samples: the broker, or (edgegate) the hub mock behind it."""
+    proc = getattr(getattr(target, "hub", None), "proc", None) if hub else getattr(target, "proc", None)
+    if proc is None:
+        raise SystemExit("nothing to profile: this target has no such process")
+    return int(proc.pid)
+
+
 def thread_cpu(pid: int) -> dict[int, float]:
     """CPU seconds per thread of `pid` (utime + stime from /proc)."""
     out: dict[int, float] = {}
@@ -82,6 +90,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=40)
     parser.add_argument("--perf", type=Path, help="record the broker with `perf record -g` into this file (last run)")
     parser.add_argument("--cprofile", type=Path, help="edgegate: run the broker under cProfile, stats to this file")
+    parser.add_argument("--profile-hub", action="store_true", help="with --profile: sample the hub mock instead")
+    parser.add_argument("--raw", type=Path, help="with --profile: keep py-spy's collapsed stacks in this file")
     parser.add_argument("--hub-down", action="store_true", help="edgegate: the hub refuses, so nothing is forwarded")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="edgegate-hotpath-") as tmp:
@@ -105,7 +115,7 @@ def main() -> None:
                 raw = work / "spy.txt"
                 if args.profile and run == args.runs - 1 and target.proc is not None:
                     spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
-                                            "-r", "250", "--gil", "-o", str(raw), "--pid", str(target.proc.pid)],
+                                            "-r", "250", "--gil", "-o", str(raw), "--pid", str(spied(target, args.profile_hub))],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 pid = target.proc.pid if target.proc is not None else 0
                 commits_before = commits(target)
@@ -115,7 +125,12 @@ def main() -> None:
                     perf = subprocess.Popen(["perf", "record", "-F", "2000", "-g", "-o", str(args.perf),
                                              "-p", str(pid)],
                                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                hub_proc = getattr(getattr(target, "hub", None), "proc", None)
+                hub_before = sum(v for k, v in thread_cpu(hub_proc.pid).items() if k > 0) if hub_proc else 0.0
                 rate, cpu = publish_rate_and_cpu(target, publishers, args.messages, args.qos)
+                if hub_proc is not None:
+                    hub_cpu = sum(v for k, v in thread_cpu(hub_proc.pid).items() if k > 0) - hub_before
+                    print(f"  the hub mock: {hub_cpu / args.messages * 1e6:.1f} µs CPU per message")
                 if perf is not None:
                     perf.send_signal(2)
                     perf.wait(60)
@@ -132,6 +147,8 @@ def main() -> None:
                 if spy is not None:
                     spy.send_signal(2)
                     spy.wait(60)
+                    if args.raw is not None:
+                        args.raw.write_bytes(raw.read_bytes())
                     for share, name in top_functions(raw, args.top):
                         print(f"{share:5.1f} %  {name}")
                     print("inclusive:")

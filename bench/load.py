@@ -37,6 +37,10 @@ def publish_rate_and_cpu(target: Target, publishers: list[int], messages: int, q
 def publish_rate(target: Target, publishers: list[int], messages: int, qos: int) -> float:
     """Aggregate msg/s of `len(publishers)` `mosquitto_pub -l` processes sending `messages` in all."""
     each = messages // len(publishers)
+    if each >= 65535:
+        # mosquitto_pub -l stops at the first PUBACK carrying its last message id, and ids wrap at 65535:
+        # it would exit 0 having sent a fraction of the messages.
+        raise ValueError(f"at most 65,534 messages per mosquitto_pub, not {each:,}: add publishers")
     lines = b"\n".join(PAYLOAD % n for n in range(each)) + b"\n"
     procs = []
     start = time.monotonic()

@@ -94,7 +94,7 @@ def parse_time(value: object, field: str) -> datetime:
 
 def parse_properties(value: object, field: str) -> dict[str, str]:
     """A JSON object of string values (IoT Hub application properties), or Invalid."""
-    if value is None:
+    if value is None or (type(value) is dict and not value):
         return {}
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise Invalid(f"{field}: expected an object of string values")
@@ -118,32 +118,59 @@ def parse_payload(value: object, field: str) -> bytes:
 
 
 def parse_batch(body: object) -> list[Telemetry]:
-    """The messages of a `POST /gateways/{gw}/messages` body, checked; Invalid names the bad field."""
+    """The messages of a `POST /gateways/{gw}/messages` body, checked; Invalid names the bad field.
+
+    A batch repeats a few device ids and arrival times many times: each distinct one is checked once."""
     if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
         raise Invalid('expected {"messages": [...]}')
     items: list[Any] = body["messages"]
     if len(items) > MAX_BATCH:
         raise Invalid(f"a batch holds at most {MAX_BATCH} messages, got {len(items)}; split it")
+    devices: dict[object, str] = {}
+    times: dict[object, datetime] = {}
     batch = []
     for index, item in enumerate(items):
-        where = f"messages[{index}]"
         if not isinstance(item, dict):
-            raise Invalid(f"{where}: expected an object")
+            raise Invalid(f"messages[{index}]: expected an object")
         message_id = item.get("message_id")
         if not isinstance(message_id, str) or not 0 < len(message_id) <= MAX_MESSAGE_ID:
-            raise Invalid(f"{where}.message_id: expected 1-{MAX_MESSAGE_ID} characters")
+            raise Invalid(f"messages[{index}].message_id: expected 1-{MAX_MESSAGE_ID} characters")
+        raw_device, raw_time = item.get("device_id"), item.get("enqueued_time")
+        device_id = devices.get(raw_device) if isinstance(raw_device, str) else None
+        if device_id is None:
+            device_id = devices[raw_device] = check_id(f"messages[{index}].device_id", raw_device)
+        enqueued = times.get(raw_time) if isinstance(raw_time, str) else None
+        if enqueued is None:
+            enqueued = times[raw_time] = parse_time(raw_time, f"messages[{index}].enqueued_time")
         batch.append(
             Telemetry(
                 message_id=message_id,
-                device_id=check_id(f"{where}.device_id", item.get("device_id")),
-                enqueued_time=parse_time(item.get("enqueued_time"), f"{where}.enqueued_time"),
-                properties=parse_properties(item.get("properties"), f"{where}.properties"),
-                payload=parse_payload(item.get("payload_b64"), f"{where}.payload_b64"),
-                kind=parse_kind(item.get("kind", "telemetry"), f"{where}.kind"),
-                system_properties=parse_properties(item.get("system_properties"), f"{where}.system_properties"),
+                device_id=device_id,
+                enqueued_time=enqueued,
+                properties=parse_properties(item.get("properties"), f"messages[{index}].properties"),
+                payload=parse_payload(item.get("payload_b64"), f"messages[{index}].payload_b64"),
+                kind=parse_kind(item.get("kind", "telemetry"), f"messages[{index}].kind"),
+                system_properties=parse_properties(item.get("system_properties"),
+                                                   f"messages[{index}].system_properties"),
             )
         )
     return batch
+
+
+_SQLITE_INSERT = (
+    "INSERT OR IGNORE INTO hub_messages (message_id, device_id, gateway_id, enqueued_time, received_time,"
+    " properties, payload, kind, system_properties) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _sqlite_datetime(value: datetime) -> str:
+    """What SQLAlchemy's SQLite DateTime stores: UTC, no zone, microseconds."""
+    utc = value.astimezone(UTC) if value.tzinfo else value
+    return utc.replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _json_text(value: dict[str, str]) -> str:
+    return json.dumps(value, separators=(",", ":")) if value else "{}"
 
 
 def _utc(value: datetime) -> datetime:
@@ -160,6 +187,8 @@ class MessageStore:
 
     def store(self, gateway_id: str, batch: Sequence[Telemetry], received_time: datetime) -> StoreResult:
         """Store each new message id once; a redelivered id (earlier or in this batch) is a duplicate."""
+        if self._dialect == "sqlite":
+            return self._store_sqlite(gateway_id, batch, received_time)
         fresh: dict[str, Telemetry] = {}
         for message in batch:
             fresh.setdefault(message.message_id, message)
@@ -178,15 +207,35 @@ class MessageStore:
                         "gateway_id": gateway_id,
                         "enqueued_time": m.enqueued_time,
                         "received_time": received_time,
-                        "properties": json.dumps(m.properties, separators=(",", ":")),
+                        "properties": _json_text(m.properties),
                         "payload": m.payload,
                         "kind": m.kind,
-                        "system_properties": json.dumps(m.system_properties, separators=(",", ":")),
+                        "system_properties": _json_text(m.system_properties),
                     }
                     for m in fresh.values()
                 ]
                 session.execute(self._insert_ignoring_duplicates(), rows)
         return StoreResult(accepted=len(fresh), duplicates=len(batch) - len(fresh))
+
+    def _store_sqlite(self, gateway_id: str, batch: Sequence[Telemetry], received_time: datetime) -> StoreResult:
+        """The same on SQLite, in one INSERT OR IGNORE executemany at the driver: the unique message id
+        drops duplicates and the driver's row count is what was new. Going through the ORM cost the hub
+        ~70 us of CPU per forwarded message, on the machine the gateway under benchmark shares."""
+        times: dict[datetime, str] = {}
+
+        def text(value: datetime) -> str:
+            known = times.get(value)
+            if known is None:
+                known = times[value] = _sqlite_datetime(value)
+            return known
+
+        received = text(received_time)
+        rows = [(m.message_id, m.device_id, gateway_id, text(m.enqueued_time), received, _json_text(m.properties),
+                 m.payload, m.kind, _json_text(m.system_properties)) for m in batch]
+        with self._sessions.begin() as session:
+            cursor = session.connection().exec_driver_sql(_SQLITE_INSERT, rows)
+            accepted = max(0, cursor.rowcount)
+        return StoreResult(accepted=accepted, duplicates=len(batch) - accepted)
 
     def _insert_ignoring_duplicates(self) -> Any:
         # The ids were filtered above on the one database thread; insert-or-ignore still keeps a

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import string
 
 # IoT Hub device ids: up to 128 ASCII letters, digits and the characters the identity registry documents.
@@ -14,10 +15,14 @@ TOPIC_UNSAFE = frozenset("+#")
 _ALLOWED = frozenset(string.ascii_letters + string.digits) | (DEVICE_ID_SPECIALS - TOPIC_UNSAFE)
 
 
+_IOT_HUB_ID = re.compile(
+    "[A-Za-z0-9" + "".join(re.escape(ch) for ch in sorted(DEVICE_ID_SPECIALS)) + f"]{{1,{MAX_DEVICE_ID}}}")
+
+
 def is_iot_hub_device_id(text: str) -> bool:
-    """IoT Hub's own rule (the registry accepts these; the front door also refuses TOPIC_UNSAFE)."""
-    return 0 < len(text) <= MAX_DEVICE_ID and all(
-        (ch.isascii() and ch.isalnum()) or ch in DEVICE_ID_SPECIALS for ch in text)
+    """IoT Hub's own rule (the registry accepts these; the front door also refuses TOPIC_UNSAFE).
+    A compiled class, not a test per character: hub-mock checks every forwarded message's id."""
+    return _IOT_HUB_ID.fullmatch(text) is not None
 
 
 def validate_device_id(device_id: str) -> str | None:
