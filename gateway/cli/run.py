@@ -27,8 +27,6 @@ def _run(args: argparse.Namespace) -> int:
     # Parse and validate everything before anything starts: a bad config exits 2 (ConfigError).
     config = load_config(args.config)
     configure_logging(args.log_level or config.log.level, args.log_format or config.log.format)
-    import os
-    if os.environ.get('EG_SWITCH'): sys.setswitchinterval(float(os.environ['EG_SWITCH']))
     from gateway.runtime import serve
     from gateway.service.failures import operational_sentence
 
