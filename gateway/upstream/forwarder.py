@@ -101,20 +101,35 @@ def wire_message(message: QueuedMessage) -> dict[str, Any]:
     }
 
 
+def wire_text(message: QueuedMessage) -> str:
+    """`wire_message(message)` as JSON text, put together from its parts: the same object for the hub
+    (tests/unit/test_outbox_forwarder.py checks it), at a fraction of the CPU of building a dict for
+    json.dumps. Telemetry mostly has no properties, and a batch repeats its arrival times."""
+    if message.properties:
+        system, application = split_properties(message.properties.items())
+        props = json.dumps(application) if application else "{}"
+        system_props = json.dumps(system) if system else "{}"
+    else:
+        props = system_props = "{}"
+    return (f'{{"message_id": {json.dumps(message.message_id)}, "device_id": {json.dumps(message.device_id)}, '
+            f'"enqueued_time": "{_iso_time(message.enqueued_at)}", "properties": {props}, '
+            f'"payload_b64": "{base64.b64encode(message.payload).decode()}", "kind": {json.dumps(message.kind)}, '
+            f'"system_properties": {system_props}}}')
+
+
 async def encode_batch(batch: Sequence[QueuedMessage]) -> bytes:
     """The hub API's POST body for `batch` ({"messages": [wire_message, ...]}), encoded a slice of
     ENCODE_SLICE_BYTES at a time with the event loop let in between."""
-    slices: list[str] = []
-    start = size = 0
+    parts: list[str] = []
+    size = 0
     last = len(batch) - 1
     for i, message in enumerate(batch):
+        parts.append(wire_text(message))
         size += len(message.payload)
-        if size >= ENCODE_SLICE_BYTES or i == last:
-            slices.append(json.dumps([wire_message(m) for m in batch[start:i + 1]])[1:-1])
-            start, size = i + 1, 0
-            if i != last:
-                await asyncio.sleep(0)
-    return ('{"messages": [' + ", ".join(slices) + "]}").encode()
+        if size >= ENCODE_SLICE_BYTES and i != last:
+            size = 0
+            await asyncio.sleep(0)
+    return ('{"messages": [' + ", ".join(parts) + "]}").encode()
 
 
 @functools.lru_cache(maxsize=256)

@@ -19,6 +19,7 @@ from gateway.upstream.forwarder import (
     encode_batch,
     leaves_room,
     wire_message,
+    wire_text,
 )
 from hub_mock.ingest import parse_batch
 
@@ -38,6 +39,22 @@ def test_wire_message_is_the_hub_api_shape() -> None:
         "kind": "telemetry",
         "system_properties": {},
     }
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        STORED,
+        replace(STORED, properties={}),
+        replace(STORED, payload=b""),
+        # system properties ($.mid, $.ct, ...) split from the application's, text that JSON must escape
+        replace(STORED, properties={"$.mid": "m-1", "$.ct": "application/json", "k\"ey": "va\\lue\n", "é": "ü"}),
+        replace(STORED, properties={"$.cid": "c"}, message_id='quote"back\\slash', kind="telemetry"),
+        replace(STORED, device_id="dev:1.(x)=@;$'", enqueued_at=0.0),
+    ],
+)
+def test_wire_text_is_the_json_of_wire_message(message: QueuedMessage) -> None:
+    assert json.loads(wire_text(message)) == wire_message(message)
 
 
 def test_the_hub_reads_back_what_was_stored() -> None:
