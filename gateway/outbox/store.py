@@ -45,7 +45,7 @@ from gateway.outbox.bounds import (
     memory_refusal,
     refusal,
 )
-from gateway.outbox.committer import MAX_BATCH, MAX_BATCH_BYTES, FairQueue
+from gateway.outbox.committer import MAX_BATCH, MAX_BATCH_BYTES, FairQueue, worth_lingering
 from gateway.outbox.dead_letters import DeadLetters, NewDeadLetter
 from gateway.outbox.log import Durability, NewMessage, SegmentLog, WritePlan
 from gateway.outbox.queueclock import CLOCK_EVERY, is_expired, resumed
@@ -152,7 +152,7 @@ class Outbox:
         self._wake = asyncio.Event()
         self._closed = asyncio.Event()
         self._eager = asyncio.Event()
-        self._last_sole: str | None = None  # the one device of the last commit, if it was alone
+        self._last_devices: frozenset[str] = frozenset()  # who was in the last commit (worth_lingering)
         self._room_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -394,7 +394,8 @@ class Outbox:
                         await asyncio.wait_for(self._wake.wait(), left)
                     if self._queue:
                         continue
-            elif self.commit_interval > 0 and not self._closing and not self._alone_again():
+            elif (self.commit_interval > 0 and not self._closing
+                  and worth_lingering(self._queue.devices(), self._last_devices)):
                 await self._linger()
             if self._failures and not self._closing:
                 await self._sleep(next_backoff(self._failures - 1, 0.5, base=RETRY_BASE, cap=RETRY_CAP))
@@ -413,12 +414,6 @@ class Outbox:
             if self._closing and self._failures:
                 self._fail_everything(StorageError("the outbox closed while its disk was failing"))
                 return
-
-    def _alone_again(self) -> bool:
-        """Only the device that alone filled the last commit is waiting: lingering would not gather anyone
-        else's messages, it would only slow that publisher down to one window per commit_interval."""
-        waiting = list(self._queue.devices())
-        return len(waiting) == 1 and waiting[0] == self._last_sole
 
     async def _linger(self) -> None:
         """Wait commit_interval for others to share the commit -- unless a device is already waiting on
@@ -477,8 +472,7 @@ class Outbox:
         self.commits += 1
         stored = len(plan.offsets)
         self.largest_batch = max(self.largest_batch, stored)
-        first = batch[0].messages[0].device_id
-        self._last_sole = first if all(p.messages[0].device_id == first for p in batch) else None
+        self._last_devices = frozenset([p.messages[0].device_id for p in batch])
         for pending in batch:
             if pending.waiter is not None and not pending.waiter.done():
                 pending.waiter.set_result(None)

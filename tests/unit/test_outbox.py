@@ -153,6 +153,38 @@ async def test_a_lone_publisher_is_not_held_back_by_the_linger(tmp_path: Path) -
         await box.close()
 
 
+async def test_devices_in_step_with_the_commits_are_not_held_back_by_the_linger(tmp_path: Path) -> None:
+    """Ten publishers, each sending as its PUBACKs come back: every device waiting was in the last commit,
+    so a linger would gather nobody and only delay them all (bench.hotpath --publishers 10)."""
+    box = make(tmp_path / "ob", OutboxLimits(), commit_interval=60)  # a linger no test would wait out
+    await box.open()
+    try:
+        devices = [f"d{n}" for n in range(3)]
+        await asyncio.wait_for(asyncio.gather(*(box.submit(msg(d, i)) for d in devices for i in range(EAGER))), 10)
+        for i in range(3):  # then one message each per round, as if each waited for its PUBACK
+            await asyncio.wait_for(asyncio.gather(*(box.submit(msg(d, 100 + i)) for d in devices)), 10)
+        assert box.commits == 4
+    finally:
+        await box.close()
+
+
+@pytest.mark.parametrize(
+    ("waiting", "last_commit", "linger"),
+    [
+        ([], [], False),
+        (["a"], [], True),  # the first commit: a trickle may be starting
+        (["a"], ["a"], False),  # a lone publisher in step with its own commits
+        (["a", "b"], ["a", "b", "c"], False),  # a closed group in step
+        (["a", "z"], ["a", "b"], True),  # a device the last commit did not have: the fleet's trickle
+        (["z"], ["a", "b"], True),
+    ],
+)
+def test_worth_lingering(waiting: list[str], last_commit: list[str], linger: bool) -> None:
+    from gateway.outbox.committer import worth_lingering
+
+    assert worth_lingering(waiting, frozenset(last_commit)) is linger
+
+
 async def test_a_flooding_device_cannot_delay_another_past_one_commit(tmp_path: Path) -> None:
     box = make(tmp_path / "ob", OutboxLimits(), max_batch=100)
     await box.open()
