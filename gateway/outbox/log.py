@@ -212,21 +212,33 @@ class SegmentLog:
     def _clear(self, first: int, count: int) -> list[tuple[str, int]]:
         """Mark seqs first..first+count-1 removed; (device id, payload size) of each that was live."""
         gone: list[tuple[str, int]] = []
-        for seq in range(first, first + count):
-            found = self.locate(seq)
-            if found is None:
+        end = first + count
+        names = self.device_names
+        for segment in self.segments:
+            low, high = max(first, segment.first_seq), min(end, segment.end_seq)
+            if low >= high:
                 continue
-            segment, index = found
-            if segment.live[index]:
-                segment.live[index] = 0
-                segment.live_count -= 1
-                gone.append((self.device_names[segment.devices[index]], segment.sizes[index]))
+            live, sizes, devices, base = segment.live, segment.sizes, segment.devices, segment.first_seq
+            for index in range(low - base, high - base):
+                if live[index]:
+                    live[index] = 0
+                    segment.live_count -= 1
+                    gone.append((names[devices[index]], sizes[index]))
         return gone
 
     def clear(self, seqs: Iterable[int]) -> list[tuple[str, int]]:
+        """`_clear` for any seqs, a run of consecutive ones at a time (a delivered batch is mostly one run)."""
         gone: list[tuple[str, int]] = []
+        start = end = -1
         for seq in seqs:
-            gone += self._clear(seq, 1)
+            if seq == end:
+                end += 1
+                continue
+            if end > start:
+                gone += self._clear(start, end - start)
+            start, end = seq, seq + 1
+        if end > start:
+            gone += self._clear(start, end - start)
         return gone
 
     def live(self, after: int, limit: int, max_bytes: int | None) -> list[tuple[Segment, int]]:

@@ -725,3 +725,31 @@ async def test_close_does_not_wait_out_a_failing_writers_back_off(tmp_path: Path
     await asyncio.wait_for(box.close(), 5)
     with pytest.raises(StorageError, match="writer was failing"):
         await waiting
+
+
+@pytest.mark.parametrize(
+    ("seqs", "cleared"),
+    [
+        ([1, 2, 3], [1, 2, 3]),  # one run
+        ([3, 1, 2], [3, 1, 2]),  # out of order: two runs
+        ([2, 2, 4], [2, 4]),  # a duplicate counts once
+        ([5, 6, 7, 8, 9], [5, 6, 7, 8, 9]),  # a run across the two segments
+        ([10, 11, 40], [10]),  # seqs that were never stored are skipped
+    ],
+)
+async def test_clearing_seqs_by_runs_counts_each_live_message_once(tmp_path: Path, seqs: list[int],
+                                                                  cleared: list[int]) -> None:
+    box = make(tmp_path / "ob", OutboxLimits())
+    await box.open()
+    try:
+        await asyncio.gather(*(box.submit(msg("a" if n % 2 else "b", n, size=10 + n)) for n in range(1, 7)))
+        box.log.segment_bytes = 1  # the next commit starts a second segment
+        await asyncio.gather(*(box.submit(msg("a" if n % 2 else "b", n, size=10 + n)) for n in range(7, 11)))
+        assert len(box.log.segments) == 2
+        before = sum(s.live_count for s in box.log.segments)
+        gone = box.log.clear(seqs)
+        expected = [("a" if n % 2 else "b", 10 + n) for n in cleared]
+        assert sorted(gone) == sorted(expected)
+        assert sum(s.live_count for s in box.log.segments) == before - len(cleared)
+    finally:
+        await box.close()

@@ -57,6 +57,15 @@ def test_wire_text_is_the_json_of_wire_message(message: QueuedMessage) -> None:
     assert json.loads(wire_text(message)) == wire_message(message)
 
 
+@pytest.mark.parametrize("epoch", [0.0, 1.0, 0.9999996, 1_700_000_000.123456, 1_800_000_000.9999999, 1_767_225_599.5,
+                                   datetime(2027, 1, 15, 8, 0, 0, 250_000, tzinfo=UTC).timestamp(), -0.25])
+def test_iso_time_is_what_datetime_says(epoch: float) -> None:
+    from gateway.upstream.forwarder import _iso_time
+
+    expected = datetime.fromtimestamp(epoch, UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+    assert _iso_time(epoch) == expected
+
+
 def test_the_hub_reads_back_what_was_stored() -> None:
     (telemetry,) = parse_batch({"messages": [wire_message(STORED)]})
     assert telemetry.message_id == STORED.message_id
