@@ -115,7 +115,8 @@ def main() -> None:
                 raw = work / "spy.txt"
                 if args.profile and run == args.runs - 1 and target.proc is not None:
                     spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--format", "raw",
-                                            "-r", "250", "--gil", "-o", str(raw), "--pid", str(spied(target, args.profile_hub))],
+                                            "-r", "250", "--gil", "-o", str(raw), "--pid",
+                                            str(spied(target, args.profile_hub))],
                                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 pid = target.proc.pid if target.proc is not None else 0
                 commits_before = commits(target)
