@@ -24,6 +24,7 @@ on amqtt's and compares the tables, the indexes and who receives a broadcast.
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from typing import Any
 
@@ -56,6 +57,8 @@ class EdgeBroker(Broker):
         self._subscriptions = _Subscriptions()
         self._filters_of: dict[str | None, set[str]] = {}  # client id -> the filters it holds
         self._filter_index = FilterIndex()  # every filter in `_subscriptions`
+        # Handlers whose session a newer connection took over; their loop ends without ending the session.
+        self._taken_over: weakref.WeakSet[BrokerProtocolHandler] = weakref.WeakSet()
 
     def filters_of(self, client_id: str) -> tuple[str, ...]:
         """The topic filters one device's session holds."""
@@ -105,6 +108,7 @@ class EdgeBroker(Broker):
                 if client_session.transitions.is_connected():
                     # A second connection with the same id takes the session over.
                     _old_session, old_handler = self._sessions[client_session.client_id]
+                    self._taken_over.add(old_handler)
                     await old_handler.handle_connection_closed()
                     await old_handler.stop()
                     break
@@ -123,6 +127,18 @@ class EdgeBroker(Broker):
             for a_filter in list(self._filters_of.get(client_session.client_id, ())):
                 await self._publish_retained_messages_for_subscription((a_filter, QOS_0), client_session)
         await self._client_message_loop(client_session, handler)
+
+    async def _handle_disconnect(self, client_session: Session, handler: BrokerProtocolHandler,
+                                 disconnect_waiter: Any) -> None:
+        if handler in self._taken_over:
+            # The connection's persistent session now belongs to a newer connection (and the takeover
+            # stopped this handler). amqtt would mark the shared session disconnected under the new
+            # connection, and broadcasts would park its cloud-to-device messages until the device
+            # connected yet again.
+            self._taken_over.discard(handler)
+            await self._stop_handler(handler)
+            return
+        await super()._handle_disconnect(client_session, handler, disconnect_waiter)
 
     # amqtt starts its broadcast loop and its session-expiry monitor as bare tasks. Its broadcast loop
     # drops whatever a broadcast raises without a word (the task's exception is never retrieved), and an

@@ -139,3 +139,20 @@ async def test_the_broadcast_loop_is_supervised_and_outlives_a_failure(monkeypat
     finally:
         await port.stop()
     assert port.supervisor.health["broker-broadcast"].state.value == "stopped"
+
+
+@pytest.mark.asyncio
+async def test_a_persistent_session_taken_over_while_connected_still_gets_cloud_to_device() -> None:
+    port = BrokerPort()
+    await port.start()
+    try:
+        topic = "devices/dev-a/messages/devicebound/#"
+        first = await open_device(port, "dev-a", [topic])
+        second = await open_device(port, "dev-a", [topic])  # the same id, while the first is connected
+        await until(lambda: first.closed)
+        await port.deliver("devices/dev-a/messages/devicebound/", b"after the takeover", 1)
+        await until(lambda: PacketType.PUBLISH in second.types())
+        assert PacketType.PUBLISH not in first.types()
+        assert port.filters_held("dev-a") == 1
+    finally:
+        await port.stop()
