@@ -42,6 +42,7 @@ from gateway.broker.amqtt_surface import (
     Session,
 )
 from gateway.broker.filter_index import FilterIndex
+from gateway.broker.session_loop import serve_session
 
 
 class _Subscriptions(dict[str, list[tuple[Session, int]]]):
@@ -139,6 +140,10 @@ class EdgeBroker(Broker):
             await self._stop_handler(handler)
             return
         await super()._handle_disconnect(client_session, handler, disconnect_waiter)
+
+    async def _client_message_loop(self, client_session: Session, handler: BrokerProtocolHandler) -> None:
+        # amqtt's loop keeps four tasks per connected device; this one waits on one future.
+        await serve_session(self, client_session, handler)
 
     # amqtt starts its broadcast loop and its session-expiry monitor as bare tasks. Its broadcast loop
     # drops whatever a broadcast raises without a word (the task's exception is never retrieved), and an

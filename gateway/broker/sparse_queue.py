@@ -70,6 +70,9 @@ class SparseQueue(asyncio.Queue):  # type: ignore[type-arg]
     # The scalar state asyncio.Queue.__init__ sets; class defaults cost nothing per instance.
     _unfinished_tasks = 0
     _is_shutdown = False  # Python 3.13+
+    # Called after each item is put: how the session loop (session_loop.py) learns of work without a
+    # getter task waiting on every queue.
+    on_put: Callable[[], None] | None = None
 
     def __init__(self, maxsize: int = 0) -> None:  # deliberately no super().__init__(): it allocates
         self._maxsize = maxsize
@@ -82,6 +85,11 @@ class SparseQueue(asyncio.Queue):  # type: ignore[type-arg]
         value = factory()
         setattr(self, name, value)
         return value
+
+    def _put(self, item: Any) -> None:
+        self._queue.append(item)
+        if self.on_put is not None:
+            self.on_put()
 
     def _get(self) -> Any:
         item = self._queue.popleft()
