@@ -22,9 +22,10 @@ FD_RESERVE_FRACTION = 0.05
 # An idle gateway with its cache loaded: 80 MiB measured with 10,021 cached devices (`python -m bench
 # --only-memory`, December 2026), 71-73 MiB with a small cache.
 MEMORY_BASELINE = 80 * MIB
-# One idle authenticated TLS device: 57 KiB measured at 10,000 (the same run: ~32 KiB OpenSSL with the
-# device's chain, ~24 KiB amqtt's session and the front door), rounded up for the handshake's transients.
-MEMORY_PER_CONNECTION = 60 * 1024
+# One idle authenticated TLS device: 50 KiB measured at 10,000 (`python -m bench --only-memory`, December 4:
+# ~32 KiB OpenSSL with the device's chain, ~18 KiB amqtt's session and the front door), rounded up for the
+# handshake's transients.
+MEMORY_PER_CONNECTION = 54 * 1024
 # Kept free for the outbox's in-memory batches, the cache, sync pages and reconnect bursts.
 MEMORY_MARGIN_FRACTION = 0.2
 # A memory limit at or above this is "no limit" (cgroup v1 writes 2**63 rounded to a page).
