@@ -50,7 +50,8 @@ def _namespace(module: types.ModuleType, **overrides: Any) -> types.ModuleType:
 
 
 def _set_event() -> asyncio.Event:
-    event = asyncio.Event()
+    # Built by the first put (which clears it); only join() ever waits on it, and amqtt never joins.
+    event = SparseEvent()
     event.set()  # no unfinished tasks yet, as asyncio.Queue.__init__ leaves it
     return event
 

@@ -116,6 +116,26 @@ def test_an_emptied_queue_lets_its_deque_go_and_waiters_wait_in_a_list() -> None
     assert not still
 
 
+def test_a_queue_that_was_used_keeps_no_deque_in_its_unfinished_event() -> None:
+    # The first put builds the join() event; amqtt never joins, so a deque there (0.6 KiB) would stay
+    # with every device that ever sent a SUBSCRIBE.
+    q = SparseQueue()
+    q.put_nowait("subscribe")
+    q.get_nowait()
+    assert isinstance(q._finished._waiters, list)
+
+
+def test_on_put_is_called_after_each_item_is_in_the_queue() -> None:
+    q = SparseQueue()
+    sizes: list[int] = []
+    q.put_nowait("no hook yet")
+    q.on_put = lambda: sizes.append(q.qsize())
+    q.put_nowait("a")
+    q.put_nowait("b")
+    assert sizes == [2, 3]
+    assert SparseQueue.on_put is None  # a hook is per queue, not per class
+
+
 def test_amqtt_builds_its_per_device_queues_sparse() -> None:
     sparse_queue.install()
 
