@@ -13,6 +13,7 @@
     │   ├── EstUnavailable     refused, timed out, 5xx, pending: keep what we hold and retry
     │   ├── EstRejected        the EST server refused us (untrusted server, auth, CSR policy)
     │   └── EstReplyInvalid    the reply is unusable (PKCS#7 that does not parse, wrong key, wrong kind)
+    ├── TLSFailed              a device's TLS failed: handshake error, garbage instead of TLS, a broken record
     ├── HttpError              the HTTP/1.1 link under the hub and EST clients failed (gateway.http); those
     │                          clients turn it into a HubError or EstError with their own sentence
     └── StorageError           the gateway's database failed
@@ -43,6 +44,10 @@ class ConfigError(EdgegateError):
         if fix:
             text += f" (fix: {fix})"
         super().__init__(text)
+
+
+class TLSFailed(EdgegateError):
+    """The TLS layer of a device connection failed: handshake error, garbage instead of TLS, or a broken record."""
 
 
 class PKIError(EdgegateError):

@@ -16,6 +16,7 @@ from pathlib import Path
 from OpenSSL import SSL, crypto
 
 from gateway.errors import PKIError
+from gateway.tls.session import remember_secret
 
 
 def _accept_any_chain(_conn: SSL.Connection, _cert: crypto.X509, _errnum: int, _depth: int, _ok: int) -> bool:
@@ -42,6 +43,9 @@ def build_device_server_context(chain_path: Path, key_path: Path) -> SSL.Context
         raise PKIError(f"cannot use server certificate {chain_path} with key {key_path}: {exc}") from exc
     ctx.set_verify(SSL.VERIFY_PEER, _accept_any_chain)
     ctx.set_verify_depth(8)
+    # The traffic secrets of each handshake go to its TLSSession (never to a file or a log), so that a
+    # TLS 1.3 connection can leave OpenSSL's memory once the handshake is over (gateway.tls.handoff).
+    ctx.set_keylog_callback(remember_secret)
     return ctx
 
 

@@ -1,5 +1,8 @@
 """TLS over memory buffers (sans-IO): bytes from the network in, plaintext out, and back.
 
+OpenSSL (pyOpenSSL, for its verify callback) runs the handshake; a TLS 1.3 connection is then handed
+over to `gateway.tls.record13`, which keeps only the traffic keys, and OpenSSL's connection is freed
+(see `gateway.tls.handoff` for how the hand-over is made exact). TLS 1.2 stays with OpenSSL.
 Nothing here touches a socket or the event loop; `gateway.frontdoor.connection` moves the bytes.
 """
 
@@ -8,11 +11,15 @@ from __future__ import annotations
 import contextlib
 import threading
 
+from cryptography import x509
 from OpenSSL import SSL
 from OpenSSL._util import ffi as _ffi
 from OpenSSL._util import lib as _lib
 
+from gateway.errors import TLSFailed
 from gateway.records import PeerIdentity
+from gateway.tls.handoff import parse_key_log_line, take_over
+from gateway.tls.record13 import Records13
 
 # OpenSSL hands out at most one TLS record (16 KiB of plaintext) per read.
 _READ_CHUNK = 16384
@@ -32,41 +39,104 @@ class _Scratch(threading.local):
 _scratch = _Scratch()
 
 
-class TLSFailed(Exception):
-    """The TLS layer failed: handshake error, garbage instead of TLS, or a broken record."""
+# What the hand-over to the TLS 1.3 record layer keeps of the handshake's bytes: a client's flights with a
+# long certificate chain are a few KiB, and the records that follow its Finished are read again by the new
+# layer. A client that sends more before the handshake is over stays with OpenSSL.
+HANDSHAKE_TRANSCRIPT_LIMIT = 64 * 1024
+
+__all__ = ["TLSFailed", "TLSSession", "remember_secret"]
 
 
 class TLSSession:
-    """One server-side TLS connection driven through memory BIOs."""
+    """One server-side TLS connection driven through memory BIOs, then (TLS 1.3) through `Records13`."""
 
-    __slots__ = ("_conn", "closed", "handshake_done")
+    __slots__ = ("_conn", "_peer", "_received", "_records", "_secrets", "_sent", "_version", "closed",
+                 "handshake_done")
 
     def __init__(self, ctx: SSL.Context) -> None:
-        self._conn = SSL.Connection(ctx, None)
+        self._conn: SSL.Connection | None = SSL.Connection(ctx, None)
         self._conn.set_accept_state()
+        self._conn.set_app_data(self)  # for `remember_secret`, until the handshake is over
+        self._records: Records13 | None = None
+        self._secrets: dict[str, bytes] | None = {}
+        self._received: bytearray | None = bytearray()
+        self._sent: list[bytes] | None = []
+        self._peer: tuple[x509.Certificate, ...] = ()
+        self._version = ""
         self.handshake_done = False
         self.closed = False
 
+    def remember_secret(self, line: bytes) -> None:
+        """A key-log line from OpenSSL (through the context's callback): keep the secrets the hand-over needs."""
+        if self._secrets is not None and (parsed := parse_key_log_line(line)) is not None:
+            self._secrets[parsed[0]] = parsed[1]
+
+    @property
+    def records(self) -> Records13 | None:
+        """The TLS 1.3 record layer that carries this connection, once OpenSSL handed it over."""
+        return self._records
+
     def receive(self, data: bytes) -> None:
         """Feed ciphertext that arrived from the network."""
+        if self._records is not None:
+            self._records.receive(data)
+            return
+        received = self._received
+        if received is not None:
+            if len(received) + len(data) <= HANDSHAKE_TRANSCRIPT_LIMIT:
+                received += data
+            else:
+                self._received = None
+        assert self._conn is not None
         self._conn.bio_write(data)
 
     def advance_handshake(self) -> bool:
         """Drive the handshake with what has arrived; True once it is complete."""
         if self.handshake_done:
             return True
+        conn = self._conn
+        assert conn is not None
         try:
-            self._conn.do_handshake()
+            conn.do_handshake()
         except SSL.WantReadError:
             return False
         except SSL.Error as exc:
             raise TLSFailed(_describe(exc)) from exc
         self.handshake_done = True
-        _renew_memory_bios(self._conn)
+        self._version = str(conn.get_protocol_version_name())
+        leaf = conn.get_peer_certificate(as_cryptography=True)
+        if leaf is not None:
+            # On the server side OpenSSL's peer chain excludes the leaf; keep what the client sent, in order.
+            rest = conn.get_peer_cert_chain(as_cryptography=True) or []
+            self._peer = (leaf, *[c for c in rest if c != leaf])
+        self._records = self._hand_over(conn)
+        if self._records is not None:
+            conn.set_app_data(None)
+            self._conn = None  # frees OpenSSL's connection: the SSL object, its session, chain and key shares
+        else:
+            _renew_memory_bios(conn)
+        self._secrets = self._received = self._sent = None
         return True
+
+    def _hand_over(self, conn: SSL.Connection) -> Records13 | None:
+        if self._received is None or self._sent is None or self._secrets is None or self._version != "TLSv1.3":
+            return None
+        unsent = self._openssl_outgoing(conn)
+        records = take_over(str(conn.get_cipher_name()), self._secrets, bytes(self._received),
+                            b"".join(self._sent), unsent)
+        if records is None and unsent:
+            _lib.BIO_write(conn._from_ssl, unsent, len(unsent))  # OpenSSL keeps the connection: put them back
+        return records
 
     def read(self) -> bytes:
         """All plaintext decrypted so far (b"" if none); sets `closed` on the peer's close_notify."""
+        records = self._records
+        if records is not None:
+            try:
+                return records.read()
+            finally:
+                self.closed = records.closed
+        assert self._conn is not None
         chunks: list[bytes] = []
         scratch = _scratch
         ssl = self._conn._ssl
@@ -93,6 +163,10 @@ class TLSSession:
 
     def write(self, data: bytes) -> None:
         """Encrypt plaintext; the ciphertext waits in `outgoing()`."""
+        if self._records is not None:
+            self._records.write(data)
+            return
+        assert self._conn is not None
         try:
             self._conn.sendall(data)
         except SSL.Error as exc:
@@ -100,7 +174,17 @@ class TLSSession:
 
     def outgoing(self) -> bytes:
         """Ciphertext ready for the network (b"" if none)."""
-        bio, scratch = self._conn._from_ssl, _scratch
+        if self._records is not None:
+            return self._records.outgoing()
+        assert self._conn is not None
+        out = self._openssl_outgoing(self._conn)
+        if out and self._sent is not None:
+            self._sent.append(out)
+        return out
+
+    @staticmethod
+    def _openssl_outgoing(conn: SSL.Connection) -> bytes:
+        bio, scratch = conn._from_ssl, _scratch
         chunks: list[bytes] = []
         while (n := _lib.BIO_read(bio, scratch.buf, _READ_CHUNK)) > 0:
             chunks.append(scratch.view[:n])
@@ -108,28 +192,35 @@ class TLSSession:
 
     def close(self) -> None:
         """Queue a close_notify alert (sent with the next `outgoing()`)."""
+        if self._records is not None:
+            self._records.close()
+            return
         with contextlib.suppress(SSL.Error):
-            self._conn.shutdown()
+            if self._conn is not None:
+                self._conn.shutdown()
 
     def peer_identity(self, remote: tuple[str, int]) -> PeerIdentity:
         """The peer's certificate chain as sent (leaf first) and its thumbprints.
 
-        OpenSSL keeps its own copy in the session (about 2 KiB per idle device). Releasing it once this is
-        read would be safe for everything but a TLS 1.3 KeyUpdate, which then fails ("unexpected
-        message"): tests/integration/test_tls_keyupdate.py shows it with openssl s_client's K command."""
+        The chain is handed out once: the session keeps it only until the front door has read it."""
         from gateway.pki import thumbprint_sha1, thumbprint_sha256
 
-        leaf = self._conn.get_peer_certificate(as_cryptography=True)
-        if leaf is None:
+        chain, self._peer = self._peer, ()
+        if not chain:
             return PeerIdentity(chain=(), sha256=None, sha1=None, remote=remote)
-        # On the server side OpenSSL's peer chain excludes the leaf; keep what the client sent, in order.
-        rest = self._conn.get_peer_cert_chain(as_cryptography=True) or []
-        chain = (leaf, *[c for c in rest if c != leaf])
-        return PeerIdentity(chain=chain, sha256=thumbprint_sha256(leaf), sha1=thumbprint_sha1(leaf), remote=remote)
+        return PeerIdentity(chain=chain, sha256=thumbprint_sha256(chain[0]), sha1=thumbprint_sha1(chain[0]),
+                            remote=remote)
 
     @property
     def protocol_version(self) -> str:
-        return str(self._conn.get_protocol_version_name())
+        return self._version
+
+
+def remember_secret(conn: SSL.Connection, line: bytes) -> None:
+    """The device-side context's key-log callback: hands the line to the connection's TLSSession."""
+    session = conn.get_app_data()
+    if isinstance(session, TLSSession):
+        session.remember_secret(line)
 
 
 def _renew_memory_bios(conn: SSL.Connection) -> None:

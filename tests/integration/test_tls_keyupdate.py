@@ -1,7 +1,7 @@
-"""A TLS 1.3 KeyUpdate from a real client once the gateway has read the peer identity: `openssl s_client`'s
-`K` command (update its keys and ask the gateway to update its own) must leave the connection working both
-ways. Long-lived device connections may rotate keys at any time; a memory saving that drops per-connection
-TLS state (OpenSSL's copy of the session, say) breaks exactly this, and this test catches it."""
+"""A TLS 1.3 KeyUpdate from a real client once the connection has left OpenSSL for the gateway's own record
+layer (gateway.tls.record13): `openssl s_client`'s `K` (update its keys and ask the gateway to update its
+own) and `k` (update its keys only) must leave the connection working both ways. Long-lived device
+connections may rotate keys at any time; this is the outside witness that our key schedule is OpenSSL's."""
 
 from __future__ import annotations
 
@@ -37,6 +37,7 @@ def serve_echo(listener: socket.socket, ctx: object, seen: dict[str, object]) ->
                 if not done:
                     continue
                 seen["peer"] = tls.peer_identity(addr)
+                seen["records"] = tls.records is not None
             plaintext = tls.read()
             if plaintext:
                 tls.write(b"echo:" + plaintext)
@@ -70,7 +71,7 @@ def test_a_key_update_after_the_session_is_released(tmp_path: Path) -> None:
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert client.stdin is not None
     try:
-        for line in (b"before\n", b"K\n", b"after\n"):
+        for line in (b"before\n", b"K\n", b"after\n", b"k\n", b"last\n"):
             if client.poll() is not None:
                 break
             time.sleep(0.5)
@@ -85,6 +86,8 @@ def test_a_key_update_after_the_session_is_released(tmp_path: Path) -> None:
     text = out.decode(errors="replace")
     assert "error" not in seen, seen
     assert "peer" in seen, text
+    assert seen.get("records") is True  # the connection had left OpenSSL for gateway.tls.record13
     assert "KEYUPDATE" in text
     assert "echo:before" in text
     assert "echo:after" in text, text  # both directions work with the new keys
+    assert "echo:last" in text, text  # and after a second update, of the client's keys only
