@@ -39,7 +39,13 @@ from gateway.outbox.wiring import OUTBOX_DIR, outbox_from_config
 from gateway.pki import load_certs
 from gateway.pki.keeper import ServerCertKeeper, describe_chain, load_edge_ca, server_cert
 from gateway.records import DeviceRecord
-from gateway.service.budget import ConnectionBudget, connection_budget
+from gateway.service.budget import (
+    MEMORY_PER_CONNECTION,
+    MEMORY_PER_OPENSSL_CONNECTION,
+    MIB,
+    ConnectionBudget,
+    connection_budget,
+)
 from gateway.service.failures import operational_sentence
 from gateway.service.notify import Notifier
 from gateway.service.reload import reload_plan
@@ -100,7 +106,7 @@ class Gateway:
         self.endpoint: HealthEndpoint | None = None
         self.addresses: list[tuple[str, int]] = []
         self.ready = False
-        self._refused_seen = 0
+        self._refused_seen = self._refused_by_memory_seen = 0
 
     @classmethod
     async def start(cls, config: Config, *, clock: Callable[[], datetime] = utcnow) -> Gateway:
@@ -138,7 +144,8 @@ class Gateway:
         limits = self.config.limits
         return FrontDoorLimits(max_connections=self.budget.max_connections, max_packet_size=limits.max_packet_size,
                                handshake_timeout=limits.handshake_timeout.total_seconds(),
-                               max_keep_alive=int(limits.max_keep_alive.total_seconds()))
+                               max_keep_alive=int(limits.max_keep_alive.total_seconds()),
+                               connection_memory=self.budget.connection_memory)
 
     async def _start(self) -> None:
         config = self.config
@@ -333,6 +340,15 @@ class Gateway:
                         refused - self._refused_seen, SUMMARY_EVERY, self.budget.max_connections,
                         self.budget.limiter.value)
         self._refused_seen = refused
+        by_memory = self.counters.get("edgegate_connections_refused_total", reason="memory")
+        if by_memory > self._refused_by_memory_seen:
+            log.warning("refused %d device connection(s) in the last %g s: the %d open connections hold the "
+                        "memory budget (%d MiB for connections; a TLS 1.3 device costs %d KiB, a TLS 1.2 one %d KiB); "
+                        "connected devices, the hub link and the outbox keep their reserve",
+                        by_memory - self._refused_by_memory_seen, SUMMARY_EVERY, len(self.door.connections),
+                        (self.budget.connection_memory or 0) // MIB, MEMORY_PER_CONNECTION // 1024,
+                        MEMORY_PER_OPENSSL_CONNECTION // 1024)
+        self._refused_by_memory_seen = by_memory
         logs.log_rejection_summaries(logging.getLogger("edgegate.frontdoor"))
 
     async def _watchdog(self) -> None:

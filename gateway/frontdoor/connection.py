@@ -39,7 +39,11 @@ READ_TURN_BYTES = 64 * 1024
 class ConnectionTable(Protocol):
     """The front door's table of connections and admitted devices."""
 
-    def take_slot(self, conn: DeviceConnection) -> bool: ...
+    def take_slot(self, conn: DeviceConnection) -> str | None:
+        """Charge a new connection against the limits; the reason it is refused, or None."""
+
+    def settle_charge(self, conn: DeviceConnection, keeps_openssl: bool) -> None:
+        """The handshake is over: charge the connection what it keeps from now on."""
 
     def give_back_slot(self, conn: DeviceConnection) -> None: ...
 
@@ -69,8 +73,8 @@ class Wiring:
 class DeviceConnection(asyncio.Protocol):
     """The front door's side of one TCP connection from a device."""
 
-    __slots__ = ("_paused_writing", "_pump_soon", "_timer", "_timer_at", "_turn_over", "_write_waiters", "link", "loop",
-                 "remote", "session", "tls", "transport", "wiring")
+    __slots__ = ("_paused_writing", "_pump_soon", "_timer", "_timer_at", "_turn_over", "_write_waiters", "charge",
+                 "link", "loop", "remote", "session", "tls", "transport", "wiring")
 
     def __init__(self, wiring: Wiring, loop: asyncio.AbstractEventLoop) -> None:
         self.wiring = wiring
@@ -86,6 +90,7 @@ class DeviceConnection(asyncio.Protocol):
         self._write_waiters: list[asyncio.Future[None]] = []
         self._paused_writing = False
         self._turn_over = False
+        self.charge = 0  # bytes of the connection budget this connection holds (ConnectionTable)
 
     @property
     def device_id(self) -> str | None:
@@ -99,9 +104,10 @@ class DeviceConnection(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         self.remote = (str(peername[0]), int(peername[1])) if peername else ("", 0)
         w = self.wiring
-        if not w.table.take_slot(self):
+        refusal = w.table.take_slot(self)
+        if refusal is not None:
             # Counted here; the gateway logs one summary line per interval (gateway.runtime).
-            w.counters.inc("edgegate_connections_refused_total", reason="max_connections")
+            w.counters.inc("edgegate_connections_refused_total", reason=refusal)
             self.transport.abort()
             self.session.finished()
             return
@@ -119,6 +125,7 @@ class DeviceConnection(asyncio.Protocol):
                 if not tls.advance_handshake():
                     self._transmit()
                     return
+                self.wiring.table.settle_charge(self, keeps_openssl=tls.records is None)
                 session.handshake_completed(tls.peer_identity(self.remote), now)
             session.receive_data(tls.read(), now, self.wiring.wallclock())
             if tls.closed:

@@ -26,6 +26,9 @@ class FrontDoorLimits:
     # Topic filters one device may hold. IoT Hub's device dialect needs four (C2D, twin responses,
     # desired patches, methods); a persistent session keeps what it holds, so more is only memory.
     max_subscriptions: int = 32
+    # Bytes the open connections may be charged together (gateway.service.budget: each is charged what
+    # OpenSSL holds until its handshake is over, then what it keeps); None when no memory limit is known.
+    connection_memory: int | None = None
 
     def keepalive_limit(self, requested: int) -> float:
         """Seconds of silence after which a device is gone: 1.5 x keep-alive (MQTT-3.1.2-24).

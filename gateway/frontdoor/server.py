@@ -17,6 +17,7 @@ from gateway.frontdoor.limits import FrontDoorLimits
 from gateway.frontdoor.services import DeviceDirectory, MessageSink
 from gateway.metrics import Counters
 from gateway.ratelimit import RateLimiter
+from gateway.service.budget import MEMORY_PER_CONNECTION, MEMORY_PER_OPENSSL_CONNECTION
 from gateway.tls.contexts import ServerContextHolder
 
 __all__ = ["FrontDoor", "FrontDoorLimits"]
@@ -43,6 +44,7 @@ class FrontDoor:
         self.counters = counters or Counters()
         self.loop = asyncio.get_running_loop()
         self.connections: set[DeviceConnection] = set()
+        self.charged = 0  # bytes the open connections are charged against limits.connection_memory
         self.online: dict[str, DeviceConnection] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
@@ -82,14 +84,28 @@ class FrontDoor:
 
     # ---- slots and the device table (gateway.frontdoor.connection.ConnectionTable) -----------
 
-    def take_slot(self, conn: DeviceConnection) -> bool:
-        if len(self.connections) >= self.limits.max_connections:
-            return False
+    def take_slot(self, conn: DeviceConnection) -> str | None:
+        limits = self.limits
+        if len(self.connections) >= limits.max_connections:
+            return "max_connections"
+        memory = limits.connection_memory
+        if memory is not None and self.charged + MEMORY_PER_OPENSSL_CONNECTION > memory:
+            return "memory"
         self.connections.add(conn)
-        return True
+        conn.charge = MEMORY_PER_OPENSSL_CONNECTION
+        self.charged += MEMORY_PER_OPENSSL_CONNECTION
+        return None
+
+    def settle_charge(self, conn: DeviceConnection, keeps_openssl: bool) -> None:
+        if not keeps_openssl and conn in self.connections and conn.charge > MEMORY_PER_CONNECTION:
+            self.charged -= conn.charge - MEMORY_PER_CONNECTION
+            conn.charge = MEMORY_PER_CONNECTION
 
     def give_back_slot(self, conn: DeviceConnection) -> None:
-        self.connections.discard(conn)
+        if conn in self.connections:
+            self.connections.discard(conn)
+            self.charged -= conn.charge
+            conn.charge = 0
 
     def admit(self, conn: DeviceConnection) -> None:
         """Record an authenticated connection; a second one with the same id replaces the first."""

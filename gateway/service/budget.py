@@ -22,10 +22,15 @@ FD_RESERVE_FRACTION = 0.05
 # An idle gateway with its cache loaded: 80 MiB measured with 10,021 cached devices (`python -m bench
 # --only-memory`, December 2026), 71-73 MiB with a small cache.
 MEMORY_BASELINE = 80 * MIB
-# One idle authenticated TLS device: 50 KiB measured at 10,000 (`python -m bench --only-memory`, December 4:
-# ~32 KiB OpenSSL with the device's chain, ~18 KiB amqtt's session and the front door), rounded up for the
-# handshake's transients.
-MEMORY_PER_CONNECTION = 54 * 1024
+# One idle authenticated TLS 1.3 device once its handshake is over: 23.1 KiB measured at 10,000 (`python -m
+# bench --only-memory`, December 7: ~6 KiB for the traffic keys of gateway.tls.record13, ~17 KiB amqtt's
+# session and the front door), rounded up.
+MEMORY_PER_CONNECTION = 24 * 1024
+# A connection OpenSSL holds: every connection while its handshake runs, and a TLS 1.2 device for its life
+# (50 KiB measured at 10,000 on December 4, when every device stayed with OpenSSL), rounded up. The front
+# door charges this much at accept and gives the difference back when a TLS 1.3 connection leaves OpenSSL,
+# so a fleet of TLS 1.2 devices fills the same memory with fewer connections instead of overrunning it.
+MEMORY_PER_OPENSSL_CONNECTION = 54 * 1024
 # Kept free for the outbox's in-memory batches, the cache, sync pages and reconnect bursts.
 MEMORY_MARGIN_FRACTION = 0.2
 # A memory limit at or above this is "no limit" (cgroup v1 writes 2**63 rounded to a page).
@@ -59,6 +64,8 @@ class ConnectionBudget:
     by_memory: int | None
     limiter: Limiter
     resources: Resources
+    connection_memory: int | None = None  # bytes the device connections may be charged together
+
 
     @property
     def capped(self) -> bool:
@@ -88,11 +95,19 @@ def connections_for_open_files(open_files: int) -> int:
     return max(0, open_files - fd_reserve(open_files))
 
 
-def connections_for_memory(memory: int | None) -> int | None:
+def memory_for_connections(memory: int | None) -> int | None:
+    """The bytes device connections may hold: the limit less the margin and the idle gateway (None: no limit)."""
     if memory is None or memory >= UNLIMITED_MEMORY:
         return None
-    usable = memory * (1 - MEMORY_MARGIN_FRACTION) - MEMORY_BASELINE
-    return max(0, int(usable // MEMORY_PER_CONNECTION))
+    return max(0, int(memory * (1 - MEMORY_MARGIN_FRACTION) - MEMORY_BASELINE))
+
+
+def connections_for_memory(memory: int | None) -> int | None:
+    """How many settled connections fit, leaving the last one room for OpenSSL during its handshake."""
+    usable = memory_for_connections(memory)
+    if usable is None:
+        return None
+    return max(0, usable - (MEMORY_PER_OPENSSL_CONNECTION - MEMORY_PER_CONNECTION)) // MEMORY_PER_CONNECTION
 
 
 def connection_budget(configured: int, resources: Resources) -> ConnectionBudget:
@@ -105,4 +120,5 @@ def connection_budget(configured: int, resources: Resources) -> ConnectionBudget
         effective, limiter = by_fds, Limiter.OPEN_FILES
     if by_memory is not None and by_memory < effective:
         effective, limiter = by_memory, Limiter.MEMORY
-    return ConnectionBudget(max(1, effective), configured, by_fds, by_memory, limiter, resources)
+    return ConnectionBudget(max(1, effective), configured, by_fds, by_memory, limiter, resources,
+                            memory_for_connections(resources.memory))

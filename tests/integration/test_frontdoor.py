@@ -17,6 +17,7 @@ import pytest
 from gateway.frontdoor.server import FrontDoorLimits
 from gateway.mqtt import codec
 from gateway.pki import IssuedCert, self_signed_device_cert
+from gateway.service.budget import MEMORY_PER_CONNECTION, MEMORY_PER_OPENSSL_CONNECTION
 from tests import certmatrix
 from tests.clients import DeviceFiles, PahoDevice
 from tests.frontdoor_harness import HOSTNAME, DictDirectory, FrontDoorThread
@@ -299,6 +300,32 @@ def test_max_connections(tmp_path: Path, files: Callable) -> None:
         assert small.door.counters.get("edgegate_connections_refused_total", reason="max_connections") == 1  # type: ignore[union-attr]
         for sock in held:
             sock.close()
+
+
+@pytest.mark.parametrize(("version", "fit"), [(ssl.TLSVersion.TLSv1_3, 5), (ssl.TLSVersion.TLSv1_2, 3)])
+def test_the_memory_budget_charges_what_each_connection_keeps(tmp_path: Path, version: ssl.TLSVersion,
+                                                              fit: int) -> None:
+    """Room for three connections as OpenSSL holds them: five TLS 1.3 devices fit once their handshakes
+    have left OpenSSL (gateway.tls.record13), three TLS 1.2 ones, which OpenSSL keeps; the next is refused."""
+    directory = DictDirectory(certmatrix.GATEWAY_ID, MATRIX.anchors, [])
+    limits = FrontDoorLimits(connection_memory=3 * MEMORY_PER_OPENSSL_CONNECTION + 10)
+    with FrontDoorThread(tmp_path / "gw", directory, limits=limits) as small:
+        door = small.door
+        assert door is not None
+        ctx = ssl.create_default_context(cafile=str(small.pki.root_path))
+        ctx.check_hostname = False
+        ctx.maximum_version = version
+        held = []
+        for n in range(1, fit + 1):
+            held.append(ctx.wrap_socket(socket.create_connection(("127.0.0.1", small.port), timeout=5)))
+            settled = MEMORY_PER_CONNECTION if version is ssl.TLSVersion.TLSv1_3 else MEMORY_PER_OPENSSL_CONNECTION
+            wait_for(lambda n=n, settled=settled: door.charged == n * settled, what=f"{n} connections charged")
+        with pytest.raises((OSError, ssl.SSLError)):
+            ctx.wrap_socket(socket.create_connection(("127.0.0.1", small.port), timeout=5)).recv(1)
+        assert door.counters.get("edgegate_connections_refused_total", reason="memory") == 1
+        for sock in held:
+            sock.close()
+        wait_for(lambda: door.charged == 0, what="every charge given back")
 
 
 def test_server_cert_hot_swap_keeps_sessions(gw: FrontDoorThread, files: Callable, tmp_path: Path) -> None:

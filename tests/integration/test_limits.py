@@ -105,8 +105,8 @@ def test_a_memory_cgroup_caps_connections_and_the_gateway_is_never_killed(tmp_pa
     if cgroup is None:
         pytest.skip("no writable cgroup v1 memory controller here; the [limits] memory path is tested in unit tests")
     try:
-        # A budget for ~300 devices: (80 MiB baseline + 300 x 64 KiB) / 0.8.
-        limit = 124 * MIB
+        # A budget for ~300 devices: (80 MiB baseline + 300 x 24 KiB) / 0.8.
+        limit = 109 * MIB
         (cgroup / "memory.limit_in_bytes").write_text(str(limit))
         admitted = connection_budget(10_000, Resources(open_files=20_000, memory=limit)).max_connections
         dialling = admitted + 150

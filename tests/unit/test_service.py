@@ -51,7 +51,7 @@ def config(text: str = "") -> object:
     (10_000, 1024, None, 1024 - FD_RESERVE_MIN, Limiter.OPEN_FILES),
     (500, 1024, None, 500, Limiter.CONFIGURED),
     (100_000, 65536, None, 65536 - 3276, Limiter.OPEN_FILES),
-    (10_000, 1_048_576, 256 * MIB, int((256 * MIB * 0.8 - 80 * MIB) // (54 * 1024)), Limiter.MEMORY),
+    (10_000, 1_048_576, 256 * MIB, int((256 * MIB * 0.8 - 80 * MIB - 30 * 1024) // (24 * 1024)), Limiter.MEMORY),
     (100, 1_048_576, 256 * MIB, 100, Limiter.CONFIGURED),
     (10_000, 100, None, 1, Limiter.OPEN_FILES),  # never zero: the sentence explains, nothing crashes
     (10_000, 1_048_576, 1 << 62, 10_000, Limiter.CONFIGURED),  # "no limit" as cgroup v1 writes it
