@@ -245,6 +245,40 @@ class GatewayWatch:
         return round(rss / MIB, 1), round(hwm / MIB, 1)
 
 
+class CpuWatch:
+    """CPU used from now on by the gateway (its cpuacct cgroup, else the process), the fleet, the hub,
+    this bench, and the whole machine: who the limit was, in percent of one CPU."""
+
+    def __init__(self, cgroups: GatewayCgroups, **pids: int | None) -> None:
+        self.cgroups = cgroups
+        self.procs = {name: psutil.Process(pid) for name, pid in pids.items() if pid is not None}
+        self.procs["bench"] = psutil.Process()
+        self.started = time.monotonic()
+        self.before = self._seconds()
+
+    def _seconds(self) -> dict[str, float]:
+        out = {name: sum(proc.cpu_times()[:2]) for name, proc in self.procs.items()}
+        out["gateway"] = self.cgroups.cpu_seconds() or 0.0
+        machine = psutil.cpu_times()
+        out["machine"] = sum(machine) - machine.idle - machine.iowait
+        return out
+
+    def percent(self) -> dict[str, float]:
+        elapsed = time.monotonic() - self.started
+        now = self._seconds()
+        return {name: round(100 * (now[name] - self.before[name]) / elapsed) for name in now}
+
+
+def log_trouble(log: str) -> dict[str, object]:
+    """ERROR lines and exceptions in the gateway's log, counted by kind (addresses dropped)."""
+    errors = [line for line in log.splitlines() if " ERROR " in line or re.match(r"\w+(Error|Exception): ", line)]
+    kinds: dict[str, int] = defaultdict(int)
+    for line in errors:
+        kinds[re.sub(r"^\S+Z |0x[0-9a-f]+", "", line)[:200]] += 1
+    return {"error_lines": len(errors), "tracebacks": log.count("Traceback"), "errors": dict(kinds),
+            "hub_unreachable_warnings": log.count("hub unreachable")}
+
+
 def budget_line(log: str) -> str | None:
     """The gateway's 'max_connections ... fits' / 'capped ... by memory' sentence from its start."""
     return next((line.strip() for line in log.splitlines() if "max_connections" in line and
@@ -286,15 +320,21 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                     watch.sample()
                     continue
                 break
-            connect_seconds = time.monotonic() - started
-            watch.sample()
+            to_last = round(fleet.last_connected_at - started, 1)
+            caught_up = time.monotonic() + 3 * STATUS_EVERY + 2  # status.json is rewritten every 2 s
+            while watch.connected != len(fleet.connected) and time.monotonic() < caught_up:
+                time.sleep(0.5)
+                watch.sample()
             out["connected"] = len(fleet.connected)
-            out["seconds_to_connect_all"] = round(connect_seconds, 1)
-            out["connect"] = {"ended": ended, "fleet_connected": len(fleet.connected),
+            out["seconds_to_connect_all"] = to_last if len(fleet.connected) == args.sensors else None
+            out["connect"] = {"ended": ended, "seconds_to_last_connection": to_last,
+                              "seconds_waited": round(time.monotonic() - started, 1),
+                              "fleet_connected": len(fleet.connected),
                               "gateway_connected": watch.connected, "gateway_refused_max_connections": watch.refused}
 
             # The window: every connected sensor publishes once per interval; count at both ends.
             acked_before, hub_before = fleet.acked_count, hub.admin.messages(None, limit=1)["total"]
+            cpu = CpuWatch(cgroups, fleet=fleet.proc.pid, hub=hub.proc.pid if hub.proc else None)
             disconnects_before = fleet.events["disconnected"]
             window_end = time.monotonic() + args.seconds
             gateway_connected = [watch.connected]
@@ -308,6 +348,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 "hub_received": hub.admin.messages(None, limit=1)["total"] - hub_before,
                 "gateway_connected_min": min(gateway_connected), "gateway_connected_max": max(gateway_connected),
                 "fleet_disconnects": fleet.events["disconnected"] - disconnects_before,
+                "cpu_percent": cpu.percent(),
             }
             fleet_proc = psutil.Process(fleet.proc.pid)
             fleet_rss, fleet_cpu = fleet_proc.memory_info().rss, sum(fleet_proc.cpu_times()[:2])
@@ -342,7 +383,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 "cpu_seconds_to_window_end": gateway_cpu and round(gateway_cpu, 1),
                 "connected_max": watch.connected_max, "max_connections": watch.limits.get("max_connections"),
                 "limited_by": watch.limits.get("limited_by"), "budget_log_line": budget_line(gw.log()),
-                "tracebacks_in_log": gw.log().count("Traceback"),
+                **log_trouble(gw.log()),
             }
             out["fleet"] = {"cpu_seconds": round(fleet_cpu, 1), "exit_status": fleet.proc.returncode,
                             "events": dict(fleet.events), "failure_reasons": dict(fleet.reasons)}
