@@ -346,6 +346,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 "expected_readings": round(len(fleet.connected) * args.seconds / args.interval),
                 "acked": fleet.acked_count - acked_before,
                 "hub_received": hub.admin.messages(None, limit=1)["total"] - hub_before,
+                "acked_per_second": round((fleet.acked_count - acked_before) / args.seconds),
                 "gateway_connected_min": min(gateway_connected), "gateway_connected_max": max(gateway_connected),
                 "fleet_disconnects": fleet.events["disconnected"] - disconnects_before,
                 "cpu_percent": cpu.percent(),
