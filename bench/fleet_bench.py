@@ -407,6 +407,8 @@ def main() -> int:
     p.add_argument("--connect-deadline", type=float, default=900.0, help="seconds allowed to connect the fleet")
     p.add_argument("--drain", type=float, default=120.0, help="seconds allowed for the outbox to drain after")
     args = p.parse_args()
+    # SIGTERM unwinds like Ctrl-C, so the fleet, the gateway, the hub and the cgroups are still cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="fleet-bench-"))
     print(json.dumps(run(args, tmp), indent=2))
     return 0
