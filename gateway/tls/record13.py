@@ -224,21 +224,21 @@ class Records13:
         return plain[0] if len(plain) == 1 else b"".join(plain)
 
     def _on_handshake(self, content: bytes) -> None:
-        # After the handshake a client may send only KeyUpdate (§4.6.3), and a KeyUpdate is 5 bytes; we
-        # neither accept post-handshake authentication nor expect anything else, so a message split
-        # across records is refused rather than buffered.
-        while content:
-            if len(content) < 4:
-                raise _Fatal(UNEXPECTED_MESSAGE, "a TLS handshake message split across records after the handshake")
-            kind, length = content[0], int.from_bytes(content[1:4], "big")
-            if kind != KEY_UPDATE:
-                raise _Fatal(UNEXPECTED_MESSAGE, f"a TLS handshake message of type {kind} after the handshake")
-            if length != 1 or len(content) < 5 or content[4] not in (UPDATE_NOT_REQUESTED, UPDATE_REQUESTED):
-                raise _Fatal(DECODE_ERROR, "a malformed TLS KeyUpdate")
-            self._read = self._read.updated()
-            if content[4] == UPDATE_REQUESTED:
-                self._update_write_keys()
-            content = content[5:]
+        # After the handshake a client may send only KeyUpdate (§4.6.3), 5 bytes, and as it changes keys
+        # it must end its record (§5.1): one KeyUpdate per record, nothing before or after it. Post-handshake
+        # authentication is not offered, so nothing else may come.
+        if len(content) < 4:
+            raise _Fatal(UNEXPECTED_MESSAGE, "a TLS handshake message split across records after the handshake")
+        kind, length = content[0], int.from_bytes(content[1:4], "big")
+        if kind != KEY_UPDATE:
+            raise _Fatal(UNEXPECTED_MESSAGE, f"a TLS handshake message of type {kind} after the handshake")
+        if length != 1 or len(content) < 5 or content[4] not in (UPDATE_NOT_REQUESTED, UPDATE_REQUESTED):
+            raise _Fatal(DECODE_ERROR, "a malformed TLS KeyUpdate")
+        if len(content) > 5:
+            raise _Fatal(UNEXPECTED_MESSAGE, "a TLS KeyUpdate that does not end its record")
+        self._read = self._read.updated()
+        if content[4] == UPDATE_REQUESTED:
+            self._update_write_keys()
 
     def _on_alert(self, content: bytes) -> None:
         if len(content) != 2:

@@ -118,6 +118,7 @@ def forged(dev: Records13, content_type: int, content: bytes) -> bytes:
     (HANDSHAKE, bytes((KEY_UPDATE, 0, 0, 2, 0, 0)), "malformed TLS KeyUpdate"),
     (HANDSHAKE, bytes((4, 0, 0, 1, 0)), "handshake message of type 4"),  # a NewSessionTicket from a client
     (HANDSHAKE, bytes((KEY_UPDATE, 0)), "split across records"),
+    (HANDSHAKE, bytes((KEY_UPDATE, 0, 0, 1, 0)) * 2, "does not end its record"),  # §5.1
     (ALERT, bytes((2,)), "malformed TLS alert"),
     (ALERT, bytes((2, 40)), "alert 40"),  # handshake_failure from the peer
     (99, b"what", "content type 99"),
