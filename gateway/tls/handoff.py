@@ -49,22 +49,22 @@ def take_over(suite_name: str, secrets: Mapping[str, bytes], received: bytes, se
     if suite is None or not secrets.keys() >= LABELS:
         return None
     try:
-        read_start = _application_start(suite, secrets[CLIENT_HANDSHAKE], secrets[CLIENT_APPLICATION], received)
-        write_seq = _application_records(suite, secrets[SERVER_HANDSHAKE], secrets[SERVER_APPLICATION], sent + unsent)
+        start = _application_start(suite, secrets[CLIENT_HANDSHAKE], secrets[CLIENT_APPLICATION], received)
+        write = _application_records(suite, secrets[SERVER_HANDSHAKE], secrets[SERVER_APPLICATION], sent + unsent)
     except (InvalidTag, TLSFailed):
         return None
-    if read_start is None or write_seq is None:
+    if start is None or write is None:
         return None
-    return Records13(TrafficKeys(suite, secrets[CLIENT_APPLICATION]),
-                     TrafficKeys(suite, secrets[SERVER_APPLICATION], write_seq),
-                     pending_in=received[read_start:], pending_out=unsent)
+    at, read = start
+    return Records13(read, write, pending_in=received[at:], pending_out=unsent)
 
 
-def _application_start(suite: Suite, handshake: bytes, application: bytes, stream: bytes) -> int | None:
-    """Where the client's application data begins in `stream`: the offset of its first record that is
-    not a handshake record (a partial record at the end counts as application data to come)."""
+def _application_start(suite: Suite, handshake: bytes, application: bytes,
+                       stream: bytes) -> tuple[int, TrafficKeys] | None:
+    """Where the client's application data begins in `stream` (its first record that is not a handshake
+    record; a partial record at the end counts as application data to come), with the keys to read it."""
     records, used = split_records(stream)
-    keys, at = TrafficKeys(suite, handshake), 0
+    keys, app, at = TrafficKeys(suite, handshake), TrafficKeys(suite, application), 0
     for header, body in records:
         if header[0] == APPLICATION_DATA:
             try:
@@ -72,14 +72,16 @@ def _application_start(suite: Suite, handshake: bytes, application: bytes, strea
             except InvalidTag:
                 # The first record the handshake keys do not open must be the first under the
                 # application keys; checked here so that a wrong count cannot slip through.
-                open_record(TrafficKeys(suite, application), header, body)
-                return at
+                open_record(app, header, body)
+                app.seq = 0  # the record layer reads it again
+                return at, app
         at += len(header) + len(body)
-    return used if keys.seq else None
+    return (used, app) if keys.seq else None
 
 
-def _application_records(suite: Suite, handshake: bytes, application: bytes, stream: bytes) -> int | None:
-    """How many records the server protected with its first application keys (session tickets, say)."""
+def _application_records(suite: Suite, handshake: bytes, application: bytes, stream: bytes) -> TrafficKeys | None:
+    """The server's first application keys, counted past the records it already protected with them
+    (session tickets, say)."""
     records, used = split_records(stream)
     if used != len(stream):
         return None  # OpenSSL writes whole records; anything else is not understood here
@@ -94,4 +96,4 @@ def _application_records(suite: Suite, handshake: bytes, application: bytes, str
             except InvalidTag:
                 pass
         open_record(app, header, body)
-    return app.seq if hs.seq else None
+    return app if hs.seq else None
