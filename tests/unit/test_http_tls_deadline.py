@@ -185,3 +185,103 @@ def test_a_deadline_between_tcp_connect_and_tls_answer_is_a_quiet_timeout(
     assert closed
     assert _open_sockets() == sockets_before - 1  # the listener is closed too; nothing of the client's is left
 
+
+# -- the same TLS connections on uvloop when nothing races -------------------------------------------
+
+
+def _client_context(root: Path) -> ssl.SSLContext:
+    return ssl.create_default_context(cafile=str(root))
+
+
+def _on_uvloop(scenario: Any) -> tuple[Any, list[dict[str, Any]]]:
+    """Run `scenario()` on uvloop; its result and what reached the loop's exception handler."""
+    reported: list[dict[str, Any]] = []
+
+    async def main() -> Any:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: reported.append(context))
+        return await scenario()
+
+    return uvloop.run(main()), reported
+
+
+def test_on_uvloop_tls_connections_are_kept_alive_and_carry_big_answers(pki: tuple[Path, ssl.SSLContext]) -> None:
+    root, server_context = pki
+    body = os.urandom(1024 * 1024)  # far over the stream reader's buffer: its flow control pauses the socket
+    connections = 0
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while await reader.readuntil(b"\r\n\r\n"):
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+                await writer.drain()
+        writer.close()
+
+    async def scenario() -> list[bytes]:
+        server = await asyncio.start_server(answer, "127.0.0.1", 0, ssl=server_context)
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        pool = HttpPool(Origin.from_url(url, HUB_NAME), ssl_context=_client_context(root), max_connections=1,
+                        connect_timeout=5)
+        try:
+            return [(await pool.request("GET", "/", within=10, max_body=len(body), retry_stale=False)).body
+                    for _ in range(2)]
+        finally:
+            await pool.close()
+            server.close()
+
+    bodies, reported = _on_uvloop(scenario)
+    assert bodies == [body, body]
+    assert connections == 1
+    assert reported == []
+
+
+def test_on_uvloop_a_hub_under_another_name_is_untrusted(pki: tuple[Path, ssl.SSLContext]) -> None:
+    root, server_context = pki
+
+    async def scenario() -> HttpError:
+        server = await asyncio.start_server(lambda _r, w: w.close(), "127.0.0.1", 0, ssl=server_context)
+        url = f"https://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+        pool = HttpPool(Origin.from_url(url, "other.test.local"), ssl_context=_client_context(root),
+                        max_connections=1, connect_timeout=5)
+        try:
+            with pytest.raises(HttpError) as caught:
+                await pool.request("GET", "/", within=10, max_body=100, retry_stale=False)
+            return caught.value
+        finally:
+            await pool.close()
+            server.close()
+
+    error, reported = _on_uvloop(scenario)
+    assert error.kind is HttpFailure.UNTRUSTED
+    assert "Hostname mismatch" in str(error)
+    assert reported == []
+
+
+def test_on_uvloop_a_hub_that_never_answers_the_hello_is_a_quiet_timeout(pki: tuple[Path, ssl.SSLContext]) -> None:
+    root, _server_context = pki
+    listener = socket.create_server(("127.0.0.1", 0))  # the kernel accepts; nobody reads the ClientHello
+
+    async def scenario() -> tuple[HttpError, bool]:
+        loop = asyncio.get_running_loop()
+        url = f"https://127.0.0.1:{listener.getsockname()[1]}"
+        pool = HttpPool(Origin.from_url(url, HUB_NAME), ssl_context=_client_context(root), max_connections=1,
+                        connect_timeout=CONNECT_TIMEOUT)
+        try:
+            with pytest.raises(HttpError) as caught:
+                await pool.request("GET", "/", within=10, max_body=100, retry_stale=False)
+        finally:
+            await pool.close()
+        conn, _ = listener.accept()
+        with conn:
+            return caught.value, await _closed_by_peer(loop, conn)
+
+    sockets_before = _open_sockets()
+    try:
+        (error, closed), reported = _on_uvloop(scenario)
+    finally:
+        listener.close()
+    assert error.kind is HttpFailure.TIMEOUT
+    assert reported == []
+    assert closed
+    assert _open_sockets() == sockets_before - 1
