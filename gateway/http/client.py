@@ -214,11 +214,9 @@ class HttpPool:
     async def _connect(self) -> _Connection:
         try:
             async with asyncio.timeout(self.connect_timeout):
-                reader, writer = await asyncio.open_connection(
-                    self.origin.host, self.origin.port, ssl=self._ssl,
-                    server_hostname=self.origin.server_hostname if self._ssl is not None else None,
-                    ssl_handshake_timeout=self.connect_timeout if self._ssl is not None else None,
-                )
+                reader, writer = await asyncio.open_connection(self.origin.host, self.origin.port)
+                if self._ssl is not None:
+                    await _start_tls(writer, self._ssl, self.origin.server_hostname, self.connect_timeout)
         except TimeoutError as exc:  # our deadline, or the kernel's (ETIMEDOUT)
             raise HttpError(HttpFailure.TIMEOUT, f"no connection within {self.connect_timeout:g} s") from exc
         except OSError as exc:  # ssl.SSLError is an OSError too
@@ -242,6 +240,24 @@ class HttpPool:
                 connection.close()
             else:  # failed, timed out or cancelled half-way: the connection's state is unknown
                 connection.abort()
+
+
+async def _start_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext, server_hostname: str,
+                     handshake_timeout: float) -> None:
+    """Upgrade a connected stream to TLS; if that fails or is cancelled, the socket is closed at once."""
+    # Not open_connection(ssl=...): when a deadline cancels uvloop's create_connection after the TCP connect
+    # woke it but before it ran again, it closes the socket under its own TLS layer (transport._close(), not
+    # through the SSLProtocol); if the hub's handshake answer came in that same loop iteration (a busy loop
+    # and a slow hub: a connect storm), the TLS layer then sends its Finished on the closed socket and the
+    # loop logs "Fatal error on SSL protocol" with a RuntimeError. In two steps, a cancelled plain connect
+    # has no layer above it, and a cancelled start_tls closes through the TLS layer; the abort drops the
+    # socket now rather than after the hub's close_notify (or uvloop's 30 s shutdown timeout).
+    tcp = writer.transport
+    try:
+        await writer.start_tls(context, server_hostname=server_hostname, ssl_handshake_timeout=handshake_timeout)
+    except BaseException:
+        tcp.abort()
+        raise
 
 
 def _stale(exc: HttpError, connection: _Connection) -> bool:
