@@ -208,11 +208,15 @@ class FleetWatch:
 class GatewayWatch:
     """The gateway as its status.json and /proc show it, sampled through the run."""
 
-    def __init__(self, gw: ServiceGateway) -> None:
+    def __init__(self, gw: ServiceGateway, memory_cgroup: Path | None = None) -> None:
         self.gw = gw
-        self.connected = self.connected_max = self.cached = self.refused = 0
+        self.memory_cgroup = memory_cgroup
+        self.connected = self.connected_max = self.cached = self.refused = self.refused_memory = 0
         self.outbox_depth = -1
         self.limits: dict[str, object] = {}
+        # Peaks of what must fit: the process's anonymous memory, and the cgroup's anonymous (rss) and page
+        # cache (which the kernel reclaims before it fails a charge) at the moment anon peaked.
+        self.anon_peak = self.cgroup_rss_peak = self.cgroup_cache_at_rss_peak = 0
 
     def sample(self) -> None:
         try:
@@ -227,8 +231,28 @@ class GatewayWatch:
         self.connected_max = max(self.connected_max, self.connected)
         self.cached = int(sync.get("cached_devices") or 0)
         self.refused = int(counters.get('edgegate_connections_refused_total{reason="max_connections"}', 0))
+        self.refused_memory = int(counters.get('edgegate_connections_refused_total{reason="memory"}', 0))
         self.outbox_depth = int(str(status["outbox_depth"]))
         self.limits = limits
+        self._sample_memory()
+
+    def _sample_memory(self) -> None:
+        assert self.gw.proc is not None
+        try:
+            proc_status = Path(f"/proc/{self.gw.proc.pid}/status").read_text()
+            anon = next(int(line.split()[1]) * 1024 for line in proc_status.splitlines() if line.startswith("RssAnon:"))
+            self.anon_peak = max(self.anon_peak, anon)
+            if self.memory_cgroup is not None:
+                stat = dict(line.split() for line in (self.memory_cgroup / "memory.stat").read_text().splitlines())
+                if int(stat["rss"]) > self.cgroup_rss_peak:
+                    self.cgroup_rss_peak, self.cgroup_cache_at_rss_peak = int(stat["rss"]), int(stat["cache"])
+        except (OSError, StopIteration, KeyError, ValueError):
+            return
+
+    def memory_peaks(self) -> dict[str, float]:
+        return {"anon_rss_peak_mib": round(self.anon_peak / MIB, 1),
+                "cgroup_rss_peak_mib": round(self.cgroup_rss_peak / MIB, 1),
+                "cgroup_cache_at_rss_peak_mib": round(self.cgroup_cache_at_rss_peak / MIB, 1)}
 
     def alive(self) -> bool:
         return self.gw.proc is not None and self.gw.proc.poll() is None
@@ -291,7 +315,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     gateway: dict[str, object] = {}
     with HubProcess.start(tmp / "hub") as hub, GatewayCgroups.create(args.memory_max, args.cpus) as cgroups:
         gw = ServiceGateway.launch(tmp / "gw", hub, prefix=cgroups.join_prefix(), args=("--log-level", "INFO"))
-        watch = GatewayWatch(gw)
+        watch = GatewayWatch(gw, cgroups.memory)
         fleet: FleetWatch | None = None
         try:
             make_big_fleet(hub, tmp / "fleet", args.sensors)
@@ -330,7 +354,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             out["connect"] = {"ended": ended, "seconds_to_last_connection": to_last,
                               "seconds_waited": round(time.monotonic() - started, 1),
                               "fleet_connected": len(fleet.connected),
-                              "gateway_connected": watch.connected, "gateway_refused_max_connections": watch.refused}
+                              "gateway_connected": watch.connected, "gateway_refused_max_connections": watch.refused,
+                              "gateway_refused_memory": watch.refused_memory}
 
             # The window: every connected sensor publishes once per interval; count at both ends.
             acked_before, hub_before = fleet.acked_count, hub.admin.messages(None, limit=1)["total"]
@@ -380,7 +405,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             out["gateway_rss_mib"] = gateway_rss
             out["summary"] = fleet.summary.get("message")
             gateway |= {
-                "rss_mib": gateway_rss, "peak_rss_mib": gateway_peak_rss,
+                "rss_mib": gateway_rss, "peak_rss_mib": gateway_peak_rss, **watch.memory_peaks(),
                 "cpu_seconds_to_window_end": gateway_cpu and round(gateway_cpu, 1),
                 "connected_max": watch.connected_max, "max_connections": watch.limits.get("max_connections"),
                 "limited_by": watch.limits.get("limited_by"), "budget_log_line": budget_line(gw.log()),

@@ -191,3 +191,14 @@ def test_no_hand_over_when_the_records_do_not_open() -> None:
     dev.write(b"finished?")
     gw.write(b"finished?")
     assert take_over("TLS_AES_256_GCM_SHA384", secrets, dev.outgoing(), gw.outgoing(), b"") is None
+
+
+@pytest.mark.parametrize("suite", sorted(SUITES))
+@pytest.mark.parametrize("length", [12, 16, 32, 48, 64, 100])
+def test_the_one_block_hkdf_expand_is_hkdf_expand(suite: str, length: int) -> None:
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+    s = SUITES[suite]
+    secret = os.urandom(s.hash.digest_size)
+    info = length.to_bytes(2, "big") + bytes([len(b"tls13 key")]) + b"tls13 key" + b"\x00"
+    expected = HKDFExpand(s.hash(), length, info).derive(secret)
+    assert record13.hkdf_expand_label(s, secret, b"key", b"", length) == expected
