@@ -75,8 +75,10 @@ class ConnectionBudget:
         """One line for the log and `edgegate check`: the figures and, when capped, what to change."""
         res = self.resources
         memory = "no memory limit" if res.memory is None else f"{res.memory // MIB} MiB memory ({res.memory_source})"
+        tls12 = "" if self.connection_memory is None else \
+            f" ({self.connection_memory // MEMORY_PER_OPENSSL_CONNECTION} if they speak TLS 1.2)"
         figures = (f"{res.open_files} open files allow {self.by_open_files} devices; " + memory +
-                   ("" if self.by_memory is None else f" allows {self.by_memory}"))
+                   ("" if self.by_memory is None else f" allows {self.by_memory}{tls12}"))
         if self.limiter is Limiter.CONFIGURED:
             return f"max_connections {self.configured} fits: {figures}"
         if self.limiter is Limiter.OPEN_FILES:

@@ -66,6 +66,7 @@ def test_connection_budget(configured: int, files: int, memory: int | None, expe
     elif limiter is Limiter.MEMORY:
         assert "by memory" in sentence
         assert "MemoryMax" in sentence
+        assert f"allows {expected} ({int(256 * MIB * 0.8 - 80 * MIB) // (54 * 1024)} if they speak TLS 1.2)" in sentence
     else:
         assert sentence.startswith(f"max_connections {configured} fits")
 
