@@ -45,6 +45,7 @@ class PahoDevice:
     clean_session: bool = True
     keepalive: int = 60
     legacy_crypto: bool = False  # a device whose own certificate is SHA-1 signed (OpenSSL refuses it by default)
+    max_tls: ssl.TLSVersion | None = None  # a device that speaks no TLS newer than this
     connack: Any = None
     messages: queue.Queue[mqtt.MQTTMessage] = field(default_factory=queue.Queue)
     subacks: queue.Queue[list[int]] = field(default_factory=queue.Queue)
@@ -58,6 +59,8 @@ class PahoDevice:
         ctx.check_hostname = False
         if self.legacy_crypto:
             ctx.set_ciphers("DEFAULT:@SECLEVEL=0")
+        if self.max_tls is not None:
+            ctx.maximum_version = self.max_tls
         if self.files is not None:
             ctx.load_cert_chain(str(self.files.cert), str(self.files.key))
         c.tls_set_context(ctx)

@@ -328,6 +328,28 @@ def test_the_memory_budget_charges_what_each_connection_keeps(tmp_path: Path, ve
         wait_for(lambda: door.charged == 0, what="every charge given back")
 
 
+@pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3])
+def test_both_tls_versions_carry_a_session_both_ways(gw: FrontDoorThread, files: Callable,
+                                                      version: ssl.TLSVersion) -> None:
+    """TLS 1.2 stays with OpenSSL, TLS 1.3 leaves it for gateway.tls.record13: a paho device publishes,
+    subscribes and receives a cloud-to-device message over either."""
+    dev = device(gw, files(A, "a"), "sensor-a", max_tls=version)
+    assert dev.connect() == 0
+    try:
+        conn = gw.door.online["sensor-a"]  # type: ignore[union-attr]
+        assert conn.tls is not None
+        assert conn.tls.protocol_version == version.name.replace("_", ".")
+        assert (conn.tls.records is not None) == (version is ssl.TLSVersion.TLSv1_3)
+        payload = f"over {version.name}".encode()
+        assert dev.publish("devices/sensor-a/messages/events/", payload)
+        wait_for(lambda: any(m.payload == payload for m in gw.sink.messages))
+        assert dev.subscribe("devices/sensor-a/messages/devicebound/#") == [1]
+        c2d(gw, "sensor-a", payload + b" back")
+        assert dev.messages.get(timeout=5).payload == payload + b" back"
+    finally:
+        dev.close()
+
+
 def test_server_cert_hot_swap_keeps_sessions(gw: FrontDoorThread, files: Callable, tmp_path: Path) -> None:
     dev = device(gw, files(A, "a"), "sensor-a")
     assert dev.connect() == 0
