@@ -120,16 +120,22 @@ def _strip_padding(inner: bytes) -> tuple[int, bytes]:
     return inner[end - 1], inner[: end - 1]
 
 
+def record_end(data: bytes | bytearray, at: int, n: int) -> int:
+    """Where the record that starts at `at` ends, or 0 if it has not arrived whole; an announced length
+    over the limit is refused before anything of it is buffered."""
+    if n - at < HEADER:
+        return 0
+    length = (data[at + 3] << 8) | data[at + 4]
+    if length > MAX_CIPHERTEXT:
+        raise _Fatal(RECORD_OVERFLOW, f"a TLS record of {length} bytes (at most {MAX_CIPHERTEXT})")
+    end = at + HEADER + length
+    return end if end <= n else 0
+
+
 def split_records(data: bytes | bytearray) -> tuple[list[tuple[bytes, bytes]], int]:
     """The complete records at the start of `data` as (header, body) pairs, and how many bytes they take."""
     records, at, n = [], 0, len(data)
-    while n - at >= HEADER:
-        length = (data[at + 3] << 8) | data[at + 4]
-        if length > MAX_CIPHERTEXT:
-            raise _Fatal(RECORD_OVERFLOW, f"a TLS record of {length} bytes (at most {MAX_CIPHERTEXT})")
-        end = at + HEADER + length
-        if end > n:
-            break
+    while (end := record_end(data, at, n)) > 0:
         records.append((bytes(data[at: at + HEADER]), bytes(data[at + HEADER: end])))
         at = end
     return records, at
@@ -189,13 +195,7 @@ class Records13:
         keys = self._read
         aead, iv, seq = keys.aead, keys.iv, keys.seq
         try:
-            while n - at >= HEADER:
-                length = (data[at + 3] << 8) | data[at + 4]
-                if length > MAX_CIPHERTEXT:
-                    raise _Fatal(RECORD_OVERFLOW, f"a TLS record of {length} bytes (at most {MAX_CIPHERTEXT})")
-                end = at + HEADER + length
-                if end > n:
-                    break
+            while (end := record_end(data, at, n)) > 0:
                 if data[at] != APPLICATION_DATA:
                     raise _Fatal(UNEXPECTED_MESSAGE, f"an unprotected TLS record of type {data[at]} after the "
                                                      "handshake")
