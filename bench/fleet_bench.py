@@ -282,7 +282,9 @@ class CpuWatch:
 
     def _seconds(self) -> dict[str, float]:
         out = {name: sum(proc.cpu_times()[:2]) for name, proc in self.procs.items()}
-        out["gateway"] = self.cgroups.cpu_seconds() or 0.0
+        in_cgroup = self.cgroups.cpu_seconds()
+        if in_cgroup is not None:  # the cgroup also counts the gateway's children, if it ever has any
+            out["gateway"] = in_cgroup
         machine = psutil.cpu_times()
         out["machine"] = sum(machine) - machine.idle - machine.iowait
         return out
@@ -359,7 +361,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
 
             # The window: every connected sensor publishes once per interval; count at both ends.
             acked_before, hub_before = fleet.acked_count, hub.admin.messages(None, limit=1)["total"]
-            cpu = CpuWatch(cgroups, fleet=fleet.proc.pid, hub=hub.proc.pid if hub.proc else None)
+            cpu = CpuWatch(cgroups, gateway=gw.proc.pid if gw.proc else None, fleet=fleet.proc.pid,
+                           hub=hub.proc.pid if hub.proc else None)
             disconnects_before = fleet.events["disconnected"]
             window_end = time.monotonic() + args.seconds
             gateway_connected = [watch.connected]
