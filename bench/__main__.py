@@ -67,6 +67,7 @@ def measure_disk(name: str, target: Target, s: Sizes, figs: dict[str, Figure], p
     trickle = disk.fleet(target, pki, 0, s.fleet, s.fleet_seconds)
     figs["fleet_bytes"].add(name, trickle["bytes_per_msg"])
     figs["fleet_syncs"].add(name, trickle["syncs_per_s"])
+    figs["fleet_cpu"].add(name, trickle["cpu_us"])
     figs["fleet_p50"].add(name, trickle["p50_ms"])
     figs["fleet_p99"].add(name, trickle["p99_ms"])
     fast = disk.fast_publisher(target, s.messages)
@@ -217,6 +218,8 @@ def main() -> None:
         "fleet_bytes": Figure(f"disk bytes written per 100-byte message, {sizes.fleet:,} devices x 1 msg/s",
                               "B/msg", False),
         "fleet_syncs": Figure(f"  fdatasync+fsync calls, {sizes.fleet:,} devices x 1 msg/s", "1/s", False),
+        "fleet_cpu": Figure(f"  CPU per message, {sizes.fleet:,} devices x 1 msg/s (one message per read)", "µs",
+                            False),
         "fleet_p50": Figure(f"  PUBACK p50, {sizes.fleet:,} devices x 1 msg/s", "ms", False),
         "fleet_p99": Figure(f"  PUBACK p99, {sizes.fleet:,} devices x 1 msg/s", "ms", False),
         "fast_bytes": Figure("disk bytes written per ~75-byte message, 1 fast QoS 1 publisher", "B/msg", False),
