@@ -327,7 +327,10 @@ class DeviceConnection(asyncio.Protocol):
             self.session.commit_finished(ticket, False, str(exc))
         else:
             self.session.commit_finished(ticket, True)
-        self._pump_later()
+        if self.session.commits_awaited:
+            self._pump_later()  # more of this device's submits may finish in this commit: one record for all
+        else:
+            self._pump()
 
     # ---- output and closing ------------------------------------------------------------------
 

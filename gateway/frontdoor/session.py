@@ -144,6 +144,11 @@ class DeviceSession:
         return self._reading_paused
 
     @property
+    def commits_awaited(self) -> int:
+        """Submits whose commit the session still waits for."""
+        return len(self._pending)
+
+    @property
     def pending_bytes(self) -> int:
         """Payload bytes accepted from the device and not yet committed by the outbox."""
         return self._pending_bytes

@@ -155,6 +155,7 @@ class Outbox:
         self._last_devices: frozenset[str] = frozenset()  # who was in the last commit (worth_lingering)
         self._room_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop  # set by open()
         self._sweeper: asyncio.Task[None] | None = None
         self._inflight: list[_Pending] = []  # the batch of the commit under way
         self._waiting_since = 0.0  # loop time at which the oldest message waiting for a commit arrived
@@ -199,6 +200,9 @@ class Outbox:
             await self._import_legacy(self.legacy)
         if self.messages:
             log.info("outbox holds %d messages (%d bytes) from before the restart", self.messages, self.bytes)
+        # Python 3.11's get_running_loop() makes a getpid() system call each time; submit_many runs once
+        # per device read, so it keeps the loop it was opened on.
+        self._loop = asyncio.get_running_loop()
         self._task = self.supervisor.owned(WRITER_TASK, self._write_forever, lambda: self._closing)
         self._sweeper = self.supervisor.owned(SWEEP_TASK, self._sweep_forever, lambda: self._closing)
         if self.dead_letters is not None:
@@ -277,12 +281,12 @@ class Outbox:
                 encoded = props_cache[props] = _properties(props)
             news.append(NewMessage(m.device_id, m.kind, m.topic, m.qos, m.received_at, encoded, m.payload,
                                    message_id))
-        committed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        committed: asyncio.Future[None] = self._loop.create_future()
         if not any(m.qos for m in messages[:accepted]):
             # Nobody waits for a QoS 0 commit; a failure is logged and counted by the writer already.
             committed.add_done_callback(_consume_outcome)
         if not self._queue:
-            self._waiting_since = asyncio.get_running_loop().time()
+            self._waiting_since = self._loop.time()
         self._queue.put(device_id, _Pending(news, committed), total, accepted)
         self._count(device_id, total, accepted)
         self._wake.set()
