@@ -18,6 +18,8 @@ from gateway.records import InboundMessage, Submission
 from gateway.twin.methods import MethodRelay
 from gateway.twin.service import TwinService
 
+_TELEMETRY = TopicKind.TELEMETRY.value  # an enum member's .value is a descriptor call; this runs per device read
+
 
 class TwinRouter:
     def __init__(self, outbox: MessageSink, twins: TwinService, methods: MethodRelay | None,
@@ -29,8 +31,11 @@ class TwinRouter:
         """Route one device's PUBLISHes of one read: telemetry runs go to the outbox as batches, twin and
         method messages to their services, in order; one future for them all. The outbox may take only
         a prefix of a run: then nothing after it is routed."""
-        telemetry = TopicKind.TELEMETRY.value
-        if all(m.kind == telemetry and not m.retain for m in messages):
+        telemetry = _TELEMETRY
+        for m in messages:
+            if m.kind != telemetry or m.retain:
+                break
+        else:  # all plain telemetry: the one path of a device read (a loop, not all() over a generator)
             return self.outbox.submit_many(messages)
         futures: list[asyncio.Future[None]] = []
         accepted, refusal = 0, None

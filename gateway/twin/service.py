@@ -190,12 +190,11 @@ class TwinService:
         assert self.hub is not None
         attempt = 0
         while True:
-            pending = self.store.pending()
-            if not pending:
+            queued = self.store.oldest()
+            if queued is None:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            queued = pending[0]
             try:
                 version = await self.hub.patch_reported(queued.device_id, queued.patch_id, queued.patch)
             except HubError as exc:

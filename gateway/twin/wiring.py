@@ -33,7 +33,7 @@ class TwinParts:
     def status(self) -> dict[str, Any]:
         """For status.json: cached twins, reported patches waiting for the hub, the hub as twins see it."""
         health = self.service.health
-        return {"cached_twins": len(self.store), "queued_reported_patches": len(self.store.pending()),
+        return {"cached_twins": len(self.store), "queued_reported_patches": self.store.queued_total,
                 "hub": "reachable" if health.up else f"unreachable since {iso_utc(health.since)}: {health.why}"}
 
 

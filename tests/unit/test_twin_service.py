@@ -95,6 +95,41 @@ async def settle(predicate: Any, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
+async def test_the_reported_queue_keeps_seq_order_overall_and_per_device_across_many_devices(
+        store: TwinStore, url: str) -> None:
+    # A fleet reconnecting at once queues one patch per device; the views the service reads (the oldest,
+    # a device's own, the count) must agree with the whole queue in seq order, also after deliveries
+    # and a restart.
+    devices = [f"dev-{i}" for i in range(40)]
+    for n in range(3):
+        for device in devices:
+            await store.queue_reported(device, {"n": n}, 0.0)
+    everything = store.pending()
+    assert [p.seq for p in everything] == sorted(p.seq for p in everything)
+    assert store.queued_total == len(everything) == 120
+    oldest = store.oldest()
+    assert oldest is not None
+    assert oldest == everything[0]
+    assert [p.patch["n"] for p in store.pending("dev-7")] == [0, 1, 2]
+    assert store.queued("dev-7") == 3
+    for patch in everything[:45]:  # every device's first, and dev-0..dev-4's second
+        await store.delivered(patch, 1)
+    assert store.oldest() == everything[45]
+    assert store.queued_total == 75
+    assert [p.patch["n"] for p in store.pending("dev-3")] == [2]
+    assert [p.patch["n"] for p in store.pending("dev-30")] == [1, 2]
+    again = TwinStore(open_engine(url))
+    await again.open()
+    assert [p.seq for p in again.pending()] == [p.seq for p in store.pending()]
+    assert again.queued("dev-30") == 2
+    again.close()
+    for patch in store.pending():
+        await store.delivered(patch, 1)
+    assert store.oldest() is None
+    assert store.queued_total == 0
+    assert store.pending("dev-30") == []
+
+
 async def test_reported_patches_while_the_hub_is_down_are_durable_acknowledged_and_sent_once_in_order(
         store: TwinStore, url: str) -> None:
     hub, broker = FakeHub(), FakeBroker()
