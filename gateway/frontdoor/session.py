@@ -81,8 +81,8 @@ class DeviceSession:
 
     # One per connected device: slots, and lists rather than deques (an empty deque is 0.6 KiB).
     __slots__ = (
-        "_acks", "_batch", "_batch_entries", "_clean_disconnect", "_deadline", "_early", "_events", "_filters",
-        "_framer", "_held_before", "_keepalive_limit", "_last_rx", "_next_ticket", "_out", "_pending",
+        "_acks", "_batch", "_batch_bytes", "_batch_entries", "_clean_disconnect", "_deadline", "_early", "_events",
+        "_filters", "_framer", "_held_before", "_keepalive_limit", "_last_rx", "_next_ticket", "_out", "_pending",
         "_pending_bytes", "_reading_paused", "_suback_plans", "_topic", "_wall", "admitted", "connect",
         "device_id", "limits", "peer", "state", "topics",
     )
@@ -108,6 +108,7 @@ class DeviceSession:
         self._pending: dict[int, tuple[int, list[tuple[int, _Ack | None]]]] = {}
         self._batch: list[InboundMessage] = []  # PUBLISHes of this receive_data, not yet a Submit
         self._batch_entries: list[tuple[int, _Ack | None]] = []
+        self._batch_bytes = 0  # payload bytes of _batch
         self._topic: tuple[bytes, str, PublishVerdict, str, tuple[tuple[str, str], ...]] | None = None
         self._pending_bytes = 0
         self._next_ticket = 0
@@ -406,6 +407,7 @@ class DeviceSession:
             self._acks.append(ack)
         size = len(payload)
         self._batch_entries.append((size, ack))
+        self._batch_bytes += size
         self._pending_bytes += size
         if not self._reading_paused and (
             len(self._acks) >= self.limits.max_pending_acks or self._pending_bytes >= self.limits.max_pending_bytes
@@ -426,7 +428,8 @@ class DeviceSession:
             return
         entries = self._batch_entries
         ticket = self._next_ticket = self._next_ticket + 1
-        self._pending[ticket] = (sum(size for size, _ack in entries), entries)
+        self._pending[ticket] = (self._batch_bytes, entries)
+        self._batch_bytes = 0
         self._events.append(ev.Submit(ticket, tuple(self._batch)))
         self._batch, self._batch_entries = [], []
 
