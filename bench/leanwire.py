@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 
+from gateway.mqtt import codec
+
 # What the gateway sends a device is CONNACK, SUBACK, PUBACK, PINGRESP and small twin/method PUBLISHes;
 # a packet announcing more than this is a broken stream, not something to buffer.
 MAX_INCOMING_PACKET = 64 * 1024
@@ -113,6 +115,20 @@ def compact(seqs: Iterable[int]) -> list[list[int]]:
 def expand(ranges: Iterable[Iterable[int]]) -> Iterator[int]:
     for first, last in ranges:
         yield from range(first, last + 1)
+
+
+def topic_field(topic: str) -> bytes:
+    """The topic as a PUBLISH carries it (length-prefixed UTF-8), built once per device."""
+    raw = topic.encode()
+    return len(raw).to_bytes(2, "big") + raw
+
+
+def qos1_publish(topic: str, field: bytes, packet_id: int, payload: bytes) -> bytes:
+    """codec.encode_publish(topic, payload, qos=1, packet_id=packet_id), without re-encoding the topic each time."""
+    length = len(field) + 2 + len(payload)
+    if length > 127:  # a remaining length over one byte: rare enough for the general encoder
+        return codec.encode_publish(topic, payload, qos=1, packet_id=packet_id)
+    return b"%c%c%b%c%c%b" % (0x32, length, field, packet_id >> 8, packet_id & 0xFF, payload)
 
 
 def reading_payload(seq: int, temperature: float, humidity: float, ts: str) -> bytes:

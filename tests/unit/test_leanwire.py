@@ -16,8 +16,10 @@ from bench.leanwire import (
     compact,
     expand,
     publish_qos1_id,
+    qos1_publish,
     reading_payload,
     split_packets,
+    topic_field,
 )
 from gateway.mqtt import codec
 
@@ -140,3 +142,14 @@ def test_ranges_grow_as_pubacks_arrive(arrivals: list[int], ranges: list[list[in
 def test_a_reading_payload_is_the_json_hub_readings_parses() -> None:
     body = json.loads(reading_payload(42, 21.456, 55.54, "2026-01-01T00:00:00.000Z"))
     assert body == {"temperature": 21.46, "humidity": 55.5, "seq": 42, "ts": "2026-01-01T00:00:00.000Z"}
+
+
+@pytest.mark.parametrize(("topic", "packet_id", "payload"), [
+    ("devices/fleet-00000/messages/events/", 1, b'{"seq":1}'),
+    ("devices/fleet-04999/messages/events/", 65535, b"x" * 87),  # remaining length 127: the last one-byte length
+    ("devices/fleet-04999/messages/events/", 258, b"x" * 88),  # 128: two bytes
+    ("d", 7, b""),
+])
+def test_a_prebuilt_topic_publish_is_the_codecs_bytes(topic: str, packet_id: int, payload: bytes) -> None:
+    expected = codec.encode_publish(topic, payload, qos=1, packet_id=packet_id)
+    assert qos1_publish(topic, topic_field(topic), packet_id, payload) == expected
