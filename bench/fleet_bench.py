@@ -497,7 +497,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 **log_trouble(gw.log()),
             }
             out["fleet"] = {"cpu_seconds": round(fleet_cpu, 1), "exit_status": fleet.proc.returncode,
-                            "events": dict(fleet.events), "failure_reasons": dict(fleet.reasons)}
+                            "events": dict(fleet.events), "failure_reasons": dict(fleet.reasons),
+                            "reported": {k: v for k, v in fleet.summary.items()
+                                         if k not in ("device", "event", "message")}}
         finally:
             if fleet is not None:
                 fleet.stop()

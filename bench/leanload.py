@@ -215,10 +215,10 @@ class LeanFleet:
                 device.connack.exception()  # retrieved: a late connection_lost must not log it
         if code != 0:
             return f"connack:{code}"
-        self.up(device)
+        self.came_up(device)
         return None
 
-    def up(self, device: Device) -> None:
+    def came_up(self, device: Device) -> None:
         assert device.transport is not None
         device.up = True
         device.last_sent = self.loop.time()
