@@ -28,6 +28,7 @@ from pathlib import Path
 
 import psutil
 
+from bench.leanwire import expand
 from tests.bigfleet import hub_readings, make_big_fleet
 from tests.hubproc import REPO, HubProcess
 from tests.serviceproc import ServiceGateway
@@ -150,48 +151,41 @@ class GatewayCgroups:
         self.made.clear()
 
 
-# ---- the fleet, as its JSON events tell it ----------------------------------------------------------------
+# ---- the load, as its JSON events tell it -------------------------------------------------------------
 
 
-class FleetWatch:
-    """A `tempsensor --fleet N --json-log` process and what it reported: connections, acked readings."""
+class LoadWatch:
+    """A load generator process and what it reported: devices connected, acked readings (seq per device),
+    events and failure reasons by kind. The two loads below report the same figures in different ways."""
 
-    def __init__(self, gw: ServiceGateway, fleet_dir: Path, sensors: int, interval: float) -> None:
-        self.connected: set[str] = set()
+    sent_count: int | None = None  # readings published, where the load counts them
+    behind: int | None = None  # readings due while the device's window was full
+
+    def __init__(self, command: list[str]) -> None:
+        self.connected_count = 0  # devices that connected at least once
         self.acked: dict[str, list[int]] = defaultdict(list)
         self.acked_count = 0
         self.events: dict[str, int] = defaultdict(int)  # event name -> how many
         self.reasons: dict[str, int] = defaultdict(int)  # failure reason -> how many
         self.last_connected_at = time.monotonic()
         self.summary: dict[str, object] = {}
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "devices.cli", "--gateway-hostname", "edgegateway.local", "--connect-address",
-             "127.0.0.1", "--port", str(gw.port), "--ca-file", str(gw.root), "--fleet", str(sensors),
-             "--fleet-dir", str(fleet_dir), "--interval", str(interval), "--json-log"],
-            cwd=REPO, stdout=subprocess.PIPE, text=True)
+        self.proc = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, text=True)
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
-            event = json.loads(line)
-            kind = event["event"]
-            self.events[kind] += 1
-            if kind == "acked":
-                self.acked[event["device"]].append(int(event["seq"]))
-                self.acked_count += 1
-            elif kind == "connected":
-                if event["device"] not in self.connected:
-                    self.last_connected_at = time.monotonic()
-                self.connected.add(event["device"])
-            elif kind == "summary":
-                self.summary = event
-            elif "reason" in event:
-                self.reasons[f"{kind}:{event['reason']}"] += 1
+            self._event(json.loads(line))
+
+    def _event(self, event: dict[str, object]) -> None:
+        raise NotImplementedError
+
+    def _finish(self) -> None:
+        """Called once the process has exited and its output is read."""
 
     def stop(self) -> None:
-        """SIGINT (the fleet disconnects cleanly and prints its summary), then read to the end."""
+        """SIGINT (the load disconnects cleanly and prints its summary), then read to the end."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
             try:
@@ -200,6 +194,80 @@ class FleetWatch:
                 self.proc.kill()
                 self.proc.wait()
         self.reader.join(60)
+        self._finish()
+
+
+class FleetWatch(LoadWatch):
+    """`tempsensor --fleet N --json-log`: paho TempSensors, one JSON line per event and per acked reading."""
+
+    def __init__(self, gw: ServiceGateway, fleet_dir: Path, sensors: int, interval: float) -> None:
+        self.connected: set[str] = set()
+        super().__init__(
+            [sys.executable, "-m", "devices.cli", "--gateway-hostname", "edgegateway.local", "--connect-address",
+             "127.0.0.1", "--port", str(gw.port), "--ca-file", str(gw.root), "--fleet", str(sensors),
+             "--fleet-dir", str(fleet_dir), "--interval", str(interval), "--json-log"])
+
+    def _event(self, event: dict[str, object]) -> None:
+        kind, device = str(event["event"]), str(event["device"])
+        self.events[kind] += 1
+        if kind == "acked":
+            self.acked[device].append(int(str(event["seq"])))
+            self.acked_count += 1
+        elif kind == "connected":
+            if device not in self.connected:
+                self.last_connected_at = time.monotonic()
+            self.connected.add(device)
+            self.connected_count = len(self.connected)
+        elif kind == "summary":
+            self.summary = event
+        elif "reason" in event:
+            self.reasons[f"{kind}:{event['reason']}"] += 1
+
+
+class LeanWatch(LoadWatch):
+    """`python -m bench.leanload`: counts once a second, the acked seqs as ranges in a file at the end."""
+
+    def __init__(self, gw: ServiceGateway, fleet_dir: Path, sensors: int, interval: float) -> None:
+        self.acks_file = fleet_dir.parent / "lean-acks.json"
+        self.sent_count = self.behind = 0
+        super().__init__(
+            [sys.executable, "-m", "bench.leanload", "--gateway-hostname", "edgegateway.local", "--connect-address",
+             "127.0.0.1", "--port", str(gw.port), "--ca-file", str(gw.root), "--fleet", str(sensors),
+             "--fleet-dir", str(fleet_dir), "--interval", str(interval), "--acks-file", str(self.acks_file)])
+
+    def _event(self, event: dict[str, object]) -> None:
+        if event["event"] == "summary":
+            self.summary = event
+        ever = int(str(event["ever_connected"]))
+        if ever > self.connected_count:
+            self.last_connected_at = time.monotonic() - float(str(event["since_last_new"]))
+        self.connected_count = ever
+        self.acked_count = int(str(event["acked"]))
+        self.sent_count, self.behind = int(str(event["sent"])), int(str(event["behind"]))
+        failures = event["failures"]
+        assert isinstance(failures, dict)
+        self.reasons = defaultdict(int, failures)
+        self.events["connected"] = int(str(event["connects"]))
+        self.events["disconnected"] = int(str(event["disconnects"]))
+        self.events["refused"] = sum(n for reason, n in failures.items() if reason.startswith("connack:"))
+        self.events["connect_failed"] = sum(n for reason, n in failures.items()
+                                            if not reason.startswith(("connack:", "lost:")))
+        self.events["acked"] = self.acked_count
+
+    def _finish(self) -> None:
+        if not self.acks_file.exists():
+            return
+        ranges = json.loads(self.acks_file.read_text())
+        self.acked = defaultdict(list, {device: list(expand(r)) for device, r in ranges.items()})
+        self.acked_count = self.events["acked"] = sum(len(seqs) for seqs in self.acked.values())
+
+
+LOADS = ("lean", "tempsensor")
+
+
+def start_load(kind: str, gw: ServiceGateway, fleet_dir: Path, sensors: int, interval: float) -> LoadWatch:
+    watch = LeanWatch if kind == "lean" else FleetWatch
+    return watch(gw, fleet_dir, sensors, interval)
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
@@ -282,17 +350,21 @@ class CpuWatch:
 
     def _seconds(self) -> dict[str, float]:
         out = {name: sum(proc.cpu_times()[:2]) for name, proc in self.procs.items()}
-        in_cgroup = self.cgroups.cpu_seconds()
-        if in_cgroup is not None:  # the cgroup also counts the gateway's children, if it ever has any
-            out["gateway"] = in_cgroup
+        out["gateway"] = self.cgroups.cpu_seconds() or out.get("gateway", 0.0)
         machine = psutil.cpu_times()
         out["machine"] = sum(machine) - machine.idle - machine.iowait
         return out
 
-    def percent(self) -> dict[str, float]:
-        elapsed = time.monotonic() - self.started
+    def used(self) -> tuple[float, dict[str, float]]:
+        """(seconds elapsed, CPU seconds each used) since the start."""
         now = self._seconds()
-        return {name: round(100 * (now[name] - self.before[name]) / elapsed) for name in now}
+        return time.monotonic() - self.started, {name: now[name] - self.before[name] for name in now}
+
+
+def per_reading(cpu_seconds: dict[str, float], readings: int) -> dict[str, float | None]:
+    """The load's and the gateway's CPU microseconds per acknowledged reading."""
+    return {f"{name}_cpu_us_per_reading": round(1e6 * cpu_seconds[name] / readings) if readings else None
+            for name in ("fleet", "gateway")}
 
 
 def log_trouble(log: str) -> dict[str, object]:
@@ -312,13 +384,14 @@ def budget_line(log: str) -> str | None:
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
-    out: dict[str, object] = {"sensors": args.sensors, "interval": args.interval, "seconds": args.seconds,
+    out: dict[str, object] = {"load": args.load, "sensors": args.sensors, "interval": args.interval,
+                              "seconds": args.seconds,
                               "memory_max_mib": args.memory_max and args.memory_max / MIB, "cpus": args.cpus}
     gateway: dict[str, object] = {}
     with HubProcess.start(tmp / "hub") as hub, GatewayCgroups.create(args.memory_max, args.cpus) as cgroups:
         gw = ServiceGateway.launch(tmp / "gw", hub, prefix=cgroups.join_prefix(), args=("--log-level", "INFO"))
         watch = GatewayWatch(gw, cgroups.memory)
-        fleet: FleetWatch | None = None
+        fleet: LoadWatch | None = None
         try:
             make_big_fleet(hub, tmp / "fleet", args.sensors)
             while watch.cached != args.sensors:
@@ -329,9 +402,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
 
             # Connect: until all are in, the gateway stops admitting (no new one for STALLED s), or the deadline.
             started = time.monotonic()
-            fleet = FleetWatch(gw, tmp / "fleet", args.sensors, args.interval)
+            fleet = start_load(args.load, gw, tmp / "fleet", args.sensors, args.interval)
             ended = "all connected"
-            while len(fleet.connected) < args.sensors:
+            while fleet.connected_count < args.sensors:
                 now = time.monotonic()
                 if fleet.proc.poll() is not None:
                     ended = f"the fleet exited ({fleet.proc.returncode})"
@@ -339,7 +412,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                     ended = "the gateway exited"
                 elif now - started > args.connect_deadline:
                     ended = f"deadline ({args.connect_deadline:g} s)"
-                elif fleet.connected and now - fleet.last_connected_at > STALLED:
+                elif fleet.connected_count and now - fleet.last_connected_at > STALLED:
                     ended = f"stalled: no new connection for {STALLED:g} s"
                 else:
                     time.sleep(STATUS_EVERY)
@@ -348,36 +421,45 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 break
             to_last = round(fleet.last_connected_at - started, 1)
             caught_up = time.monotonic() + 3 * STATUS_EVERY + 2  # status.json is rewritten every 2 s
-            while watch.connected != len(fleet.connected) and time.monotonic() < caught_up:
+            while watch.connected != fleet.connected_count and time.monotonic() < caught_up:
                 time.sleep(0.5)
                 watch.sample()
-            out["connected"] = len(fleet.connected)
-            out["seconds_to_connect_all"] = to_last if len(fleet.connected) == args.sensors else None
+            out["connected"] = fleet.connected_count
+            out["seconds_to_connect_all"] = to_last if fleet.connected_count == args.sensors else None
             out["connect"] = {"ended": ended, "seconds_to_last_connection": to_last,
                               "seconds_waited": round(time.monotonic() - started, 1),
-                              "fleet_connected": len(fleet.connected),
+                              "fleet_connected": fleet.connected_count,
                               "gateway_connected": watch.connected, "gateway_refused_max_connections": watch.refused,
                               "gateway_refused_memory": watch.refused_memory}
 
             # The window: every connected sensor publishes once per interval; count at both ends.
             acked_before, hub_before = fleet.acked_count, hub.admin.messages(None, limit=1)["total"]
-            cpu = CpuWatch(cgroups, gateway=gw.proc.pid if gw.proc else None, fleet=fleet.proc.pid,
-                           hub=hub.proc.pid if hub.proc else None)
+            cpu = CpuWatch(cgroups, fleet=fleet.proc.pid, hub=hub.proc.pid if hub.proc else None,
+                           gateway=gw.proc.pid if gw.proc else None)
             disconnects_before = fleet.events["disconnected"]
+            sent_before, behind_before = fleet.sent_count, fleet.behind
             window_end = time.monotonic() + args.seconds
             gateway_connected = [watch.connected]
             while time.monotonic() < window_end and watch.alive():
                 time.sleep(STATUS_EVERY)
                 watch.sample()
                 gateway_connected.append(watch.connected)
+            elapsed, cpu_seconds = cpu.used()
+            acked_in_window = fleet.acked_count - acked_before
+            # Offered beside acknowledged, and each side's CPU per reading: which of the two was the limit.
+            # (The lean load counts once a second, so its figures are good to about a second of readings.)
+            offered = None if fleet.sent_count is None or sent_before is None else fleet.sent_count - sent_before
             out["window"] = {
-                "expected_readings": round(len(fleet.connected) * args.seconds / args.interval),
-                "acked": fleet.acked_count - acked_before,
+                "expected_readings": round(fleet.connected_count * args.seconds / args.interval),
+                "acked": acked_in_window,
                 "hub_received": hub.admin.messages(None, limit=1)["total"] - hub_before,
-                "acked_per_second": round((fleet.acked_count - acked_before) / args.seconds),
+                "acked_per_second": round(acked_in_window / args.seconds),
+                "offered_per_second": None if offered is None else round(offered / elapsed),
+                "fleet_behind": None if fleet.behind is None or behind_before is None else fleet.behind - behind_before,
                 "gateway_connected_min": min(gateway_connected), "gateway_connected_max": max(gateway_connected),
                 "fleet_disconnects": fleet.events["disconnected"] - disconnects_before,
-                "cpu_percent": cpu.percent(),
+                "cpu_percent": {name: round(100 * used / elapsed) for name, used in cpu_seconds.items()},
+                **per_reading(cpu_seconds, acked_in_window),
             }
             fleet_proc = psutil.Process(fleet.proc.pid)
             fleet_rss, fleet_cpu = fleet_proc.memory_info().rss, sum(fleet_proc.cpu_times()[:2])
@@ -415,7 +497,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 **log_trouble(gw.log()),
             }
             out["fleet"] = {"cpu_seconds": round(fleet_cpu, 1), "exit_status": fleet.proc.returncode,
-                            "events": dict(fleet.events), "failure_reasons": dict(fleet.reasons)}
+                            "events": dict(fleet.events), "failure_reasons": dict(fleet.reasons),
+                            "reported": {k: v for k, v in fleet.summary.items()
+                                         if k not in ("device", "event", "message")}}
         finally:
             if fleet is not None:
                 fleet.stop()
@@ -434,6 +518,8 @@ def main() -> int:
     p.add_argument("--cpus", type=float, help="the gateway's CPU quota in CPUs, e.g. 1")
     p.add_argument("--connect-deadline", type=float, default=900.0, help="seconds allowed to connect the fleet")
     p.add_argument("--drain", type=float, default=120.0, help="seconds allowed for the outbox to drain after")
+    p.add_argument("--load", choices=LOADS, default="tempsensor",
+                   help="lean: bench/leanload.py (one uvloop process, cheap per reading); tempsensor: paho TempSensors")
     args = p.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the fleet, the gateway, the hub and the cgroups are still cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
