@@ -55,7 +55,8 @@ from gateway.service.supervisor import Supervisor
 from gateway.session_sweep import SessionSweep
 from gateway.twin.wiring import start_twins
 from gateway.upstream.c2d import CloudToDevice
-from gateway.upstream.forwarder import Forwarder
+from gateway.upstream.forwarder import Forwarder, ForwarderState
+from gateway.upstream.pacing import ForwardPacer
 
 if TYPE_CHECKING:
     from gateway.service.endpoint import HealthEndpoint
@@ -228,8 +229,14 @@ class Gateway:
                      len(self.directory), self.directory.sequence, self.hub_client.url)
             # The sync loop keeps its own task: a renewed EST identity restarts it (_resync_now).
             self.sync.start()
-            self.forwarder = Forwarder(self.outbox, self.hub_client, counters=self.counters)
-            supervise.loop("forwarder", self.forwarder.run)
+            forwarder = self.forwarder = Forwarder(self.outbox, self.hub_client, counters=self.counters)
+            supervise.loop("forwarder", forwarder.run)
+            outbox, counters = self.outbox, self.counters
+            pacer = ForwardPacer(depth=lambda: outbox.messages,
+                                 hub_taking=lambda: forwarder.state is ForwarderState.CONNECTED,
+                                 hold=self.door.hold_reading,
+                                 count=lambda: counters.inc("edgegate_read_holds_total"))
+            supervise.loop("forward-pacing", pacer.run)
             supervise.loop("cloud-to-device", CloudToDevice(self.hub_client, self.broker).run)
         else:
             log.warning("no [hub] configured: serving the %d cached devices; telemetry stays in the outbox",

@@ -73,8 +73,8 @@ class Wiring:
 class DeviceConnection(asyncio.Protocol):
     """The front door's side of one TCP connection from a device."""
 
-    __slots__ = ("_paused_writing", "_pump_soon", "_timer", "_timer_at", "_turn_over", "_write_waiters", "charge",
-                 "link", "loop", "remote", "session", "tls", "transport", "wiring")
+    __slots__ = ("_held", "_paused_writing", "_pump_soon", "_timer", "_timer_at", "_turn_over", "_write_waiters",
+                 "charge", "link", "loop", "remote", "session", "tls", "transport", "wiring")
 
     def __init__(self, wiring: Wiring, loop: asyncio.AbstractEventLoop) -> None:
         self.wiring = wiring
@@ -90,6 +90,7 @@ class DeviceConnection(asyncio.Protocol):
         self._write_waiters: list[asyncio.Future[None]] = []
         self._paused_writing = False
         self._turn_over = False
+        self._held = False  # the front door holds this device's reads for the forwarder
         self.charge = 0  # bytes of the connection budget this connection holds (ConnectionTable)
 
     @property
@@ -146,8 +147,23 @@ class DeviceConnection(asyncio.Protocol):
 
     def _next_turn(self) -> None:
         self._turn_over = False
+        self._resume_reading()
+
+    def hold(self, hold: bool) -> None:
+        """Stop reading this device (or read again) while the forwarder catches up."""
+        self._held = hold
+        if hold:
+            if self.transport is not None and not self.transport.is_closing():
+                self.transport.pause_reading()
+        else:
+            self._resume_reading()
+
+    def _resume_reading(self) -> None:
+        """Read again, unless a reason to pause is still there: the session's budget, this device's
+        big-read turn, or the front door's hold."""
         transport = self.transport
-        if transport is not None and not transport.is_closing() and not self.session.reading_paused:
+        if (transport is not None and not transport.is_closing() and not self.session.reading_paused
+                and not self._turn_over and not self._held):
             transport.resume_reading()
 
     def eof_received(self) -> bool | None:
@@ -248,8 +264,7 @@ class DeviceConnection(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.pause_reading()
         elif isinstance(event, ev.ResumeReading):
-            if self.transport is not None and not self.transport.is_closing():
-                self.transport.resume_reading()
+            self._resume_reading()
         else:
             self._report(event)
 

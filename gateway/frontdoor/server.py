@@ -46,6 +46,7 @@ class FrontDoor:
         self.connections: set[DeviceConnection] = set()
         self.charged = 0  # bytes the open connections are charged against limits.connection_memory
         self.online: dict[str, DeviceConnection] = {}
+        self.holding = False  # device reads held for the forwarder (gateway.upstream.pacing)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self.wiring = Wiring(
@@ -112,6 +113,8 @@ class FrontDoor:
         assert conn.device_id is not None
         previous = self.online.get(conn.device_id)
         self.online[conn.device_id] = conn
+        if self.holding:
+            conn.hold(True)
         if previous is not None and previous is not conn:
             self.counters.inc("edgegate_session_takeovers_total")
             previous.kick("session taken over by a new authenticated connection")
@@ -126,6 +129,14 @@ class FrontDoor:
         self.wiring = replace(self.wiring, limits=limits)
 
     # ---- the gateway's view ------------------------------------------------------------------
+
+    def hold_reading(self, hold: bool) -> int:
+        """Stop (or resume) reading every admitted device, so the forwarder gets the event loop to itself
+        (gateway.upstream.pacing); returns how many devices that touched. Handshakes go on."""
+        self.holding = hold
+        for conn in list(self.online.values()):
+            conn.hold(hold)
+        return len(self.online)
 
     def kick(self, device_id: str, reason: str) -> bool:
         """Disconnect a device's live session (revocation); True if it was connected."""

@@ -223,6 +223,33 @@ def test_failed_outbox_commit_sends_no_puback(gw: FrontDoorThread, files: Callab
         dev.close()
 
 
+def test_a_hold_stops_reading_admitted_devices_and_the_release_reads_what_waited(gw: FrontDoorThread,
+                                                                               files: Callable) -> None:
+    # The forward pacer's lever (gateway.upstream.pacing): held, a device's PUBLISH waits in the socket,
+    # unread and unacknowledged; a device admitted during the hold is held too; released, both are read.
+    a = device(gw, files(A, "a"), "sensor-a")
+    assert a.connect() == 0
+    b = device(gw, files(B, "b"), "sensor-b")
+    try:
+        assert gw.door is not None
+        assert gw.call(lambda: gw.door.hold_reading(True)) == 1  # type: ignore[union-attr]
+        assert b.connect() == 0  # the handshake and CONNECT are not held
+        sent = len(gw.sink.messages)
+        held_a = a.client.publish("devices/sensor-a/messages/events/", b"held-a", qos=1)
+        held_b = b.client.publish("devices/sensor-b/messages/events/", b"held-b", qos=1)
+        time.sleep(0.5)
+        assert not held_a.is_published()
+        assert not held_b.is_published()
+        assert len(gw.sink.messages) == sent
+        assert gw.call(lambda: gw.door.hold_reading(False)) == 2  # type: ignore[union-attr]
+        held_a.wait_for_publish(5)
+        held_b.wait_for_publish(5)
+        assert {m.payload for m in gw.sink.messages[sent:]} == {b"held-a", b"held-b"}
+    finally:
+        a.close()
+        b.close()
+
+
 # ---- sessions ------------------------------------------------------------------------------------
 
 
