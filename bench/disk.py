@@ -6,20 +6,19 @@ PUBACK latency timed) and at one fast publisher (mosquitto_pub -l).
 
 from __future__ import annotations
 
-import json
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
+from bench.fleet import drive
 from bench.load import publish_rate
 from bench.pki import BenchPKI
-from bench.targets import REPO, Target
+from bench.targets import Target
 
 SYNC_EVENTS = "syscalls:sys_enter_fdatasync,syscalls:sys_enter_fsync"
 
@@ -68,25 +67,17 @@ def fleet(target: Target, pki: BenchPKI, first: int, count: int, seconds: float,
           payload: int = 100) -> dict[str, float]:
     """N devices x 1 msg/s for `seconds`: bytes/message, sync calls/s, PUBACK p50/p99 (ms), and the broker's
     CPU per message when every message arrives in a read of its own (a real fleet's pattern)."""
-    assert target.proc is not None
-    cmd = [sys.executable, "-m", "bench.fleet", str(target.port), str(pki.root_path), str(pki.directory / "devices"),
-           str(first), str(count), "--seconds", str(seconds), "--payload", str(payload), "--wait-stdin"]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    connected = json.loads(proc.stdout.readline() or "{}")
-    if connected.get("connected") != count:
-        proc.kill()
-        raise RuntimeError(f"only {connected.get('connected')} of {count} fleet devices connected to {target.name}")
-    time.sleep(1.0)  # connection set-up writes settle
-    meter = DiskMeter(target.proc.pid).start(target.workdir)
-    cpu_before = target.cpu_seconds()
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
-    result = json.loads(proc.stdout.readline())
-    cpu = target.cpu_seconds() - cpu_before
+    pid = target.proc.pid
+    meter, cpu_before = DiskMeter(pid), [0.0]
+
+    def start() -> None:  # once the fleet is in: its handshakes are not what this measures
+        meter.start(target.workdir)
+        cpu_before[0] = target.cpu_seconds()
+
+    result = drive(target.port, pki.root_path, pki.directory / "devices", first, count, seconds, payload=payload,
+                   connected=start)
+    cpu = target.cpu_seconds() - cpu_before[0]
     written, syncs, _ = meter.stop()
-    proc.wait(30)
     acked = max(1, int(result["acked"]))
     return {"bytes_per_msg": written / acked, "syncs_per_s": syncs, "cpu_us": cpu / acked * 1e6,
             "p50_ms": result["p50_ms"],

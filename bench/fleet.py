@@ -14,6 +14,8 @@ import contextlib
 import json
 import ssl
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +23,7 @@ from pathlib import Path
 from gateway.mqtt import codec
 
 CONNECT_TIMEOUT = 60.0
+REPO = Path(__file__).resolve().parent.parent
 counts_hook: list[Callable[[], None]] = []  # tells `run` when every device is in (or failed)
 
 
@@ -29,6 +32,29 @@ def _context(root: str, cert: Path, key: Path) -> ssl.SSLContext:
     ctx.check_hostname = False
     ctx.load_cert_chain(str(cert), str(key))
     return ctx
+
+
+def drive(port: int, root: Path, device_dir: Path, first: int, count: int, seconds: float, *, payload: int = 100,
+          connected: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Run this fleet as a process against `port`: once every device is in, `connected()` (meters started
+    there leave the handshakes out), then `seconds` of publishing; its result line as a dict."""
+    proc = subprocess.Popen([sys.executable, "-m", "bench.fleet", str(port), str(root), str(device_dir), str(first),
+                             str(count), "--seconds", str(seconds), "--payload", str(payload), "--wait-stdin"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=REPO)
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    first_line = json.loads(proc.stdout.readline() or "{}")
+    if first_line.get("connected") != count:
+        proc.kill()
+        raise RuntimeError(f"only {first_line.get('connected')} of {count} fleet devices connected to port {port}")
+    time.sleep(1.0)  # the admissions' own writes settle
+    connected()
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+    result: dict[str, float] = json.loads(proc.stdout.readline() or "{}")
+    if proc.wait(60) != 0 or "acked" not in result:
+        raise RuntimeError(f"bench.fleet failed against port {port}: {result}")
+    return result
 
 
 async def _read_pubacks(reader: asyncio.StreamReader, sent_at: dict[int, float], latencies: list[float]) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.__main__ import TARGETS
+from bench.fleet import drive
 from bench.load import device_id, ensure_device_files, publish_rate_and_cpu
 from bench.pki import BenchPKI
 from bench.targets import Target
@@ -92,26 +93,9 @@ def commits(target: object) -> tuple[int, int] | None:
 
 def fleet_load(target: Target, pki: BenchPKI, count: int, seconds: float,
                connected: Callable[[], None] = lambda: None) -> tuple[float, int]:
-    """(readings/s acknowledged, readings acknowledged): `count` devices x 1 QoS 1 reading a second.
-    `connected` runs once every device is in and before the first reading, so meters read there leave
-    the handshakes out."""
-    proc = subprocess.Popen([sys.executable, "-m", "bench.fleet", str(target.port), str(pki.root_path),
-                             str(pki.directory / "devices"), "0", str(count), "--seconds", str(seconds),
-                             "--wait-stdin"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    first = json.loads(proc.stdout.readline() or "{}")
-    if first.get("connected") != count:
-        proc.kill()
-        raise RuntimeError(f"only {first.get('connected')} of {count} fleet devices connected")
-    time.sleep(1.0)  # the admissions' own writes settle
-    connected()
-    proc.stdin.write("go\n")
-    proc.stdin.flush()
-    result = json.loads(proc.stdout.readline() or "{}")
-    if proc.wait(60) != 0 or "acked" not in result:
-        raise RuntimeError(f"bench.fleet failed against {target.name}: {result}")
-    return result["acked"] / result["seconds"], int(result["acked"])
+    """(readings/s acknowledged, readings acknowledged): `count` devices x 1 QoS 1 reading a second."""
+    result = drive(target.port, pki.root_path, pki.directory / "devices", 0, count, seconds, connected=connected)
+    return result["acked"] / seconds, int(result["acked"])  # its "seconds" include 2 s for the last PUBACKs
 
 
 def main() -> None:
