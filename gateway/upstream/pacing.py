@@ -18,9 +18,7 @@ their PUBACKs come later) while the forwarder catches up. It holds only when all
 
 A hold lasts until the outbox is down to `low`, the hub stops taking messages, or `hold_max` has passed;
 the next one waits at least `release_min`. So devices are never held for more than half of the time,
-whatever the forwarder does. A hold that ran its full time without the outbox getting any shorter did not
-help (the hub itself is slow, or the CPU is busy with something else): the wait before the next one
-doubles, up to `release_cap`, and comes back to `release_min` after a hold that helped.
+whatever the forwarder does, and a CPU spike from elsewhere costs them at most that.
 """
 
 from __future__ import annotations
@@ -37,7 +35,6 @@ LOW = 2_000
 LAG = 0.05  # seconds the loop runs late before the CPU counts as the bottleneck
 HOLD_MAX = 1.0
 RELEASE_MIN = 1.0
-RELEASE_CAP = 64.0
 TICK = 0.1
 LOG_EVERY = 60.0
 
@@ -46,23 +43,17 @@ LOG_EVERY = 60.0
 class Pace:
     holding: bool = False
     since: float = float("-inf")  # when the hold began, or when the last one ended
-    depth_at: int = 0  # the outbox when the hold began
-    release: float = RELEASE_MIN  # how long the next hold waits after the last one
 
 
 def pace(state: Pace, now: float, *, depth: int, lag: float, hub_taking: bool, high: int = HIGH, low: int = LOW,
-         min_lag: float = LAG, hold_max: float = HOLD_MAX, release_min: float = RELEASE_MIN,
-         release_cap: float = RELEASE_CAP) -> Pace:
+         min_lag: float = LAG, hold_max: float = HOLD_MAX, release_min: float = RELEASE_MIN) -> Pace:
     """The pacer's next state (pure): hold device reads, or let them go on."""
     if state.holding:
-        if not hub_taking or depth <= low:
-            return Pace(False, now, 0, release_min)
-        if now - state.since >= hold_max:
-            helped = depth < state.depth_at
-            return Pace(False, now, 0, release_min if helped else min(release_cap, state.release * 2))
+        if not hub_taking or depth <= low or now - state.since >= hold_max:
+            return Pace(False, now)
         return state
-    if hub_taking and depth >= high and lag >= min_lag and now - state.since >= state.release:
-        return Pace(True, now, depth, state.release)
+    if hub_taking and depth >= high and lag >= min_lag and now - state.since >= release_min:
+        return Pace(True, now)
     return state
 
 
