@@ -346,10 +346,16 @@ class CpuWatch:
         self.procs = {name: psutil.Process(pid) for name, pid in pids.items() if pid is not None}
         self.procs["bench"] = psutil.Process()
         self.started = time.monotonic()
+        self.last: dict[str, float] = {}
         self.before = self._seconds()
 
     def _seconds(self) -> dict[str, float]:
-        out = {name: sum(proc.cpu_times()[:2]) for name, proc in self.procs.items()}
+        out = {}
+        for name, proc in self.procs.items():
+            try:
+                out[name] = self.last[name] = sum(proc.cpu_times()[:2])
+            except psutil.Error:  # gone (an OOM kill, say): its last reading, so the run still reports
+                out[name] = self.last.get(name, 0.0)
         out["gateway"] = self.cgroups.cpu_seconds() or out.get("gateway", 0.0)
         machine = psutil.cpu_times()
         out["machine"] = sum(machine) - machine.idle - machine.iowait
