@@ -21,6 +21,7 @@ import sys
 import tempfile
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -154,7 +155,7 @@ class GatewayCgroups:
 # ---- the load, as its JSON events tell it -------------------------------------------------------------
 
 
-class LoadWatch:
+class LoadWatch(ABC):
     """A load generator process and what it reported: devices connected, acked readings (seq per device),
     events and failure reasons by kind. The two loads below report the same figures in different ways."""
 
@@ -178,10 +179,11 @@ class LoadWatch:
         for line in self.proc.stdout:
             self._event(json.loads(line))
 
+    @abstractmethod
     def _event(self, event: dict[str, object]) -> None:
-        raise NotImplementedError
+        """One JSON line of the load's output (each load speaks its own)."""
 
-    def _finish(self) -> None:
+    def _finish(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Called once the process has exited and its output is read."""
 
     def stop(self) -> None:
