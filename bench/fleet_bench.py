@@ -278,9 +278,12 @@ def start_load(kind: str, gw: ServiceGateway, fleet_dir: Path, sensors: int, int
 class GatewayWatch:
     """The gateway as its status.json and /proc show it, sampled through the run."""
 
-    def __init__(self, gw: ServiceGateway, memory_cgroup: Path | None = None) -> None:
+    def __init__(self, gw: ServiceGateway, memory_cgroup: Path | None = None, trace: Path | None = None) -> None:
         self.gw = gw
         self.memory_cgroup = memory_cgroup
+        self.trace = trace  # one JSON line a sample: the time series behind the peaks
+        self.phase = "sync"
+        self.started = time.monotonic()
         self.connected = self.connected_max = self.cached = self.refused = self.refused_memory = 0
         self.outbox_depth = -1
         self.limits: dict[str, object] = {}
@@ -304,20 +307,33 @@ class GatewayWatch:
         self.refused_memory = int(counters.get('edgegate_connections_refused_total{reason="memory"}', 0))
         self.outbox_depth = int(str(status["outbox_depth"]))
         self.limits = limits
-        self._sample_memory()
+        anon, cgroup_rss, cgroup_cache = self._sample_memory()
+        if self.trace is not None:
+            holds = counters.get("edgegate_read_holds_total", 0)
+            with self.trace.open("a") as f:
+                f.write(json.dumps({"t": round(time.monotonic() - self.started, 1), "phase": self.phase,
+                                    "connected": self.connected, "outbox_depth": self.outbox_depth,
+                                    "anon_mib": anon and round(anon / MIB, 1),
+                                    "cgroup_rss_mib": cgroup_rss and round(cgroup_rss / MIB, 1),
+                                    "cgroup_cache_mib": cgroup_cache and round(cgroup_cache / MIB, 1),
+                                    "read_holds": holds}) + "\n")
 
-    def _sample_memory(self) -> None:
+    def _sample_memory(self) -> tuple[int | None, int | None, int | None]:
+        """(the process's anonymous memory, the cgroup's rss and cache), each None where unknown."""
         assert self.gw.proc is not None
+        anon = rss = cache = None
         try:
             proc_status = Path(f"/proc/{self.gw.proc.pid}/status").read_text()
             anon = next(int(line.split()[1]) * 1024 for line in proc_status.splitlines() if line.startswith("RssAnon:"))
             self.anon_peak = max(self.anon_peak, anon)
             if self.memory_cgroup is not None:
                 stat = dict(line.split() for line in (self.memory_cgroup / "memory.stat").read_text().splitlines())
-                if int(stat["rss"]) > self.cgroup_rss_peak:
-                    self.cgroup_rss_peak, self.cgroup_cache_at_rss_peak = int(stat["rss"]), int(stat["cache"])
+                rss, cache = int(stat["rss"]), int(stat["cache"])
+                if rss > self.cgroup_rss_peak:
+                    self.cgroup_rss_peak, self.cgroup_cache_at_rss_peak = rss, cache
         except (OSError, StopIteration, KeyError, ValueError):
-            return
+            pass
+        return anon, rss, cache
 
     def memory_peaks(self) -> dict[str, float]:
         return {"anon_rss_peak_mib": round(self.anon_peak / MIB, 1),
@@ -398,7 +414,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
     gateway: dict[str, object] = {}
     with HubProcess.start(tmp / "hub") as hub, GatewayCgroups.create(args.memory_max, args.cpus) as cgroups:
         gw = ServiceGateway.launch(tmp / "gw", hub, prefix=cgroups.join_prefix(), args=("--log-level", "INFO"))
-        watch = GatewayWatch(gw, cgroups.memory)
+        watch = GatewayWatch(gw, cgroups.memory, args.trace)
         fleet: LoadWatch | None = None
         try:
             make_big_fleet(hub, tmp / "fleet", args.sensors)
@@ -409,7 +425,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                 watch.sample()
 
             # Connect: until all are in, the gateway stops admitting (no new one for STALLED s), or the deadline.
-            started = time.monotonic()
+            started, watch.phase = time.monotonic(), "connect"
             fleet = start_load(args.load, gw, tmp / "fleet", args.sensors, args.interval)
             ended = "all connected"
             while fleet.connected_count < args.sensors:
@@ -446,7 +462,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                            gateway=gw.proc.pid if gw.proc else None)
             disconnects_before = fleet.events["disconnected"]
             sent_before, behind_before = fleet.sent_count, fleet.behind
-            window_end = time.monotonic() + args.seconds
+            window_end, watch.phase = time.monotonic() + args.seconds, "window"
             gateway_connected = [watch.connected]
             while time.monotonic() < window_end and watch.alive():
                 time.sleep(STATUS_EVERY)
@@ -475,6 +491,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             gateway_cpu = cgroups.cpu_seconds()
             gateway["alive_after_window"] = watch.alive()
             fleet.stop()
+            watch.phase = "drain"
 
             # Drain: the outbox is empty and the hub's count stands still; then every acked reading is looked up.
             drain_started, hub_total = time.monotonic(), -1
@@ -530,6 +547,8 @@ def main() -> int:
                    help="lean (the default): bench/leanload.py, one uvloop process at ~75 µs per reading, which can "
                         "offer 5,000 readings/s from the core the gateway does not use; tempsensor: paho "
                         "TempSensors (~270 µs per reading: ~3,000/s from one core)")
+    p.add_argument("--trace", type=Path, help="append one JSON line per status sample to this file (memory, "
+                                              "outbox depth, connections, holds over time)")
     args = p.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the fleet, the gateway, the hub and the cgroups are still cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
