@@ -20,6 +20,7 @@ from gateway.frontdoor.limits import FrontDoorLimits
 from gateway.frontdoor.services import DeviceDirectory, MessageSink
 from gateway.frontdoor.session import DeviceSession
 from gateway.frontdoor.states import ConnState
+from gateway.frontdoor.turns import ReadTurns
 from gateway.metrics import Counters
 from gateway.ratelimit import RateLimiter
 from gateway.tls.contexts import ServerContextHolder
@@ -67,14 +68,15 @@ class Wiring:
     wallclock: Callable[[], float]  # seconds since the epoch for message timestamps
     tls_log_limiter: RateLimiter
     deny_log_limiter: RateLimiter
+    turns: ReadTurns  # the share of each loop turn device reads may take
     spawn: Callable[[Coroutine[Any, Any, None]], object]  # schedules a coroutine as a tracked task
 
 
 class DeviceConnection(asyncio.Protocol):
     """The front door's side of one TCP connection from a device."""
 
-    __slots__ = ("_held", "_paused_writing", "_pump_soon", "_timer", "_timer_at", "_turn_over", "_write_waiters",
-                 "charge", "link", "loop", "remote", "session", "tls", "transport", "wiring")
+    __slots__ = ("_aside", "_held", "_paused_writing", "_pump_soon", "_timer", "_timer_at", "_turn_over",
+                 "_write_waiters", "charge", "link", "loop", "remote", "session", "tls", "transport", "wiring")
 
     def __init__(self, wiring: Wiring, loop: asyncio.AbstractEventLoop) -> None:
         self.wiring = wiring
@@ -91,6 +93,7 @@ class DeviceConnection(asyncio.Protocol):
         self._paused_writing = False
         self._turn_over = False
         self._held = False  # the front door holds this device's reads for the forwarder
+        self._aside: list[bytes] | None = None  # bytes read while waiting for a turn (gateway.frontdoor.turns)
         self.charge = 0  # bytes of the connection budget this connection holds (ConnectionTable)
 
     @property
@@ -116,6 +119,33 @@ class DeviceConnection(asyncio.Protocol):
         self._arm_timer()
 
     def data_received(self, data: bytes) -> None:
+        if self._aside is not None:
+            self._aside.append(data)
+            return
+        turns = self.wiring.turns
+        if self.session.state is ConnState.ONLINE and turns.must_wait():
+            # This loop turn's reads are spent: wait in line, unread, so the rest of the gateway runs.
+            # (Handshakes and CONNECTs never wait: their deadlines are seconds, and a device kept out
+            # past them reconnects and costs its handshake again.)
+            self._aside = [data]
+            turns.wait(self)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        self._handle(data)
+
+    def take_turn(self) -> None:
+        """Our turn in the queue (gateway.frontdoor.turns): handle what was set aside, and read again."""
+        self._handle_aside()
+        self._resume_reading()
+
+    def _handle_aside(self) -> None:
+        """Bytes set aside come before whatever the connection says next (its end included)."""
+        aside, self._aside = self._aside, None
+        if aside:
+            self._handle(aside[0] if len(aside) == 1 else b"".join(aside))
+
+    def _handle(self, data: bytes) -> None:
         session, tls = self.session, self.tls
         if tls is None or session.state in (ConnState.CLOSING, ConnState.CLOSED):
             return
@@ -163,15 +193,17 @@ class DeviceConnection(asyncio.Protocol):
         big-read turn, or the front door's hold."""
         transport = self.transport
         if (transport is not None and not transport.is_closing() and not self.session.reading_paused
-                and not self._turn_over and not self._held):
+                and not self._turn_over and not self._held and self._aside is None):
             transport.resume_reading()
 
     def eof_received(self) -> bool | None:
+        self._handle_aside()
         self.session.peer_closed("peer closed the connection", self.wiring.wallclock())
         self._pump()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self._handle_aside()
         session = self.session
         if session.state is not ConnState.CLOSED:
             session.peer_closed("connection lost", self.wiring.wallclock())

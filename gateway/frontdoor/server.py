@@ -15,6 +15,7 @@ from gateway.broker.port import BrokerPort
 from gateway.frontdoor.connection import DeviceConnection, Wiring
 from gateway.frontdoor.limits import FrontDoorLimits
 from gateway.frontdoor.services import DeviceDirectory, MessageSink
+from gateway.frontdoor.turns import ReadTurns
 from gateway.metrics import Counters
 from gateway.ratelimit import RateLimiter
 from gateway.service.budget import MEMORY_PER_CONNECTION, MEMORY_PER_OPENSSL_CONNECTION
@@ -53,7 +54,7 @@ class FrontDoor:
             table=self, contexts=contexts, directory=directory, sink=sink, port=port, limits=limits,
             counters=self.counters, clock=clock, wallclock=wallclock,
             tls_log_limiter=RateLimiter(interval=60.0, burst=3), deny_log_limiter=RateLimiter(interval=10.0, burst=5),
-            spawn=self._spawn,
+            spawn=self._spawn, turns=ReadTurns(self.loop.call_soon),
         )
 
     # ---- lifecycle ---------------------------------------------------------------------------

@@ -251,6 +251,36 @@ def test_a_hold_stops_reading_admitted_devices_and_the_release_reads_what_waited
         b.close()
 
 
+def test_reads_past_the_turn_budget_wait_in_line_and_lose_nothing(gw: FrontDoorThread, files: Callable) -> None:
+    # gateway.frontdoor.turns with no budget at all: every read but the first of a loop turn waits in the
+    # queue, set aside and unread. Handshakes, CONNECTs and QoS 1 publishes of two devices still all go
+    # through, each device's in its order.
+    assert gw.door is not None
+    turns = gw.door.wiring.turns
+    gw.call(lambda: setattr(turns, "budget", 0.0))
+    a = device(gw, files(A, "a"), "sensor-a")
+    b = device(gw, files(B, "b"), "sensor-b")
+    try:
+        deferred = gw.call(lambda: turns.deferred)
+        assert a.connect() == 0
+        assert b.connect() == 0
+        sent = len(gw.sink.messages)
+        infos = []
+        for i in range(30):
+            infos.append(a.client.publish("devices/sensor-a/messages/events/", b"a%d" % i, qos=1))
+            infos.append(b.client.publish("devices/sensor-b/messages/events/", b"b%d" % i, qos=1))
+        for info in infos:
+            info.wait_for_publish(10)
+        got = [m.payload for m in gw.sink.messages[sent:]]
+        assert [p for p in got if p.startswith(b"a")] == [b"a%d" % i for i in range(30)]
+        assert [p for p in got if p.startswith(b"b")] == [b"b%d" % i for i in range(30)]
+        assert gw.call(lambda: turns.deferred) > deferred  # the queue was used, not bypassed
+    finally:
+        gw.call(lambda: setattr(turns, "budget", 0.02))
+        a.close()
+        b.close()
+
+
 # ---- sessions ------------------------------------------------------------------------------------
 
 

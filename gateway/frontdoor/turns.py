@@ -1,0 +1,75 @@
+"""Read turns: how much of one event-loop turn device reads may take, so the forwarder, the timers and the
+commits get theirs.
+
+The event loop runs every ready socket's read in one turn. At 5,000 devices x 1 msg/s in one CPU a turn
+took 0.5-1.8 s of reads (and handshakes, during a connect storm), and everything else the gateway does
+waited behind it: a POST to the hub takes about ten turns, so the forwarder sent 700-2,200 readings/s
+while the front door took 5,000 in; the outbox grew by half a million readings in four minutes, the
+index and the sessions' in-flight messages with it, until the cgroup killed the gateway at 256 MiB
+(`python -m bench.fleet_bench 5000 --interval 1 --memory-max 256M --cpus 1`, December 7).
+
+So device reads share a budget of BUDGET seconds per turn. Once it is spent, a device whose bytes arrive
+keeps them aside, stops being read (TCP slows it down, as any busy server would) and joins a queue; the
+queue is served first-come first-served, a budget's worth at a time, each time round the loop. While the
+queue is not empty, every new read joins it at the back, so nobody is served twice before a waiting
+device is served once. A loop with CPU to spare never spends the budget, and nothing changes for it.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from collections.abc import Callable
+from typing import Protocol
+
+# 20 ms of reads a turn: enough for ~150 readings (at ~130 µs each) or five handshakes, short enough
+# that a ten-turn POST waits ~0.3 s for the loop instead of ten seconds.
+BUDGET = 0.02
+
+
+class Waiting(Protocol):
+    def take_turn(self) -> None:
+        """Handle the bytes set aside and read again."""
+
+
+class ReadTurns:
+    """The shared budget and the queue of devices waiting for a turn (one per front door)."""
+
+    __slots__ = ("_call_soon", "_clock", "_open", "_started", "budget", "deferred", "queue")
+
+    def __init__(self, call_soon: Callable[[Callable[[], None]], object], *, budget: float = BUDGET,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.budget, self._call_soon, self._clock = budget, call_soon, clock
+        self.queue: deque[Waiting] = deque()
+        self._open = False  # a turn's budget is being spent; it closes at the next ready callback
+        self._started = 0.0
+        self.deferred = 0  # reads that waited for a turn (counted in edgegate_reads_deferred_total)
+
+    def must_wait(self) -> bool:
+        """May a read be handled now (False), or must it join the queue (True)?"""
+        if self.queue:
+            return True
+        if not self._open:
+            self._begin()
+            return False
+        return self._clock() - self._started >= self.budget
+
+    def wait(self, conn: Waiting) -> None:
+        self.deferred += 1
+        self.queue.append(conn)
+
+    def _begin(self) -> None:
+        self._open, self._started = True, self._clock()
+        # Runs once the loop has dispatched this turn's reads: the budget is fresh for the next turn.
+        self._call_soon(self._next)
+
+    def _next(self) -> None:
+        self._open = False
+        queue = self.queue
+        if not queue:
+            return
+        self._begin()
+        clock, started, budget = self._clock, self._started, self.budget
+        queue.popleft().take_turn()  # at least one a turn, whatever the budget
+        while queue and clock() - started < budget:
+            queue.popleft().take_turn()

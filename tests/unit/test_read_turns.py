@@ -1,0 +1,116 @@
+"""ReadTurns: device reads share a budget per loop turn, and the ones past it are served in arrival order."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from gateway.frontdoor.turns import ReadTurns
+
+
+class Loop:
+    """A fake loop: a clock the test moves and the callbacks call_soon queued, run turn by turn."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.ready: list[Callable[[], None]] = []
+
+    def call_soon(self, callback: Callable[[], None]) -> None:
+        self.ready.append(callback)
+
+    def run_ready(self) -> None:
+        """One loop turn's ready callbacks (the ones queued meanwhile wait for the next turn)."""
+        ready, self.ready = self.ready, []
+        for callback in ready:
+            callback()
+
+
+class Device:
+    """Records when it was served; each turn it is served costs `cost` seconds of the fake clock."""
+
+    def __init__(self, name: str, loop: Loop, served: list[str], cost: float) -> None:
+        self.name, self.loop, self.served, self.cost = name, loop, served, cost
+
+    def take_turn(self) -> None:
+        self.served.append(self.name)
+        self.loop.now += self.cost
+
+
+def read(turns: ReadTurns, device: Device) -> bool:
+    """A read arrives for `device`: handled now (True, and the clock moves) or queued (False)."""
+    if turns.must_wait():
+        turns.wait(device)
+        return False
+    device.take_turn()
+    return True
+
+
+def setup(budget: float = 0.02) -> tuple[Loop, ReadTurns, list[str]]:
+    loop = Loop()
+    return loop, ReadTurns(loop.call_soon, budget=budget, clock=lambda: loop.now), []
+
+
+@pytest.mark.parametrize(("cost", "handled_at_once"), [
+    (0.001, 20),  # cheap reads: twenty fit in a 20 ms turn
+    (0.004, 5),  # handshakes: five
+    (0.05, 1),  # one read past the whole budget still goes: the budget is checked before a read, not during
+])
+def test_a_turn_handles_reads_until_its_budget_is_spent(cost: float, handled_at_once: int) -> None:
+    loop, turns, served = setup()
+    devices = [Device(f"d{i}", loop, served, cost) for i in range(30)]
+    handled = [read(turns, d) for d in devices]
+    assert handled == [True] * handled_at_once + [False] * (30 - handled_at_once)
+    assert turns.deferred == 30 - handled_at_once
+    assert list(turns.queue) == devices[handled_at_once:]
+
+
+def test_a_loop_with_cpu_to_spare_never_queues() -> None:
+    loop, turns, served = setup()
+    for turn in range(100):
+        for i in range(10):
+            assert read(turns, Device(f"t{turn}d{i}", loop, served, 0.001))
+        loop.run_ready()  # the turn ends: a fresh budget for the next
+    assert turns.deferred == 0
+    assert len(served) == 1000
+
+
+def test_the_queue_is_served_in_arrival_order_a_budget_per_turn() -> None:
+    loop, turns, served = setup()
+    devices = [Device(f"d{i}", loop, served, 0.005) for i in range(12)]
+    for d in devices:
+        read(turns, d)
+    assert served == ["d0", "d1", "d2", "d3"]
+    loop.run_ready()  # next turn: four more from the queue, then it yields to the rest of the loop
+    assert served == [f"d{i}" for i in range(8)]
+    assert len(loop.ready) == 1  # the queue's next step waits for the following turn
+    loop.run_ready()
+    assert served == [f"d{i}" for i in range(12)]
+    loop.run_ready()
+    assert not turns.queue
+    assert not loop.ready
+
+
+def test_while_devices_wait_a_new_read_joins_the_back_of_the_queue() -> None:
+    loop, turns, served = setup()
+    first = [Device(f"d{i}", loop, served, 0.01) for i in range(4)]
+    for d in first:
+        read(turns, d)
+    assert served == ["d0", "d1"]
+    loop.now += 1.0  # however long until the next read: nobody is served twice before d2 and d3 once
+    late = Device("late", loop, served, 0.01)
+    assert not read(turns, late)
+    loop.run_ready()
+    assert served == ["d0", "d1", "d2", "d3"]
+    loop.run_ready()
+    assert served[-1] == "late"
+
+
+def test_with_no_budget_at_all_the_queue_still_moves_one_device_a_turn() -> None:
+    loop, turns, served = setup(budget=0.0)
+    devices = [Device(f"d{i}", loop, served, 0.0) for i in range(3)]
+    assert [read(turns, d) for d in devices] == [True, False, False]
+    loop.run_ready()
+    assert served == ["d0", "d1"]
+    loop.run_ready()
+    assert served == ["d0", "d1", "d2"]
