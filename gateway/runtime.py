@@ -47,6 +47,7 @@ from gateway.service.budget import (
     connection_budget,
 )
 from gateway.service.failures import operational_sentence
+from gateway.service.heap import TRIM_EVERY, can_trim, trim_heap
 from gateway.service.notify import Notifier
 from gateway.service.reload import reload_plan
 from gateway.service.resources import raise_open_files, read_resources
@@ -108,6 +109,7 @@ class Gateway:
         self.addresses: list[tuple[str, int]] = []
         self.ready = False
         self._refused_seen = self._refused_by_memory_seen = 0
+        self._deferred_seen = 0  # reads that waited for a turn (gateway.frontdoor.turns), already counted
 
     @classmethod
     async def start(cls, config: Config, *, clock: Callable[[], datetime] = utcnow) -> Gateway:
@@ -251,6 +253,8 @@ class Gateway:
             supervise.loop("est-renewal", self.est.run)
         supervise.every("status-writer", STATUS_EVERY, self._write_status)
         supervise.every("log-summaries", SUMMARY_EVERY, self._log_summaries)
+        if can_trim():
+            supervise.every("heap-trim", TRIM_EVERY, self._trim_heap)
         if self.notifier.watchdog is not None:
             supervise.every("systemd-watchdog", self.notifier.watchdog, self._watchdog)
         if config.health.listen is not None:
@@ -339,7 +343,16 @@ class Gateway:
         await asyncio.to_thread(write_status, self.config.state_dir / STATUS_FILE_NAME, self.status())
         self.notifier.status(f"{len(self.door.online)} devices, outbox {self.outbox.messages}")
 
+    async def _trim_heap(self) -> None:
+        if await asyncio.to_thread(trim_heap):
+            self.counters.inc("edgegate_heap_trims_total")
+
     async def _log_summaries(self) -> None:
+        # Counted here, every SUMMARY_EVERY, not read by read: reads wait only when the CPU is short.
+        deferred = self.door.wiring.turns.deferred
+        if deferred > self._deferred_seen:
+            self.counters.inc("edgegate_reads_deferred_total", amount=deferred - self._deferred_seen)
+            self._deferred_seen = deferred
         refused = self.counters.get("edgegate_connections_refused_total", reason="max_connections")
         if refused > self._refused_seen:
             log.warning("refused %d device connection(s) in the last %g s: the gateway is at max_connections=%d "
