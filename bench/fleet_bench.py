@@ -332,7 +332,7 @@ class GatewayWatch:
                 if rss > self.cgroup_rss_peak:
                     self.cgroup_rss_peak, self.cgroup_cache_at_rss_peak = rss, cache
         except (OSError, StopIteration, KeyError, ValueError):
-            pass
+            return anon, rss, cache  # the process or its cgroup went away mid-read: what was read so far
         return anon, rss, cache
 
     def memory_peaks(self) -> dict[str, float]:
