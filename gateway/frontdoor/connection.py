@@ -28,8 +28,9 @@ from gateway.tls.session import TLSFailed, TLSSession
 
 log = logging.getLogger("edgegate.frontdoor")
 
-# A read this big ends the device's turn: its socket is read again only once the event loop has served
-# everyone else. uvloop (libuv) reads a ready socket up to 32 times in one loop iteration, so a device
+# A read this big ends the device's turn: it goes to the back of the read-turn queue (gateway.frontdoor.turns)
+# with nothing set aside, and its socket is read again when the queue comes round to it. uvloop (libuv)
+# reads a ready socket up to 32 times in one loop iteration, so a device
 # flooding messages the outbox refuses (which never fill its byte budget) was read megabytes at a time
 # while every other device waited: bench.flood's fleet PUBACK p99 was 88-440 ms, 50-63 ms with
 # asyncio's own loop, which reads each socket once per iteration. 64 KiB is far above what a device
@@ -75,8 +76,8 @@ class Wiring:
 class DeviceConnection(asyncio.Protocol):
     """The front door's side of one TCP connection from a device."""
 
-    __slots__ = ("_aside", "_held", "_paused_writing", "_pump_soon", "_timer", "_timer_at", "_turn_over",
-                 "_write_waiters", "charge", "link", "loop", "remote", "session", "tls", "transport", "wiring")
+    __slots__ = ("_aside", "_held", "_paused_writing", "_pump_soon", "_timer", "_timer_at", "_write_waiters",
+                 "charge", "link", "loop", "remote", "session", "tls", "transport", "wiring")
 
     def __init__(self, wiring: Wiring, loop: asyncio.AbstractEventLoop) -> None:
         self.wiring = wiring
@@ -91,9 +92,9 @@ class DeviceConnection(asyncio.Protocol):
         self._pump_soon = False
         self._write_waiters: list[asyncio.Future[None]] = []
         self._paused_writing = False
-        self._turn_over = False
         self._held = False  # the front door holds this device's reads for the forwarder
-        self._aside: list[bytes] | None = None  # bytes read while waiting for a turn (gateway.frontdoor.turns)
+        # In the read-turn queue (gateway.frontdoor.turns): the bytes read meanwhile; None when not in it.
+        self._aside: list[bytes] | None = None
         self.charge = 0  # bytes of the connection budget this connection holds (ConnectionTable)
 
     @property
@@ -169,15 +170,11 @@ class DeviceConnection(asyncio.Protocol):
                 log.info("TLS %s failed from %s:%d: %s", stage, *self.remote, exc)
             session.tls_failed(str(exc), w.wallclock())
         self._pump()
-        if len(data) >= READ_TURN_BYTES and self.transport is not None and not self._turn_over:
-            # A big read ends this device's turn until the loop has served everyone else once.
-            self._turn_over = True
+        if len(data) >= READ_TURN_BYTES and self._aside is None and self.transport is not None:
+            # A big read ends this device's turn: to the back of the queue, with nothing set aside.
+            self._aside = []
+            self.wiring.turns.wait(self)
             self.transport.pause_reading()
-            self.loop.call_soon(self._next_turn)
-
-    def _next_turn(self) -> None:
-        self._turn_over = False
-        self._resume_reading()
 
     def hold(self, hold: bool) -> None:
         """Stop reading this device (or read again) while the forwarder catches up."""
@@ -189,11 +186,11 @@ class DeviceConnection(asyncio.Protocol):
             self._resume_reading()
 
     def _resume_reading(self) -> None:
-        """Read again, unless a reason to pause is still there: the session's budget, this device's
-        big-read turn, or the front door's hold."""
+        """Read again, unless a reason to pause is still there: the session's budget, a place in the
+        read-turn queue, or the front door's hold."""
         transport = self.transport
         if (transport is not None and not transport.is_closing() and not self.session.reading_paused
-                and not self._turn_over and not self._held and self._aside is None):
+                and not self._held and self._aside is None):
             transport.resume_reading()
 
     def eof_received(self) -> bool | None:

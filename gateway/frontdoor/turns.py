@@ -13,6 +13,9 @@ keeps them aside, stops being read (TCP slows it down, as any busy server would)
 queue is served first-come first-served, a budget's worth at a time, each time round the loop. While the
 queue is not empty, every new read joins it at the back, so nobody is served twice before a waiting
 device is served once. A loop with CPU to spare never spends the budget, and nothing changes for it.
+
+A device whose read was big (gateway.frontdoor.connection.READ_TURN_BYTES, a flood) joins the same queue
+after that read, with nothing set aside: one queue, one order, for both ways a turn ends.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class ReadTurns:
         self.queue: deque[Waiting] = deque()
         self._open = False  # a turn's budget is being spent; it closes at the next ready callback
         self._started = 0.0
-        self.deferred = 0  # reads that waited for a turn (counted in edgegate_reads_deferred_total)
+        self.deferred = 0  # waits for a turn (counted in edgegate_reads_deferred_total)
 
     def must_wait(self) -> bool:
         """May a read be handled now (False), or must it join the queue (True)?"""
@@ -55,8 +58,11 @@ class ReadTurns:
         return self._clock() - self._started >= self.budget
 
     def wait(self, conn: Waiting) -> None:
+        """Join the back of the queue: a read past the budget, or a device whose big read ended its turn."""
         self.deferred += 1
         self.queue.append(conn)
+        if not self._open:
+            self._begin()  # someone must come round to the queue
 
     def _begin(self) -> None:
         self._open, self._started = True, self._clock()

@@ -115,10 +115,11 @@ def test_real_devices_get_through_an_unauthenticated_flood(gw: FrontDoorThread,
 
 def test_a_device_sending_megabytes_at_once_is_read_to_the_end_while_others_publish(
         gw: FrontDoorThread, files: dict[str, DeviceFiles], monkeypatch: pytest.MonkeyPatch) -> None:
-    """A big read ends the sender's turn (its socket paused until the event loop has served everyone else,
-    gateway.frontdoor.connection.READ_TURN_BYTES); reading must always resume. The fairness it buys is a
-    figure (`python -m bench.flood`); here: nothing of either side is lost. The turn is cut at 1 KiB so that
-    nearly every read of the flood pauses and resumes the socket (loopback reads are often under 64 KiB)."""
+    """A big read ends the sender's turn (gateway.frontdoor.connection.READ_TURN_BYTES: it goes to the back of
+    the read-turn queue, its socket paused until the queue comes round); reading must always resume. The
+    fairness it buys is a figure (`python -m bench.flood`); here: nothing of either side is lost. The turn is
+    cut at 1 KiB so that nearly every read of the flood pauses and resumes the socket (loopback reads are often
+    under 64 KiB)."""
     import gateway.frontdoor.connection as connection
 
     monkeypatch.setattr(connection, "READ_TURN_BYTES", 1024)

@@ -114,3 +114,14 @@ def test_with_no_budget_at_all_the_queue_still_moves_one_device_a_turn() -> None
     assert served == ["d0", "d1"]
     loop.run_ready()
     assert served == ["d0", "d1", "d2"]
+
+
+def test_joining_the_queue_outside_a_turn_schedules_one() -> None:
+    # A big read during a handshake ends its device's turn without a must_wait before it: the queue is
+    # still served on the next turn.
+    loop, turns, served = setup()
+    device = Device("flood", loop, served, 0.0)
+    turns.wait(device)
+    assert len(loop.ready) == 1
+    loop.run_ready()
+    assert served == ["flood"]
