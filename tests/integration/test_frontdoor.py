@@ -7,6 +7,7 @@ import shutil
 import socket
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.frontdoor import turns as read_turns
 from gateway.frontdoor.server import FrontDoorLimits
 from gateway.mqtt import codec
 from gateway.pki import IssuedCert, self_signed_device_cert
@@ -253,22 +255,27 @@ def test_a_hold_stops_reading_admitted_devices_and_the_release_reads_what_waited
 
 def test_reads_past_the_turn_budget_wait_in_line_and_lose_nothing(gw: FrontDoorThread, files: Callable) -> None:
     # gateway.frontdoor.turns with no budget at all: every read but the first of a loop turn waits in the
-    # queue, set aside and unread. Handshakes, CONNECTs and QoS 1 publishes of two devices still all go
-    # through, each device's in its order.
+    # queue, set aside and unread. QoS 1 publishes of two devices still all go through, each device's in
+    # its order. The loop is held while both send, so that both devices' bytes are ready in the same turn
+    # however fast or slow this machine is (on a quick one, unheld, every read had a turn to itself).
     assert gw.door is not None
     turns = gw.door.wiring.turns
     gw.call(lambda: setattr(turns, "budget", 0.0))
     a = device(gw, files(A, "a"), "sensor-a")
     b = device(gw, files(B, "b"), "sensor-b")
+    held = threading.Event()
     try:
-        deferred = gw.call(lambda: turns.deferred)
         assert a.connect() == 0
         assert b.connect() == 0
+        deferred = gw.call(lambda: turns.deferred)
         sent = len(gw.sink.messages)
+        gw.loop.call_soon_threadsafe(held.wait, 10)  # blocks the gateway's loop until released
         infos = []
         for i in range(30):
             infos.append(a.client.publish("devices/sensor-a/messages/events/", b"a%d" % i, qos=1))
             infos.append(b.client.publish("devices/sensor-b/messages/events/", b"b%d" % i, qos=1))
+        time.sleep(0.5)  # paho's threads write them; the gateway cannot read yet
+        held.set()
         for info in infos:
             info.wait_for_publish(10)
         got = [m.payload for m in gw.sink.messages[sent:]]
@@ -276,7 +283,8 @@ def test_reads_past_the_turn_budget_wait_in_line_and_lose_nothing(gw: FrontDoorT
         assert [p for p in got if p.startswith(b"b")] == [b"b%d" % i for i in range(30)]
         assert gw.call(lambda: turns.deferred) > deferred  # the queue was used, not bypassed
     finally:
-        gw.call(lambda: setattr(turns, "budget", 0.02))
+        held.set()
+        gw.call(lambda: setattr(turns, "budget", read_turns.BUDGET))
         a.close()
         b.close()
 
