@@ -229,13 +229,14 @@ class FleetWatch(LoadWatch):
 class LeanWatch(LoadWatch):
     """`python -m bench.leanload`: counts once a second, the acked seqs as ranges in a file at the end."""
 
-    def __init__(self, gw: ServiceGateway, fleet_dir: Path, sensors: int, interval: float) -> None:
+    def __init__(self, gw: ServiceGateway, fleet_dir: Path, sensors: int, interval: float, pad: int = 0) -> None:
         self.acks_file = fleet_dir.parent / "lean-acks.json"
         self.sent_count = self.behind = 0
         super().__init__(
             [sys.executable, "-m", "bench.leanload", "--gateway-hostname", "edgegateway.local", "--connect-address",
              "127.0.0.1", "--port", str(gw.port), "--ca-file", str(gw.root), "--fleet", str(sensors),
-             "--fleet-dir", str(fleet_dir), "--interval", str(interval), "--acks-file", str(self.acks_file)])
+             "--fleet-dir", str(fleet_dir), "--interval", str(interval), "--acks-file", str(self.acks_file),
+             "--pad", str(pad)])
 
     def _event(self, event: dict[str, object]) -> None:
         if event["event"] == "summary":
@@ -267,9 +268,13 @@ class LeanWatch(LoadWatch):
 LOADS = ("lean", "tempsensor")
 
 
-def start_load(kind: str, gw: ServiceGateway, fleet_dir: Path, sensors: int, interval: float) -> LoadWatch:
-    watch = LeanWatch if kind == "lean" else FleetWatch
-    return watch(gw, fleet_dir, sensors, interval)
+def start_load(kind: str, gw: ServiceGateway, fleet_dir: Path, sensors: int, interval: float,
+               pad: int = 0) -> LoadWatch:
+    if kind == "lean":
+        return LeanWatch(gw, fleet_dir, sensors, interval, pad)
+    if pad:
+        raise SystemExit("--pad needs --load lean")
+    return FleetWatch(gw, fleet_dir, sensors, interval)
 
 
 # ---- the run ------------------------------------------------------------------------------------------------
@@ -408,7 +413,7 @@ def budget_line(log: str) -> str | None:
 
 
 def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
-    out: dict[str, object] = {"load": args.load, "sensors": args.sensors, "interval": args.interval,
+    out: dict[str, object] = {"load": args.load, "sensors": args.sensors, "interval": args.interval, "pad": args.pad,
                               "seconds": args.seconds,
                               "memory_max_mib": args.memory_max and args.memory_max / MIB, "cpus": args.cpus}
     gateway: dict[str, object] = {}
@@ -426,7 +431,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
 
             # Connect: until all are in, the gateway stops admitting (no new one for STALLED s), or the deadline.
             started, watch.phase = time.monotonic(), "connect"
-            fleet = start_load(args.load, gw, tmp / "fleet", args.sensors, args.interval)
+            fleet = start_load(args.load, gw, tmp / "fleet", args.sensors, args.interval, args.pad)
             ended = "all connected"
             while fleet.connected_count < args.sensors:
                 now = time.monotonic()
@@ -549,6 +554,8 @@ def main() -> int:
                         "TempSensors (~270 µs per reading: ~3,000/s from one core)")
     p.add_argument("--trace", type=Path, help="append one JSON line per status sample to this file (memory, "
                                               "outbox depth, connections, holds over time)")
+    p.add_argument("--pad", type=int, default=0, help="bytes of padding added to each reading (--load lean): "
+                                                      "bigger readings, more memory in flight per device")
     args = p.parse_args()
     # SIGTERM unwinds like Ctrl-C, so the fleet, the gateway, the hub and the cgroups are still cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -133,7 +133,7 @@ class Device(asyncio.Protocol):
         self.humidity = min(95.0, max(5.0, self.humidity + rand() - 0.5))
         self.seq += 1
         self.packet_id = self.packet_id % 65535 + 1
-        payload = reading_payload(self.seq, self.temperature, self.humidity, ts)
+        payload = reading_payload(self.seq, self.temperature, self.humidity, ts, self.fleet.pad)
         self.transport.write(qos1_publish(self.topic, self.topic_field, self.packet_id, payload))
         self.inflight[self.packet_id] = (self.seq, now)
         self.last_sent = now
@@ -161,6 +161,7 @@ class LeanFleet:
     def __init__(self, args: argparse.Namespace, ids: list[str]) -> None:
         self.args = args
         self.hostname: str = args.gateway_hostname
+        self.pad = b"x" * args.pad
         self.loop = asyncio.get_running_loop()
         self.rand = random.Random()
         self.devices = [Device(self, i, args.fleet_dir / f"{i}.cert.pem", args.fleet_dir / f"{i}.key.pem")
@@ -349,6 +350,7 @@ def main() -> int:
     p.add_argument("--fleet-dir", type=Path, required=True)
     p.add_argument("--interval", type=float, default=1.0)
     p.add_argument("--acks-file", type=Path, required=True)
+    p.add_argument("--pad", type=int, default=0, help="bytes of padding added to each reading")
     args = p.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         return uvloop.run(amain(args))

@@ -131,6 +131,10 @@ def qos1_publish(topic: str, field: bytes, packet_id: int, payload: bytes) -> by
     return b"%c%c%b%c%c%b" % (0x32, length, field, packet_id >> 8, packet_id & 0xFF, payload)
 
 
-def reading_payload(seq: int, temperature: float, humidity: float, ts: str) -> bytes:
-    """A TempSensor reading's JSON (devices/readings.py), formatted without json.dumps: it is per message."""
+def reading_payload(seq: int, temperature: float, humidity: float, ts: str, pad: bytes = b"") -> bytes:
+    """A TempSensor reading's JSON (devices/readings.py), formatted without json.dumps: it is per message.
+    `pad`, if any, goes in a "pad" field: a bigger reading, as a device with more sensors would send."""
+    if pad:
+        return (b'{"temperature":%.2f,"humidity":%.1f,"seq":%d,"ts":"%s","pad":"%s"}'
+                % (temperature, humidity, seq, ts.encode(), pad))
     return b'{"temperature":%.2f,"humidity":%.1f,"seq":%d,"ts":"%s"}' % (temperature, humidity, seq, ts.encode())
