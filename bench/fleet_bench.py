@@ -463,8 +463,9 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
 
             # The window: every connected sensor publishes once per interval; count at both ends.
             acked_before, hub_before = fleet.acked_count, hub.admin.messages(None, limit=1)["total"]
+            # (A gateway the kernel killed while the fleet connected has no CPU to watch; the rest still counts.)
             cpu = CpuWatch(cgroups, fleet=fleet.proc.pid, hub=hub.proc.pid if hub.proc else None,
-                           gateway=gw.proc.pid if gw.proc else None)
+                           gateway=gw.proc.pid if gw.proc and watch.alive() else None)
             disconnects_before = fleet.events["disconnected"]
             sent_before, behind_before = fleet.sent_count, fleet.behind
             window_end, watch.phase = time.monotonic() + args.seconds, "window"

@@ -48,6 +48,7 @@ from gateway.service.budget import (
 )
 from gateway.service.failures import operational_sentence
 from gateway.service.heap import TRIM_EVERY, can_trim, trim_heap
+from gateway.service.memory_guard import MemoryGuard
 from gateway.service.notify import Notifier
 from gateway.service.reload import reload_plan
 from gateway.service.resources import raise_open_files, read_resources
@@ -108,7 +109,7 @@ class Gateway:
         self.endpoint: HealthEndpoint | None = None
         self.addresses: list[tuple[str, int]] = []
         self.ready = False
-        self._refused_seen = self._refused_by_memory_seen = 0
+        self._refused_seen = self._refused_by_memory_seen = self._refused_by_pressure_seen = 0
         self._deferred_seen = 0  # reads that waited for a turn (gateway.frontdoor.turns), already counted
 
     @classmethod
@@ -212,6 +213,7 @@ class Gateway:
             limits=self._front_door_limits(), wallclock=self.clock_watch.epoch,
         )
         self.directory.on_revoked(self._revoked)
+        self.memory_guard = self._memory_guard()
         self.sweep = SessionSweep(lambda: list(self.door.sessions()), self.door.kick, clock=self.clock,
                                   skew=config.auth.clock_skew_tolerance, counters=self.counters)
         self.directory.on_anchors_changed(self.sweep.anchors_changed)
@@ -236,7 +238,7 @@ class Gateway:
             outbox, counters = self.outbox, self.counters
             pacer = ForwardPacer(depth=lambda: outbox.messages,
                                  hub_taking=lambda: forwarder.state is ForwarderState.CONNECTED,
-                                 hold=self.door.hold_reading,
+                                 hold=lambda hold: self.door.hold_reading(hold, "pacer"),
                                  count=lambda: counters.inc("edgegate_read_holds_total"))
             supervise.loop("forward-pacing", pacer.run)
             supervise.loop("cloud-to-device", CloudToDevice(self.hub_client, self.broker).run)
@@ -255,6 +257,7 @@ class Gateway:
         supervise.every("log-summaries", SUMMARY_EVERY, self._log_summaries)
         if can_trim():
             supervise.every("heap-trim", TRIM_EVERY, self._trim_heap)
+        supervise.loop("memory-guard", self.memory_guard.run)
         if self.notifier.watchdog is not None:
             supervise.every("systemd-watchdog", self.notifier.watchdog, self._watchdog)
         if config.health.listen is not None:
@@ -335,6 +338,7 @@ class Gateway:
             "tasks": self.supervisor.describe(),
             "limits": {"max_connections": self.budget.max_connections, "configured": self.budget.configured,
                        "limited_by": self.budget.limiter.value, "explanation": self.budget.sentence()},
+            "memory": self.memory_guard.status(),
         } | ({"est": self.est.status()} if self.est is not None else {})
 
     # ---- periodic work (supervised) -------------------------------------------------------------
@@ -342,6 +346,13 @@ class Gateway:
     async def _write_status(self) -> None:
         await asyncio.to_thread(write_status, self.config.state_dir / STATUS_FILE_NAME, self.status())
         self.notifier.status(f"{len(self.door.online)} devices, outbox {self.outbox.messages}")
+
+    def _memory_guard(self) -> MemoryGuard:
+        door, counters = self.door, self.counters
+        return MemoryGuard(limit=lambda: self.budget.resources.memory,
+                           refuse=lambda on: door.refuse_connections("memory_pressure" if on else None),
+                           hold=lambda hold: door.hold_reading(hold, "memory"), trim=self._trim_heap,
+                           count=lambda level: counters.inc("edgegate_memory_pressure_total", level=level.name.lower()))
 
     async def _trim_heap(self) -> None:
         if await asyncio.to_thread(trim_heap):
@@ -369,6 +380,15 @@ class Gateway:
                         (self.budget.connection_memory or 0) // MIB, MEMORY_PER_CONNECTION // 1024,
                         MEMORY_PER_OPENSSL_CONNECTION // 1024)
         self._refused_by_memory_seen = by_memory
+        by_pressure = self.counters.get("edgegate_connections_refused_total", reason="memory_pressure")
+        if by_pressure > self._refused_by_pressure_seen:
+            used = self.memory_guard.last_used
+            log.warning("refused %d device connection(s) in the last %g s: memory is near its limit (%s of %d MiB "
+                        "anonymous; gateway.service.memory_guard); %d devices connected",
+                        by_pressure - self._refused_by_pressure_seen, SUMMARY_EVERY,
+                        "?" if used is None else f"{used // MIB}", (self.budget.resources.memory or 0) // MIB,
+                        len(self.door.online))
+        self._refused_by_pressure_seen = by_pressure
         logs.log_rejection_summaries(logging.getLogger("edgegate.frontdoor"))
 
     async def _watchdog(self) -> None:

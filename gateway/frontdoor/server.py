@@ -47,7 +47,10 @@ class FrontDoor:
         self.connections: set[DeviceConnection] = set()
         self.charged = 0  # bytes the open connections are charged against limits.connection_memory
         self.online: dict[str, DeviceConnection] = {}
-        self.holding = False  # device reads held for the forwarder (gateway.upstream.pacing)
+        # Who holds device reads: "pacer" (the forwarder, gateway.upstream.pacing), "memory" (the memory guard,
+        # gateway.service.memory_guard). Reads go on when nobody does.
+        self.holders: set[str] = set()
+        self.refusing: str | None = None  # why new connections are refused at accept, whatever the limits
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self.wiring = Wiring(
@@ -87,6 +90,8 @@ class FrontDoor:
     # ---- slots and the device table (gateway.frontdoor.connection.ConnectionTable) -----------
 
     def take_slot(self, conn: DeviceConnection) -> str | None:
+        if self.refusing is not None:
+            return self.refusing
         limits = self.limits
         if len(self.connections) >= limits.max_connections:
             return "max_connections"
@@ -114,7 +119,7 @@ class FrontDoor:
         assert conn.device_id is not None
         previous = self.online.get(conn.device_id)
         self.online[conn.device_id] = conn
-        if self.holding:
+        if self.holders:
             conn.hold(True)
         if previous is not None and previous is not conn:
             self.counters.inc("edgegate_session_takeovers_total")
@@ -131,13 +136,24 @@ class FrontDoor:
 
     # ---- the gateway's view ------------------------------------------------------------------
 
-    def hold_reading(self, hold: bool) -> int:
-        """Stop (or resume) reading every admitted device, so the forwarder gets the event loop to itself
-        (gateway.upstream.pacing); returns how many devices that touched. Handshakes go on."""
-        self.holding = hold
-        for conn in list(self.online.values()):
-            conn.hold(hold)
+    def hold_reading(self, hold: bool, by: str = "pacer") -> int:
+        """Stop (or resume) reading every admitted device on behalf of `by`: so the forwarder gets the event
+        loop to itself (gateway.upstream.pacing), or so memory stops growing (gateway.service.memory_guard).
+        Reading resumes once no holder is left. Returns how many devices are admitted. Handshakes go on."""
+        before = bool(self.holders)
+        if hold:
+            self.holders.add(by)
+        else:
+            self.holders.discard(by)
+        held = bool(self.holders)
+        if held != before:
+            for conn in list(self.online.values()):
+                conn.hold(held)
         return len(self.online)
+
+    def refuse_connections(self, reason: str | None) -> None:
+        """Refuse every new connection at accept, before its handshake, counted under `reason`; None: stop."""
+        self.refusing = reason
 
     def kick(self, device_id: str, reason: str) -> bool:
         """Disconnect a device's live session (revocation); True if it was connected."""

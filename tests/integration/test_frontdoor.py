@@ -20,6 +20,7 @@ from gateway.frontdoor.server import FrontDoorLimits
 from gateway.mqtt import codec
 from gateway.pki import IssuedCert, self_signed_device_cert
 from gateway.service.budget import MEMORY_PER_CONNECTION, MEMORY_PER_OPENSSL_CONNECTION
+from gateway.service.memory_guard import MIB, MemoryGuard, Pressure
 from tests import certmatrix
 from tests.clients import DeviceFiles, PahoDevice
 from tests.frontdoor_harness import HOSTNAME, DictDirectory, FrontDoorThread
@@ -249,6 +250,63 @@ def test_a_hold_stops_reading_admitted_devices_and_the_release_reads_what_waited
         held_b.wait_for_publish(5)
         assert {m.payload for m in gw.sink.messages[sent:]} == {b"held-a", b"held-b"}
     finally:
+        a.close()
+        b.close()
+
+
+def test_memory_pressure_refuses_new_devices_then_holds_reads_and_loses_nothing(gw: FrontDoorThread,
+                                                                              files: Callable) -> None:
+    # gateway.service.memory_guard driving a real front door, as gateway.runtime wires it, with the
+    # measurement in the test's hands (bench.fleet_bench --pad makes the pressure itself real). Refusing, a
+    # new TLS connection is closed at accept while the connected device is still served; holding, the
+    # connected device's PUBLISH waits unread, and the forward pacer letting go of its own hold does not
+    # release it; once memory falls, what waited is read and acknowledged, and new devices are admitted.
+    door = gw.door
+    assert door is not None
+    used = [50 * MIB]
+
+    async def no_trim() -> None:
+        return None
+
+    guard = MemoryGuard(limit=lambda: 100 * MIB, used=lambda: used[0], trim=no_trim,
+                        refuse=lambda on: door.refuse_connections("memory_pressure" if on else None),
+                        hold=lambda hold: door.hold_reading(hold, "memory"))
+
+    def measure(mib: int) -> Pressure:
+        used[0] = mib * MIB
+        gw.call(guard.step, time.monotonic())
+        return guard.state
+
+    a = device(gw, files(A, "a"), "sensor-a")
+    b = device(gw, files(B, "b"), "sensor-b")
+    refused = door.counters.get("edgegate_connections_refused_total", reason="memory_pressure")
+    try:
+        assert a.connect() == 0
+        assert measure(91) is Pressure.REFUSING
+        with pytest.raises((OSError, ssl.SSLError)):
+            tls_socket(gw, files(B, "b")).close()
+        assert gw.call(lambda: door.counters.get("edgegate_connections_refused_total",
+                                                 reason="memory_pressure")) == refused + 1
+        assert a.publish("devices/sensor-a/messages/events/", b"still served")
+
+        assert measure(95) is Pressure.HOLDING
+        sent = len(gw.sink.messages)
+        held = a.client.publish("devices/sensor-a/messages/events/", b"held", qos=1)
+        gw.call(lambda: door.hold_reading(True, "pacer"))
+        gw.call(lambda: door.hold_reading(False, "pacer"))  # the pacer lets go; memory still holds
+        assert measure(92) is Pressure.HOLDING
+        time.sleep(0.5)
+        assert not held.is_published()
+        assert len(gw.sink.messages) == sent
+
+        assert measure(80) is Pressure.CLEAR
+        held.wait_for_publish(5)
+        assert held.is_published()
+        assert [m.payload for m in gw.sink.messages[sent:]] == [b"held"]
+        assert b.connect() == 0
+    finally:
+        gw.call(lambda: door.refuse_connections(None))
+        gw.call(lambda: door.hold_reading(False, "memory"))
         a.close()
         b.close()
 

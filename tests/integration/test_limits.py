@@ -118,6 +118,12 @@ def test_a_memory_cgroup_caps_connections_and_the_gateway_is_never_killed(tmp_pa
             assert f"capped from 10000 to {admitted} by memory" in gw.log()
             assert "cgroup v1 memory.limit_in_bytes" in gw.log()
             storm(gw, hub, tmp_path / "fleet", dialling, admitted)
+            # The memory guard measures the same process against the same limit (here the static budget
+            # binds first, so it never had to act).
+            memory = gw.status()["memory"]
+            assert memory["limit_mib"] == limit / MIB  # type: ignore[index]
+            assert 30 < memory["anonymous_mib"] < 0.9 * limit / MIB  # type: ignore[index,operator]
+            assert memory["pressure"] == "clear"  # type: ignore[index]
             assert int((cgroup / "memory.max_usage_in_bytes").read_text()) < limit
             oom = (cgroup / "memory.oom_control").read_text()
             assert "oom_kill 0" in oom or "oom_kill" not in oom

@@ -1,0 +1,167 @@
+"""The memory guard: what the gateway does when the memory it measures, not the memory it estimated, nears
+the limit it runs under.
+
+The connection budget (budget.py) is an estimate made at start: an idle device's cost times the devices,
+plus a margin. What it cannot see, the kernel counts all the same: busy devices cost more than idle ones
+(34 KiB each, not 24, at 5,000 devices x 1 reading/s in one CPU: the readings in flight, waiting for their
+commit), bigger readings cost more in flight again, the outbox's index grows with a backlog, and a heap
+fragmented by a connect storm keeps its holes. Past the limit the kernel kills the gateway, which is the
+worst answer: every device reconnects at once, into the same wall.
+
+So every TICK the gateway reads its own anonymous memory (what the kernel cannot reclaim; file pages it
+can) and compares it with the limit:
+
+- at REFUSE_AT of the limit it refuses new device connections at accept, before their handshakes allocate
+  anything (edgegate_connections_refused_total{reason="memory_pressure"}, summarised in the log); the
+  devices already connected, the hub link and the outbox go on;
+- at HOLD_AT it also stops reading the connected devices. Their readings wait on their side, unacknowledged
+  (nothing acknowledged is at risk, nothing is dropped), and TCP slows them; the forwarder and the commits
+  go on, so a backlog drains and what was in flight is freed. The C heap is trimmed at once.
+
+Each lets go a few percent of the limit lower than it took hold, so a gateway at the edge does not flap. A
+hold lasts as long as memory stays high: a device that hears nothing for 1.5 keep-alives reconnects, and
+is refused while memory is short, which is the load shedding a full gateway needs.
+
+The shares leave room under the kill: the kernel also counts page cache it could not reclaim in time and
+the sockets' buffers, and at 256 MiB the gateway was killed with 247.7 MiB (96.8 %) anonymous (December 7).
+Where there is no limit, there is no guard.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import os
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger("edgegate.service")
+
+MIB = 1024 * 1024
+TICK = 0.25  # a connect storm adds ~10 MiB/s at most; a quarter second of it is 1 % of 256 MiB
+
+
+@dataclass(frozen=True, slots=True)
+class Marks:
+    """Shares of the memory limit where the guard takes hold, and where it lets go."""
+
+    refuse_at: float = 0.90
+    admit_below: float = 0.86
+    hold_at: float = 0.94
+    read_below: float = 0.91
+
+
+MARKS = Marks()
+
+
+class Pressure(enum.IntEnum):
+    CLEAR = 0
+    REFUSING = 1  # new connections refused
+    HOLDING = 2  # ... and connected devices' reads held
+
+
+def pressure(current: Pressure, used: int, limit: int, marks: Marks = MARKS) -> Pressure:
+    """The guard's next state (pure), from the anonymous bytes in use and the limit."""
+    share = used / limit
+    if share >= marks.hold_at or (current is Pressure.HOLDING and share >= marks.read_below):
+        return Pressure.HOLDING
+    if share >= marks.refuse_at or (current >= Pressure.REFUSING and share >= marks.admit_below):
+        return Pressure.REFUSING
+    return Pressure.CLEAR
+
+
+def anonymous_bytes(statm: str, page_size: int) -> int:
+    """Resident anonymous memory from the text of /proc/<pid>/statm: resident pages less the file-backed
+    and shared ones (the kernel's RssAnon)."""
+    fields = statm.split()
+    return (int(fields[1]) - int(fields[2])) * page_size
+
+
+def read_anonymous(statm: Path = Path("/proc/self/statm")) -> int | None:
+    """This process's anonymous memory now; None where /proc cannot tell."""
+    try:
+        return anonymous_bytes(statm.read_text(), os.sysconf("SC_PAGE_SIZE"))
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+class MemoryGuard:
+    """Every TICK: measure, decide, and tell the front door (`refuse(bool)`, `hold(bool)` -> devices held)."""
+
+    def __init__(self, *, limit: Callable[[], int | None], refuse: Callable[[bool], None],
+                 hold: Callable[[bool], int], trim: Callable[[], Awaitable[object]],
+                 count: Callable[[Pressure], None] = lambda _: None,
+                 used: Callable[[], int | None] = read_anonymous, marks: Marks = MARKS, tick: float = TICK) -> None:
+        self.limit, self.used, self.refuse, self.hold, self.trim = limit, used, refuse, hold, trim
+        self.count, self.marks, self.tick = count, marks, tick
+        self.state = Pressure.CLEAR
+        self.last_used: int | None = None
+        self._since = 0.0  # when the current state began (loop time)
+
+    def status(self) -> dict[str, object]:
+        limit, used = self.limit(), self.last_used
+        return {"anonymous_mib": None if used is None else round(used / MIB, 1),
+                "limit_mib": None if limit is None else round(limit / MIB, 1),
+                "pressure": self.state.name.lower()}
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                await asyncio.sleep(self.tick)
+                if self.step(loop.time()):
+                    await self.trim()
+        finally:
+            self._act(self.state, Pressure.CLEAR)
+            self.state = Pressure.CLEAR
+
+    def step(self, now: float) -> bool:
+        """One measurement; True if memory is now held more tightly than before (time to trim the heap)."""
+        limit, used = self.limit(), self.used()
+        if used is None:
+            return False
+        self.last_used = used
+        before = self.state
+        after = Pressure.CLEAR if limit is None else pressure(before, used, limit, self.marks)
+        if after == before:
+            return False
+        self.state = after
+        held = self._act(before, after)
+        self._report(before, after, used, limit, held, now - self._since)
+        self._since = now
+        return after > before
+
+    def _act(self, before: Pressure, after: Pressure) -> int:
+        if (before >= Pressure.REFUSING) != (after >= Pressure.REFUSING):
+            self.refuse(after >= Pressure.REFUSING)
+        if (before is Pressure.HOLDING) != (after is Pressure.HOLDING):
+            return self.hold(after is Pressure.HOLDING)
+        return 0
+
+    def _report(self, before: Pressure, after: Pressure, used: int, limit: int | None, held: int,
+                lasted: float) -> None:
+        if after > before:
+            self.count(after)
+        if limit is None:
+            log.info("no memory limit any more: admitting and reading devices again")
+            return
+        m = self.marks
+        figures = f"memory at {used / MIB:.0f} MiB of the {limit / MIB:.0f} MiB limit ({used / limit:.0%})"
+        if after is Pressure.HOLDING and before < after:
+            log.warning("%s: pausing reads of the %d connected devices (their readings wait on their side, "
+                        "unacknowledged) and refusing new ones, until it is below %.0f MiB; the hub link and "
+                        "the outbox go on (edgegate_memory_pressure_total counts these)",
+                        figures, held, limit * m.read_below / MIB)
+        elif after is Pressure.REFUSING and before < after:
+            log.warning("%s: refusing new device connections until it is below %.0f MiB; connected devices, "
+                        "the hub link and the outbox go on (edgegate_memory_pressure_total counts these)",
+                        figures, limit * m.admit_below / MIB)
+        elif after is Pressure.REFUSING:
+            log.info("%s: reading connected devices again after %.1f s; still refusing new ones until it is "
+                     "below %.0f MiB", figures, lasted, limit * m.admit_below / MIB)
+        elif before is Pressure.HOLDING:
+            log.info("%s: reading connected devices and admitting new ones again after %.1f s", figures, lasted)
+        else:
+            log.info("%s: admitting new devices again after %.1f s", figures, lasted)

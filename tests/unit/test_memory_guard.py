@@ -1,0 +1,185 @@
+"""gateway.service.memory_guard: the decision over measured memory, the measurement, and what the guard
+tells the front door on each change."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+
+import pytest
+
+from gateway.service.memory_guard import (
+    MARKS,
+    MIB,
+    MemoryGuard,
+    Pressure,
+    anonymous_bytes,
+    pressure,
+    read_anonymous,
+)
+
+CLEAR, REFUSING, HOLDING = Pressure.CLEAR, Pressure.REFUSING, Pressure.HOLDING
+LIMIT = 1000 * MIB
+
+
+@pytest.mark.parametrize(("current", "share", "expected", "why"), [
+    (CLEAR, 0.50, CLEAR, "far from the limit"),
+    (CLEAR, 0.8999, CLEAR, "just under refuse_at"),
+    (CLEAR, 0.90, REFUSING, "at refuse_at: new devices are refused"),
+    (CLEAR, 0.94, HOLDING, "a jump straight past hold_at holds reads too"),
+    (CLEAR, 1.20, HOLDING, "over the limit (a configured limit, not a cgroup)"),
+    (REFUSING, 0.87, REFUSING, "between admit_below and refuse_at: still refusing (hysteresis)"),
+    (REFUSING, 0.86, REFUSING, "at admit_below: still refusing"),
+    (REFUSING, 0.8599, CLEAR, "below admit_below: admitting again"),
+    (REFUSING, 0.9399, REFUSING, "just under hold_at: reads go on"),
+    (REFUSING, 0.94, HOLDING, "at hold_at"),
+    (HOLDING, 0.92, HOLDING, "between read_below and hold_at: still holding (hysteresis)"),
+    (HOLDING, 0.91, HOLDING, "at read_below: still holding"),
+    (HOLDING, 0.9099, REFUSING, "below read_below: reading again, still refusing"),
+    (HOLDING, 0.88, REFUSING, "above admit_below: still refusing"),
+    (HOLDING, 0.50, CLEAR, "a big drop (a drained backlog) lets go of both at once"),
+])
+def test_pressure(current: Pressure, share: float, expected: Pressure, why: str) -> None:
+    assert pressure(current, round(LIMIT * share), LIMIT) is expected, why
+
+
+def test_the_marks_let_go_below_where_they_took_hold_and_leave_room_under_the_kill() -> None:
+    assert MARKS.admit_below < MARKS.refuse_at < MARKS.read_below < MARKS.hold_at
+    # The gateway was killed at 96.8 % anonymous of a 256 MiB cgroup (the module's docstring).
+    assert MARKS.hold_at <= 0.95
+
+
+@pytest.mark.parametrize(("statm", "page", "expected"), [
+    ("1000 600 100 10 0 500 0\n", 4096, 500 * 4096),
+    ("1000 600 600 10 0 500 0", 4096, 0),
+    ("52345 41000 2000 1200 0 45000 0", 16384, 39000 * 16384),
+])
+def test_anonymous_bytes(statm: str, page: int, expected: int) -> None:
+    assert anonymous_bytes(statm, page) == expected
+
+
+def test_read_anonymous_sees_this_process_touch_memory() -> None:
+    before = read_anonymous()
+    assert before is not None
+    assert before > MIB
+    ballast = bytearray(64 * MIB)
+    for i in range(0, len(ballast), 4096):
+        ballast[i] = 1  # touch every page so it is resident
+    after = read_anonymous()
+    assert after is not None
+    assert after - before >= 48 * MIB
+    del ballast
+
+
+def test_read_anonymous_is_none_where_proc_cannot_tell(tmp_path: Path) -> None:
+    assert read_anonymous(tmp_path / "missing") is None
+    (tmp_path / "statm").write_text("garbage")
+    assert read_anonymous(tmp_path / "statm") is None
+
+
+class Door:
+    """What the guard drives: the front door's refusal and hold, recorded."""
+
+    def __init__(self) -> None:
+        self.refusing = False
+        self.holding = False
+        self.calls: list[str] = []
+
+    def refuse(self, on: bool) -> None:
+        self.refusing = on
+        self.calls.append(f"refuse {on}")
+
+    def hold(self, on: bool) -> int:
+        self.holding = on
+        self.calls.append(f"hold {on}")
+        return 7
+
+
+def guard_with(door: Door, readings: list[int | None], limit: int | None = LIMIT,
+               counted: list[Pressure] | None = None) -> MemoryGuard:
+    values = iter(readings)
+
+    async def trim() -> None:
+        door.calls.append("trim")
+
+    return MemoryGuard(limit=lambda: limit, used=lambda: next(values), refuse=door.refuse, hold=door.hold,
+                       trim=trim, count=(counted.append if counted is not None else lambda _: None))
+
+
+def test_each_change_acts_once_and_only_on_what_changed(caplog: pytest.LogCaptureFixture) -> None:
+    door, counted = Door(), []
+    mb = [500, 905, 920, 950, 960, 915, 900, 870, 850, 990, 100]
+    guard = guard_with(door, [m * MIB for m in mb], counted=counted)
+    caplog.set_level(logging.INFO, "edgegate.service")
+    tighter = [guard.step(float(t)) for t in range(len(mb))]
+    assert tighter == [False, True, False, True, False, False, False, False, False, True, False]
+    assert door.calls == ["refuse True", "hold True", "hold False", "refuse False",
+                          "refuse True", "hold True", "refuse False", "hold False"]
+    assert counted == [REFUSING, HOLDING, HOLDING]
+    assert guard.state is CLEAR
+    assert not door.refusing
+    assert not door.holding
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("memory at 905 MiB of the 1000 MiB limit (90%): refusing new device connections "
+                               "until it is below 860 MiB")
+    assert "pausing reads of the 7 connected devices" in lines[1]
+    assert "below 910 MiB" in lines[1]
+    assert "reading connected devices again after 3.0 s" in lines[2]  # held from t=3 to t=6
+    assert "admitting new devices again after 2.0 s" in lines[3]
+    assert "reading connected devices and admitting new ones again after 1.0 s" in lines[5]
+    assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING, logging.INFO, logging.INFO,
+                                                   logging.WARNING, logging.INFO]
+
+
+def test_no_limit_no_pressure_and_a_lifted_limit_lets_go() -> None:
+    door = Door()
+    assert not guard_with(door, [10_000 * MIB], limit=None).step(0.0)
+    assert door.calls == []
+    limit: list[int | None] = [LIMIT]
+    values = iter([990 * MIB, 990 * MIB])
+    guard = MemoryGuard(limit=lambda: limit[0], used=lambda: next(values), refuse=door.refuse, hold=door.hold,
+                        trim=asyncio.sleep)
+    guard.step(0.0)
+    assert door.refusing
+    assert door.holding
+    limit[0] = None  # a reload lifted [limits] memory
+    guard.step(1.0)
+    assert not door.refusing
+    assert not door.holding
+    assert guard.state is CLEAR
+
+
+def test_a_failed_measurement_changes_nothing() -> None:
+    door = Door()
+    guard = guard_with(door, [990 * MIB, None])
+    guard.step(0.0)
+    assert not guard.step(1.0)
+    assert guard.state is HOLDING
+    assert guard.last_used == 990 * MIB
+
+
+def test_run_trims_when_memory_tightens_and_lets_go_when_stopped() -> None:
+    door = Door()
+    readings = iter([500 * MIB] + [950 * MIB] * 1000)
+
+    async def scenario() -> None:
+        trimmed = asyncio.Event()
+
+        async def trim() -> None:
+            door.calls.append("trim")
+            trimmed.set()
+
+        guard = MemoryGuard(limit=lambda: LIMIT, used=lambda: next(readings), refuse=door.refuse, hold=door.hold,
+                            trim=trim, tick=0.001)
+        task = asyncio.create_task(guard.run())
+        await asyncio.wait_for(trimmed.wait(), 10)
+        assert guard.state is HOLDING
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(scenario())
+    assert door.calls == ["refuse True", "hold True", "trim", "refuse False", "hold False"]
+    assert not door.refusing
+    assert not door.holding
