@@ -290,6 +290,8 @@ class GatewayWatch:
         self.phase = "sync"
         self.started = time.monotonic()
         self.connected = self.connected_max = self.cached = self.refused = self.refused_memory = 0
+        self.refused_pressure = 0  # refused by the memory guard (gateway.service.memory_guard)
+        self.pressure_steps: dict[str, int] = {}  # edgegate_memory_pressure_total by level
         self.outbox_depth = -1
         self.limits: dict[str, object] = {}
         # Peaks of what must fit: the process's anonymous memory, and the cgroup's anonymous (rss) and page
@@ -310,6 +312,9 @@ class GatewayWatch:
         self.cached = int(sync.get("cached_devices") or 0)
         self.refused = int(counters.get('edgegate_connections_refused_total{reason="max_connections"}', 0))
         self.refused_memory = int(counters.get('edgegate_connections_refused_total{reason="memory"}', 0))
+        self.refused_pressure = int(counters.get('edgegate_connections_refused_total{reason="memory_pressure"}', 0))
+        self.pressure_steps = {level: int(counters.get(f'edgegate_memory_pressure_total{{level="{level}"}}', 0))
+                               for level in ("refusing", "holding")}
         self.outbox_depth = int(str(status["outbox_depth"]))
         self.limits = limits
         anon, cgroup_rss, cgroup_cache = self._sample_memory()
@@ -321,7 +326,8 @@ class GatewayWatch:
                                     "anon_mib": anon and round(anon / MIB, 1),
                                     "cgroup_rss_mib": cgroup_rss and round(cgroup_rss / MIB, 1),
                                     "cgroup_cache_mib": cgroup_cache and round(cgroup_cache / MIB, 1),
-                                    "read_holds": holds}) + "\n")
+                                    "read_holds": holds,
+                                    "pressure": (status.get("memory") or {}).get("pressure")}) + "\n")
 
     def _sample_memory(self) -> tuple[int | None, int | None, int | None]:
         """(the process's anonymous memory, the cgroup's rss and cache), each None where unknown."""
@@ -459,7 +465,8 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
                               "seconds_waited": round(time.monotonic() - started, 1),
                               "fleet_connected": fleet.connected_count,
                               "gateway_connected": watch.connected, "gateway_refused_max_connections": watch.refused,
-                              "gateway_refused_memory": watch.refused_memory}
+                              "gateway_refused_memory": watch.refused_memory,
+                              "gateway_refused_memory_pressure": watch.refused_pressure}
 
             # The window: every connected sensor publishes once per interval; count at both ends.
             acked_before, hub_before = fleet.acked_count, hub.admin.messages(None, limit=1)["total"]
@@ -522,6 +529,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             out["summary"] = fleet.summary.get("message")
             gateway |= {
                 "rss_mib": gateway_rss, "peak_rss_mib": gateway_peak_rss, **watch.memory_peaks(),
+                "memory_pressure_steps": watch.pressure_steps, "refused_memory_pressure": watch.refused_pressure,
                 "cpu_seconds_to_window_end": gateway_cpu and round(gateway_cpu, 1),
                 "connected_max": watch.connected_max, "max_connections": watch.limits.get("max_connections"),
                 "limited_by": watch.limits.get("limited_by"), "budget_log_line": budget_line(gw.log()),

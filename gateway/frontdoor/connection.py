@@ -76,8 +76,8 @@ class Wiring:
 class DeviceConnection(asyncio.Protocol):
     """The front door's side of one TCP connection from a device."""
 
-    __slots__ = ("_aside", "_held", "_paused_writing", "_pump_soon", "_timer", "_timer_at", "_write_waiters",
-                 "charge", "link", "loop", "remote", "session", "tls", "transport", "wiring")
+    __slots__ = ("_aside", "_granted", "_held", "_paused_writing", "_pump_soon", "_timer", "_timer_at",
+                 "_write_waiters", "charge", "link", "loop", "remote", "session", "tls", "transport", "wiring")
 
     def __init__(self, wiring: Wiring, loop: asyncio.AbstractEventLoop) -> None:
         self.wiring = wiring
@@ -95,6 +95,7 @@ class DeviceConnection(asyncio.Protocol):
         self._held = False  # the front door holds this device's reads for the forwarder
         # In the read-turn queue (gateway.frontdoor.turns): the bytes read meanwhile; None when not in it.
         self._aside: list[bytes] | None = None
+        self._granted = False  # the read-turn queue granted the next read: it is handled without waiting
         self.charge = 0  # bytes of the connection budget this connection holds (ConnectionTable)
 
     @property
@@ -124,7 +125,10 @@ class DeviceConnection(asyncio.Protocol):
             self._aside.append(data)
             return
         turns = self.wiring.turns
-        if self.session.state is ConnState.ONLINE and turns.must_wait():
+        if self._granted:
+            self._granted = False
+            turns.granted()
+        elif self.session.state is ConnState.ONLINE and turns.must_wait():
             # This loop turn's reads are spent: wait in line, unread, so the rest of the gateway runs.
             # (Handshakes and CONNECTs never wait: their deadlines are seconds, and a device kept out
             # past them reconnects and costs its handshake again.)
@@ -135,10 +139,15 @@ class DeviceConnection(asyncio.Protocol):
             return
         self._handle(data)
 
-    def take_turn(self) -> None:
-        """Our turn in the queue (gateway.frontdoor.turns): handle what was set aside, and read again."""
+    def take_turn(self) -> bool:
+        """Our turn in the queue (gateway.frontdoor.turns): handle what was set aside, and read again. With
+        nothing set aside (a hold let go, or a big read ended the last turn) the next read is granted: it is
+        handled when it comes, without waiting in line again. False then."""
+        handled = bool(self._aside)
         self._handle_aside()
+        self._granted = not handled
         self._resume_reading()
+        return handled
 
     def _handle_aside(self) -> None:
         """Bytes set aside come before whatever the connection says next (its end included)."""
@@ -177,13 +186,15 @@ class DeviceConnection(asyncio.Protocol):
             self.transport.pause_reading()
 
     def hold(self, hold: bool) -> None:
-        """Stop reading this device (or read again) while the forwarder catches up."""
+        """Stop reading this device, while the forwarder catches up or memory is short; or read again, when
+        the read-turn queue comes round to it (so a fleet let go at once is not read all in one turn)."""
         self._held = hold
         if hold:
             if self.transport is not None and not self.transport.is_closing():
                 self.transport.pause_reading()
-        else:
-            self._resume_reading()
+        elif self._aside is None and self.transport is not None and not self.transport.is_closing():
+            self._aside = []
+            self.wiring.turns.wait(self)
 
     def _resume_reading(self) -> None:
         """Read again, unless a reason to pause is still there: the session's budget, a place in the

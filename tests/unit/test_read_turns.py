@@ -27,14 +27,17 @@ class Loop:
 
 
 class Device:
-    """Records when it was served; each turn it is served costs `cost` seconds of the fake clock."""
+    """Records when it was served; each turn it is served costs `cost` seconds of the fake clock. With
+    `aside=False` it had nothing set aside (a hold let go of it): its turn only grants it a read."""
 
-    def __init__(self, name: str, loop: Loop, served: list[str], cost: float) -> None:
-        self.name, self.loop, self.served, self.cost = name, loop, served, cost
+    def __init__(self, name: str, loop: Loop, served: list[str], cost: float, *, aside: bool = True) -> None:
+        self.name, self.loop, self.served, self.cost, self.aside = name, loop, served, cost, aside
 
-    def take_turn(self) -> None:
+    def take_turn(self) -> bool:
         self.served.append(self.name)
-        self.loop.now += self.cost
+        if self.aside:
+            self.loop.now += self.cost  # a grant costs nothing now: the read it allows is handled later
+        return self.aside
 
 
 def read(turns: ReadTurns, device: Device) -> bool:
@@ -125,3 +128,38 @@ def test_joining_the_queue_outside_a_turn_schedules_one() -> None:
     assert len(loop.ready) == 1
     loop.run_ready()
     assert served == ["flood"]
+
+
+def test_a_turn_grants_at_most_grants_reads_to_devices_with_nothing_set_aside() -> None:
+    # A hold let go of 100 devices: each turn grants 32 of them a read (which costs nothing until it comes),
+    # so a fleet held for seconds is not read all at once, with every window of readings it has waiting.
+    loop, turns, served = setup()
+    released = [Device(f"r{i}", loop, served, 0.0, aside=False) for i in range(100)]
+    for d in released:
+        turns.wait(d)
+    sizes = []
+    while turns.queue or loop.ready:
+        loop.run_ready()
+        sizes.append(len(served) - sum(sizes))
+    assert sizes == [32, 32, 32, 4, 0]
+    assert served == [d.name for d in released]
+
+
+def test_grants_and_reads_set_aside_share_the_turn_in_arrival_order() -> None:
+    loop, turns, served = setup()
+    mixed = [Device(f"d{i}", loop, served, 0.005, aside=(i % 2 == 0)) for i in range(10)]
+    for d in mixed:
+        turns.wait(d)
+    loop.run_ready()
+    # d0, d2, d4, d6 cost 5 ms each (the budget is spent after d6); d1, d3, d5 were granted between them.
+    assert served == [f"d{i}" for i in range(7)]
+
+
+def test_a_granted_read_opens_the_turn_it_is_handled_in() -> None:
+    loop, turns, _ = setup()
+    turns.granted()
+    assert len(loop.ready) == 1  # the turn's end is scheduled: the next turn's budget is fresh
+    loop.now += 0.03
+    assert turns.must_wait()  # the granted read spent this turn's budget
+    loop.run_ready()
+    assert not turns.must_wait()
