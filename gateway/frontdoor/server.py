@@ -147,6 +147,7 @@ class FrontDoor:
             self.holders.discard(by)
         held = bool(self.holders)
         if held != before:
+            self.wiring.turns.hold(held)
             for conn in list(self.online.values()):
                 conn.hold(held)
         return len(self.online)

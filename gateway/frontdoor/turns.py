@@ -45,7 +45,7 @@ class Waiting(Protocol):
 class ReadTurns:
     """The shared budget and the queue of devices waiting for a turn (one per front door)."""
 
-    __slots__ = ("_call_soon", "_clock", "_open", "_started", "budget", "deferred", "grants", "queue")
+    __slots__ = ("_call_soon", "_clock", "_open", "_started", "budget", "deferred", "grants", "held", "queue")
 
     def __init__(self, call_soon: Callable[[Callable[[], None]], object], *, budget: float = BUDGET,
                  grants: int = GRANTS, clock: Callable[[], float] = time.perf_counter) -> None:
@@ -54,6 +54,7 @@ class ReadTurns:
         self._open = False  # a turn's budget is being spent; it closes at the next ready callback
         self._started = 0.0
         self.deferred = 0  # waits for a turn (counted in edgegate_reads_deferred_total)
+        self.held = False  # the front door holds every device's reads: nobody is served, nobody loses their place
 
     def must_wait(self) -> bool:
         """May a read be handled now (False), or must it join the queue (True)?"""
@@ -76,6 +77,14 @@ class ReadTurns:
         if not self._open:
             self._begin()  # someone must come round to the queue
 
+    def hold(self, held: bool) -> None:
+        """The front door holds (or lets go of) every admitted device: the queue stands still meanwhile, in
+        order, so that the devices a hold caught waiting are the first served after it, not sent to the back
+        (each forward-pacer hold did that to the same devices, whose PUBACKs then waited up to a minute)."""
+        self.held = held
+        if not held and self.queue and not self._open:
+            self._begin()
+
     def _begin(self) -> None:
         self._open, self._started = True, self._clock()
         # Runs once the loop has dispatched this turn's reads: the budget is fresh for the next turn.
@@ -84,7 +93,7 @@ class ReadTurns:
     def _next(self) -> None:
         self._open = False
         queue = self.queue
-        if not queue:
+        if not queue or self.held:
             return
         self._begin()
         clock, started, budget = self._clock, self._started, self.budget

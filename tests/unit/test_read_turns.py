@@ -163,3 +163,26 @@ def test_a_granted_read_opens_the_turn_it_is_handled_in() -> None:
     assert turns.must_wait()  # the granted read spent this turn's budget
     loop.run_ready()
     assert not turns.must_wait()
+
+
+def test_a_hold_stands_the_queue_still_and_nobody_loses_their_place() -> None:
+    # The forward pacer held every device while 100 released ones still waited: none is served during the
+    # hold, and after it the same order goes on, so the devices a hold catches waiting are not starved.
+    loop, turns, served = setup()
+    waiting = [Device(f"w{i}", loop, served, 0.0, aside=False) for i in range(100)]
+    for d in waiting:
+        turns.wait(d)
+    loop.run_ready()
+    assert served == [f"w{i}" for i in range(32)]
+    turns.hold(True)
+    for _ in range(5):
+        loop.run_ready()
+    assert len(served) == 32
+    late = Device("late", loop, served, 0.0, aside=False)
+    turns.wait(late)  # let go by the hold's end, after the ones that waited
+    loop.run_ready()
+    assert len(served) == 32
+    turns.hold(False)
+    while loop.ready:
+        loop.run_ready()
+    assert served == [f"w{i}" for i in range(100)] + ["late"]
