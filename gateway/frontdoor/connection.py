@@ -127,7 +127,7 @@ class DeviceConnection(asyncio.Protocol):
         turns = self.wiring.turns
         if self._granted:
             self._granted = False
-            turns.granted()
+            turns.granted(len(data))
         elif self.session.state is ConnState.ONLINE and turns.must_wait():
             # This loop turn's reads are spent: wait in line, unread, so the rest of the gateway runs.
             # (Handshakes and CONNECTs never wait: their deadlines are seconds, and a device kept out

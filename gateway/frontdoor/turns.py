@@ -17,10 +17,12 @@ device is served once. A loop with CPU to spare never spends the budget, and not
 A device whose read was big (gateway.frontdoor.connection.READ_TURN_BYTES, a flood) joins the same queue
 after that read, with nothing set aside: one queue, one order, for both ways a turn ends. So does every
 device when a hold (the forward pacer's, the memory guard's) lets go of it: its turn grants it one read,
-handled when it comes, without waiting again. At most GRANTS devices are granted a read per turn, since a
-grant costs nothing until the bytes arrive: a device held for seconds has its whole window of readings
-waiting in its socket, and 4,119 devices resumed at once read ~170 MiB into memory in one turn of the loop
-(2 KiB readings, bench.fleet_bench --pad 2048 --memory-max 256M: the kernel killed the gateway, December 7).
+handled when it comes, without waiting again. A grant costs nothing until the bytes arrive, so grants are
+counted in bytes: a turn grants as many reads as GRANT_BYTES holds at the size granted reads have had
+lately. A device held for seconds has its whole window of readings waiting in its socket: 4,119 devices
+resumed at once read ~170 MiB into memory in one turn of the loop (2 KiB readings, bench.fleet_bench --pad
+2048 --memory-max 256M: the kernel killed the gateway, December 7); at a fixed 32 grants a turn, a fleet
+of small readings took ~6 s to come round (PUBACK p50 5.2 s in the must-show).
 """
 
 from __future__ import annotations
@@ -33,8 +35,11 @@ from typing import Protocol
 # 20 ms of reads a turn: enough for ~150 readings (at ~130 µs each) or five handshakes, short enough
 # that a ten-turn POST waits ~0.3 s for the loop instead of ten seconds.
 BUDGET = 0.02
-# Devices granted a read per turn: 32 x a full window of 20 readings of 2 KiB is ~1.4 MiB a turn.
-GRANTS = 32
+# The bytes of granted reads one turn lets in (estimated from the recent ones), and the bounds on how many
+# reads that is: 1 MiB is 512 windows of ordinary readings, or 23 full windows of 20 readings of 2 KiB.
+GRANT_BYTES = 1024 * 1024
+GRANTS_MIN, GRANTS_MAX = 8, 1024
+GRANT_SIZE_START = 4096  # the estimate before any granted read has been seen
 
 
 class Waiting(Protocol):
@@ -45,11 +50,12 @@ class Waiting(Protocol):
 class ReadTurns:
     """The shared budget and the queue of devices waiting for a turn (one per front door)."""
 
-    __slots__ = ("_call_soon", "_clock", "_open", "_started", "budget", "deferred", "grants", "held", "queue")
+    __slots__ = ("_call_soon", "_clock", "_open", "_started", "budget", "deferred", "grant_size", "held", "queue")
 
     def __init__(self, call_soon: Callable[[Callable[[], None]], object], *, budget: float = BUDGET,
-                 grants: int = GRANTS, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.budget, self.grants, self._call_soon, self._clock = budget, grants, call_soon, clock
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.budget, self._call_soon, self._clock = budget, call_soon, clock
+        self.grant_size = float(GRANT_SIZE_START)  # bytes a granted read has brought, lately (a moving average)
         self.queue: deque[Waiting] = deque()
         self._open = False  # a turn's budget is being spent; it closes at the next ready callback
         self._started = 0.0
@@ -65,10 +71,16 @@ class ReadTurns:
             return False
         return self._clock() - self._started >= self.budget
 
-    def granted(self) -> None:
-        """A granted read is handled now, whatever the queue: its time counts against this turn's budget."""
+    def granted(self, size: int) -> None:
+        """A granted read of `size` bytes is handled now, whatever the queue: its time counts against this
+        turn's budget, and its size in the estimate of what the next grants will bring."""
+        self.grant_size += (size - self.grant_size) / 8
         if not self._open:
             self._begin()
+
+    def grants(self) -> int:
+        """How many reads one turn may grant."""
+        return max(GRANTS_MIN, min(GRANTS_MAX, int(GRANT_BYTES / max(self.grant_size, 1.0))))
 
     def wait(self, conn: Waiting) -> None:
         """Join the back of the queue: a read past the budget, or a device whose big read ended its turn."""
@@ -97,7 +109,8 @@ class ReadTurns:
             return
         self._begin()
         clock, started, budget = self._clock, self._started, self.budget
+        most = self.grants()
         grants = 0 if queue.popleft().take_turn() else 1  # at least one a turn, whatever the budget
-        while queue and clock() - started < budget and grants < self.grants:
+        while queue and clock() - started < budget and grants < most:
             if not queue.popleft().take_turn():
                 grants += 1

@@ -130,19 +130,28 @@ def test_joining_the_queue_outside_a_turn_schedules_one() -> None:
     assert served == ["flood"]
 
 
-def test_a_turn_grants_at_most_grants_reads_to_devices_with_nothing_set_aside() -> None:
-    # A hold let go of 100 devices: each turn grants 32 of them a read (which costs nothing until it comes),
-    # so a fleet held for seconds is not read all at once, with every window of readings it has waiting.
+@pytest.mark.parametrize(("read_size", "per_turn"), [
+    (None, 256),  # before any granted read: 1 MiB at the starting estimate of 4 KiB
+    (200, 1024),  # ordinary readings: capped at GRANTS_MAX
+    (44 * 1024, 23),  # a full window of 20 readings of 2 KiB: 23 reads make 1 MiB
+    (4 * 1024 * 1024, 8),  # floods: never fewer than GRANTS_MIN
+])
+def test_a_turn_grants_reads_worth_about_a_mebibyte(read_size: int | None, per_turn: int) -> None:
+    # A hold let go of 3,000 devices: each turn grants as many of them a read as ~1 MiB holds at the size
+    # granted reads have had lately, so a fleet held for seconds is not read all at once.
     loop, turns, served = setup()
-    released = [Device(f"r{i}", loop, served, 0.0, aside=False) for i in range(100)]
+    if read_size is not None:
+        for _ in range(200):
+            turns.granted(read_size)  # the estimate settles on the size reads have had
+        loop.run_ready()
+    assert turns.grants() == per_turn
+    released = [Device(f"r{i}", loop, served, 0.0, aside=False) for i in range(3000)]
     for d in released:
         turns.wait(d)
-    sizes = []
-    while turns.queue or loop.ready:
-        loop.run_ready()
-        sizes.append(len(served) - sum(sizes))
-    assert sizes == [32, 32, 32, 4, 0]
-    assert served == [d.name for d in released]
+    loop.run_ready()
+    assert served == [d.name for d in released[:per_turn]]
+    loop.run_ready()
+    assert len(served) == min(3000, 2 * per_turn)
 
 
 def test_grants_and_reads_set_aside_share_the_turn_in_arrival_order() -> None:
@@ -157,7 +166,7 @@ def test_grants_and_reads_set_aside_share_the_turn_in_arrival_order() -> None:
 
 def test_a_granted_read_opens_the_turn_it_is_handled_in() -> None:
     loop, turns, _ = setup()
-    turns.granted()
+    turns.granted(100)
     assert len(loop.ready) == 1  # the turn's end is scheduled: the next turn's budget is fresh
     loop.now += 0.03
     assert turns.must_wait()  # the granted read spent this turn's budget
@@ -166,23 +175,24 @@ def test_a_granted_read_opens_the_turn_it_is_handled_in() -> None:
 
 
 def test_a_hold_stands_the_queue_still_and_nobody_loses_their_place() -> None:
-    # The forward pacer held every device while 100 released ones still waited: none is served during the
+    # The forward pacer held every device while 1,000 released ones still waited: none is served during the
     # hold, and after it the same order goes on, so the devices a hold catches waiting are not starved.
     loop, turns, served = setup()
-    waiting = [Device(f"w{i}", loop, served, 0.0, aside=False) for i in range(100)]
+    waiting = [Device(f"w{i}", loop, served, 0.0, aside=False) for i in range(1000)]
     for d in waiting:
         turns.wait(d)
     loop.run_ready()
-    assert served == [f"w{i}" for i in range(32)]
+    assert served == [f"w{i}" for i in range(turns.grants())]
+    served.clear()
     turns.hold(True)
     for _ in range(5):
         loop.run_ready()
-    assert len(served) == 32
+    assert served == []
     late = Device("late", loop, served, 0.0, aside=False)
     turns.wait(late)  # let go by the hold's end, after the ones that waited
     loop.run_ready()
-    assert len(served) == 32
+    assert served == []
     turns.hold(False)
     while loop.ready:
         loop.run_ready()
-    assert served == [f"w{i}" for i in range(100)] + ["late"]
+    assert served == [f"w{i}" for i in range(turns.grants(), 1000)] + ["late"]
