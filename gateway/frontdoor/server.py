@@ -152,9 +152,11 @@ class FrontDoor:
                 conn.hold(held)
         return len(self.online)
 
-    def refuse_connections(self, reason: str | None) -> None:
-        """Refuse every new connection at accept, before its handshake, counted under `reason`; None: stop."""
-        self.refusing = reason
+    def short_of_memory(self, short: bool) -> None:
+        """The memory guard's first step (gateway.service.memory_guard): refuse every new connection at
+        accept, before its handshake, and grant the fewest reads a turn (gateway.frontdoor.turns); or stop."""
+        self.refusing = "memory_pressure" if short else None
+        self.wiring.turns.scarce = short
 
     def kick(self, device_id: str, reason: str) -> bool:
         """Disconnect a device's live session (revocation); True if it was connected."""

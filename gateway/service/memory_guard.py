@@ -57,7 +57,7 @@ class Marks:
     refuse_at: float = 0.90
     admit_below: float = 0.86
     hold_at: float = 0.93
-    read_below: float = 0.91
+    read_below: float = 0.88
 
 
 MARKS = Marks()

@@ -269,7 +269,7 @@ def test_memory_pressure_refuses_new_devices_then_holds_reads_and_loses_nothing(
         return None
 
     guard = MemoryGuard(limit=lambda: 100 * MIB, used=lambda: used[0], trim=no_trim,
-                        refuse=lambda on: door.refuse_connections("memory_pressure" if on else None),
+                        refuse=door.short_of_memory,
                         hold=lambda hold: door.hold_reading(hold, "memory"))
 
     def measure(mib: int) -> Pressure:
@@ -305,7 +305,7 @@ def test_memory_pressure_refuses_new_devices_then_holds_reads_and_loses_nothing(
         assert [m.payload for m in gw.sink.messages[sent:]] == [b"held"]
         assert b.connect() == 0
     finally:
-        gw.call(lambda: door.refuse_connections(None))
+        gw.call(lambda: door.short_of_memory(False))
         gw.call(lambda: door.hold_reading(False, "memory"))
         a.close()
         b.close()

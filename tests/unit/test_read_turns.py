@@ -131,8 +131,8 @@ def test_joining_the_queue_outside_a_turn_schedules_one() -> None:
 
 
 @pytest.mark.parametrize(("read_size", "per_turn"), [
-    (None, 256),  # before any granted read: 1 MiB at the starting estimate of 4 KiB
-    (200, 1024),  # ordinary readings: capped at GRANTS_MAX
+    (None, 64),  # before any granted read: capped at GRANTS_MAX
+    (200, 64),  # ordinary readings: capped at GRANTS_MAX
     (44 * 1024, 23),  # a full window of 20 readings of 2 KiB: 23 reads make 1 MiB
     (4 * 1024 * 1024, 8),  # floods: never fewer than GRANTS_MIN
 ])
@@ -196,3 +196,19 @@ def test_a_hold_stands_the_queue_still_and_nobody_loses_their_place() -> None:
     while loop.ready:
         loop.run_ready()
     assert served == [f"w{i}" for i in range(turns.grants(), 1000)] + ["late"]
+
+
+def test_the_estimate_rises_at_once_and_falls_slowly_and_scarce_memory_grants_the_fewest() -> None:
+    _, turns, _ = setup()
+    for _ in range(100):
+        turns.granted(200)
+    assert turns.grants() == 64
+    turns.granted(512 * 1024)  # one read after a hold brought a whole window of big readings
+    assert turns.grants() == 8
+    turns.granted(200)
+    assert turns.grants() == 8  # one small read does not undo it
+    for _ in range(100):
+        turns.granted(200)
+    assert turns.grants() == 64
+    turns.scarce = True  # the memory guard refuses connections
+    assert turns.grants() == 8
