@@ -350,7 +350,7 @@ class Gateway:
     def _memory_guard(self) -> MemoryGuard:
         door, counters = self.door, self.counters
         return MemoryGuard(limit=lambda: self.budget.resources.memory,
-                           refuse=door.short_of_memory,
+                           refuse=door.short_of_memory, shed=door.shed,
                            hold=lambda hold: door.hold_reading(hold, "memory"), trim=self._trim_heap,
                            count=lambda level: counters.inc("edgegate_memory_pressure_total", level=level.name.lower()))
 

@@ -158,6 +158,16 @@ class FrontDoor:
         self.refusing = "memory_pressure" if short else None
         self.wiring.turns.scarce = short
 
+    def shed(self, fraction: float) -> int:
+        """Disconnect `fraction` of the admitted devices (at least one), the most recently connected first,
+        for the memory guard; returns how many."""
+        online = list(self.online.values())
+        count = min(len(online), max(1, int(len(online) * fraction)))
+        for conn in online[len(online) - count:]:
+            conn.kick("memory is short: the gateway sheds load (gateway.service.memory_guard)")
+        self.counters.inc("edgegate_memory_shed_total", amount=count)
+        return count
+
     def kick(self, device_id: str, reason: str) -> bool:
         """Disconnect a device's live session (revocation); True if it was connected."""
         conn = self.online.get(device_id)

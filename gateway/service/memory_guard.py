@@ -19,9 +19,15 @@ can) and compares it with the limit:
   go on, so a backlog drains and what was in flight is freed. The C heap is trimmed at once, and every
   TRIM_UNDER_PRESSURE seconds while the guard holds on, so that what was freed is measured as free.
 
-Each lets go a few percent of the limit lower than it took hold, so a gateway at the edge does not flap. A
-hold lasts as long as memory stays high: a device that hears nothing for 1.5 keep-alives reconnects, and
-is refused while memory is short, which is the load shedding a full gateway needs.
+Each lets go a few percent of the limit lower than it took hold, and only once memory has stayed that low
+for SETTLE seconds (a heap trim dips the measurement for a moment), so a gateway at the edge does not flap.
+
+A hold that memory does not end within SHED_AFTER seconds means the devices themselves fill it: 4,617
+devices with 2 KiB readings sat at 227-231 MiB of 256 with the outbox empty, and the moment the hold ended
+their waiting windows came in and the kernel killed the gateway (bench.fleet_bench --pad 2048, December 7).
+So the guard sheds load: every SHED_AFTER seconds of such a hold it disconnects SHED_FRACTION of the
+devices, the most recently connected first. They keep their unacknowledged readings, and are refused
+while memory is short when they dial again.
 
 The shares leave room under the kill: the kernel also counts page cache it could not reclaim in time and
 the sockets' buffers, and at 256 MiB the gateway was killed with 247.7 MiB (96.8 %) anonymous (December 7).
@@ -48,6 +54,9 @@ TICK = 0.25  # a connect storm adds ~10 MiB/s at most; a quarter second of it is
 # 2 KiB readings were held 28 s at 242 MiB while the outbox drained 120,000 readings, until the 30 s trim
 # gave back 22 MiB at once (bench.fleet_bench --pad 2048 --memory-max 256M, December 7).
 TRIM_UNDER_PRESSURE = 2.0
+SETTLE = 1.0
+SHED_AFTER = 5.0
+SHED_FRACTION = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,14 +108,17 @@ class MemoryGuard:
 
     def __init__(self, *, limit: Callable[[], int | None], refuse: Callable[[bool], None],
                  hold: Callable[[bool], int], trim: Callable[[], Awaitable[object]],
-                 count: Callable[[Pressure], None] = lambda _: None,
+                 shed: Callable[[float], int] = lambda _: 0, count: Callable[[Pressure], None] = lambda _: None,
                  used: Callable[[], int | None] = read_anonymous, marks: Marks = MARKS, tick: float = TICK) -> None:
         self.limit, self.used, self.refuse, self.hold, self.trim = limit, used, refuse, hold, trim
-        self.count, self.marks, self.tick = count, marks, tick
+        self.shed, self.count, self.marks, self.tick = shed, count, marks, tick
+        self.shed_total = 0  # devices disconnected to make room
         self.state = Pressure.CLEAR
         self.last_used: int | None = None
         self._since = 0.0  # when the current state began (loop time)
         self._trimmed = float("-inf")  # when the guard last trimmed the heap (loop time)
+        self._lower_since: float | None = None  # since when memory says "let go", if it does
+        self._shed_at = 0.0  # when the hold began or last shed devices
 
     def status(self) -> dict[str, object]:
         limit, used = self.limit(), self.last_used
@@ -136,13 +148,34 @@ class MemoryGuard:
         self.last_used = used
         before = self.state
         after = Pressure.CLEAR if limit is None else pressure(before, used, limit, self.marks)
+        if after >= before:
+            self._lower_since = None
+        elif limit is not None:
+            if self._lower_since is None:
+                self._lower_since = now
+            if now - self._lower_since < SETTLE:
+                after = before  # not yet: a trim dips the measurement for a moment
         if after == before:
+            if after is Pressure.HOLDING and limit is not None and now - self._shed_at >= SHED_AFTER:
+                self._shed(now, used, limit)
             return False
+        self._lower_since = None
+        if after is Pressure.HOLDING:
+            self._shed_at = now
         self.state = after
         held = self._act(before, after)
         self._report(before, after, used, limit, held, now - self._since)
         self._since = now
         return after > before
+
+    def _shed(self, now: float, used: int, limit: int) -> None:
+        self._shed_at = now
+        gone = self.shed(SHED_FRACTION)
+        self.shed_total += gone
+        log.warning("memory still at %.0f MiB of the %.0f MiB limit (%.0f%%) after %.0f s of held reads: "
+                    "disconnected %d devices, the most recently connected, to make room (they keep their "
+                    "unacknowledged readings and are refused until memory falls; edgegate_memory_shed_total)",
+                    used / MIB, limit / MIB, 100 * used / limit, now - self._since, gone)
 
     def _act(self, before: Pressure, after: Pressure) -> int:
         if (before >= Pressure.REFUSING) != (after >= Pressure.REFUSING):

@@ -272,9 +272,13 @@ def test_memory_pressure_refuses_new_devices_then_holds_reads_and_loses_nothing(
                         refuse=door.short_of_memory,
                         hold=lambda hold: door.hold_reading(hold, "memory"))
 
+    clock = [0.0]
+
     def measure(mib: int) -> Pressure:
+        """One measurement, a (fake) second after the last: a release needs a second below its mark."""
         used[0] = mib * MIB
-        gw.call(guard.step, time.monotonic())
+        clock[0] += 1.0
+        gw.call(guard.step, clock[0])
         return guard.state
 
     a = device(gw, files(A, "a"), "sensor-a")
@@ -299,11 +303,18 @@ def test_memory_pressure_refuses_new_devices_then_holds_reads_and_loses_nothing(
         assert not held.is_published()
         assert len(gw.sink.messages) == sent
 
+        assert measure(80) is Pressure.HOLDING  # below the marks for the first time: not yet
         assert measure(80) is Pressure.CLEAR
         held.wait_for_publish(5)
         assert held.is_published()
         assert [m.payload for m in gw.sink.messages[sent:]] == [b"held"]
         assert b.connect() == 0
+
+        # Shedding: the most recently connected device goes first.
+        assert gw.call(lambda: door.shed(0.01)) == 1
+        assert b.disconnected.wait(5)
+        assert not a.disconnected.is_set()
+        assert a.publish("devices/sensor-a/messages/events/", b"after the shed")
     finally:
         gw.call(lambda: door.short_of_memory(False))
         gw.call(lambda: door.hold_reading(False, "memory"))
@@ -327,7 +338,14 @@ def test_reads_past_the_turn_budget_wait_in_line_and_lose_nothing(gw: FrontDoorT
         assert b.connect() == 0
         deferred = gw.call(lambda: turns.deferred)
         sent = len(gw.sink.messages)
-        gw.loop.call_soon_threadsafe(held.wait, 10)  # blocks the gateway's loop until released
+        blocked = threading.Event()
+
+        def block() -> None:  # the gateway's loop waits here until released
+            blocked.set()
+            held.wait(10)
+
+        gw.loop.call_soon_threadsafe(block)
+        assert blocked.wait(5)
         infos = []
         for i in range(30):
             infos.append(a.client.publish("devices/sensor-a/messages/events/", b"a%d" % i, qos=1))

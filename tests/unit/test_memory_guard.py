@@ -114,11 +114,12 @@ def guard_with(door: Door, readings: list[int | None], limit: int | None = LIMIT
 
 def test_each_change_acts_once_and_only_on_what_changed(caplog: pytest.LogCaptureFixture) -> None:
     door, counted = Door(), []
-    mb = [500, 905, 920, 950, 960, 915, 900, 870, 850, 990, 100]
-    guard = guard_with(door, [m * MIB for m in mb], counted=counted)
+    steps = [(0, 500), (1, 905), (2, 920), (3, 950), (4, 960), (5, 870), (5.5, 872), (6, 875), (7, 850),
+             (7.5, 900), (8, 850), (9, 850), (10, 990), (11, 100), (12, 100)]
+    guard = guard_with(door, [mib * MIB for _, mib in steps], counted=counted)
     caplog.set_level(logging.INFO, "edgegate.service")
-    tighter = [guard.step(float(t)) for t in range(len(mb))]
-    assert tighter == [False, True, False, True, False, False, False, False, False, True, False]
+    tighter = [guard.step(float(t)) for t, _ in steps]
+    assert [t for (t, _), up in zip(steps, tighter, strict=True) if up] == [1, 3, 10]
     assert door.calls == ["refuse True", "hold True", "hold False", "refuse False",
                           "refuse True", "hold True", "refuse False", "hold False"]
     assert counted == [REFUSING, HOLDING, HOLDING]
@@ -130,11 +131,38 @@ def test_each_change_acts_once_and_only_on_what_changed(caplog: pytest.LogCaptur
                                "until it is below 860 MiB")
     assert "pausing reads of the 7 connected devices" in lines[1]
     assert "below 880 MiB" in lines[1]
-    assert "reading connected devices again after 4.0 s" in lines[2]  # held from t=3 to t=7
-    assert "admitting new devices again after 1.0 s" in lines[3]
-    assert "reading connected devices and admitting new ones again after 1.0 s" in lines[5]
+    # Let go only after a second below the mark: held from t=3 to t=6, refusing from t=6 to t=9 (the 900
+    # at t=7.5 started the second over).
+    assert "memory at 875 MiB" in lines[2]
+    assert "reading connected devices again after 3.0 s" in lines[2]
+    assert "admitting new devices again after 3.0 s" in lines[3]
+    assert "reading connected devices and admitting new ones again after 2.0 s" in lines[5]
     assert [r.levelno for r in caplog.records] == [logging.WARNING, logging.WARNING, logging.INFO, logging.INFO,
                                                    logging.WARNING, logging.INFO]
+
+
+def test_a_hold_memory_does_not_end_sheds_the_newest_devices_every_few_seconds(
+        caplog: pytest.LogCaptureFixture) -> None:
+    door, shed = Door(), []
+    times = [0.0, 1.0, 4.0, 6.0, 8.0, 11.0, 12.0, 13.0]
+    readings = iter([950 * MIB] * 6 + [800 * MIB] * 2)
+
+    def shed_some(fraction: float) -> int:
+        shed.append(fraction)
+        return 12
+
+    guard = MemoryGuard(limit=lambda: LIMIT, used=lambda: next(readings), refuse=door.refuse, hold=door.hold,
+                        trim=asyncio.sleep, shed=shed_some)
+    caplog.set_level(logging.WARNING, "edgegate.service")
+    for t in times:
+        guard.step(t)
+    # Held at t=0; 5 s later (t=6) and 5 s after that (t=11) a twentieth of the devices go.
+    assert shed == [memory_guard.SHED_FRACTION] * 2
+    assert guard.shed_total == 24
+    assert guard.state is CLEAR  # memory fell at t=12 and stayed down a second
+    lines = [r.getMessage() for r in caplog.records if "disconnected" in r.getMessage()]
+    assert lines[0].startswith("memory still at 950 MiB of the 1000 MiB limit (95%) after 6 s of held reads: "
+                               "disconnected 12 devices, the most recently connected")
 
 
 def test_no_limit_no_pressure_and_a_lifted_limit_lets_go() -> None:
