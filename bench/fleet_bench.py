@@ -290,7 +290,7 @@ class GatewayWatch:
         self.phase = "sync"
         self.started = time.monotonic()
         self.connected = self.connected_max = self.cached = self.refused = self.refused_memory = 0
-        self.refused_pressure = 0  # refused by the memory guard (gateway.service.memory_guard)
+        self.refused_pressure = self.shed = 0  # refused, disconnected by gateway.service.memory_guard
         self.pressure_steps: dict[str, int] = {}  # edgegate_memory_pressure_total by level
         self.outbox_depth = -1
         self.limits: dict[str, object] = {}
@@ -315,6 +315,7 @@ class GatewayWatch:
         self.refused_pressure = int(counters.get('edgegate_connections_refused_total{reason="memory_pressure"}', 0))
         self.pressure_steps = {level: int(counters.get(f'edgegate_memory_pressure_total{{level="{level}"}}', 0))
                                for level in ("refusing", "holding")}
+        self.shed = int(counters.get("edgegate_memory_shed_total", 0))
         self.outbox_depth = int(str(status["outbox_depth"]))
         self.limits = limits
         anon, cgroup_rss, cgroup_cache = self._sample_memory()
@@ -530,6 +531,7 @@ def run(args: argparse.Namespace, tmp: Path) -> dict[str, object]:
             gateway |= {
                 "rss_mib": gateway_rss, "peak_rss_mib": gateway_peak_rss, **watch.memory_peaks(),
                 "memory_pressure_steps": watch.pressure_steps, "refused_memory_pressure": watch.refused_pressure,
+                "memory_shed": watch.shed,
                 "cpu_seconds_to_window_end": gateway_cpu and round(gateway_cpu, 1),
                 "connected_max": watch.connected_max, "max_connections": watch.limits.get("max_connections"),
                 "limited_by": watch.limits.get("limited_by"), "budget_log_line": budget_line(gw.log()),
