@@ -92,7 +92,7 @@ class DeviceConnection(asyncio.Protocol):
         self._pump_soon = False
         self._write_waiters: list[asyncio.Future[None]] = []
         self._paused_writing = False
-        self._held = False  # the front door holds this device's reads for the forwarder
+        self._held = False  # the front door holds this device's reads (the forward pacer, the memory guard)
         # In the read-turn queue (gateway.frontdoor.turns): the bytes read meanwhile; None when not in it.
         self._aside: list[bytes] | None = None
         self._granted = False  # the read-turn queue granted the next read: it is handled without waiting
