@@ -106,7 +106,7 @@ def gateways(hub: HubProcess, tmp_path_factory: pytest.TempPathFactory) -> Gatew
     return Gateways(hub, tmp_path_factory.mktemp("identities"))
 
 
-async def wait_until(condition: Any, within: float = 3.0) -> None:
+async def wait_until(condition: Any, within: float = 30.0) -> None:
     deadline = time.monotonic() + within
     while not await asyncio.to_thread(condition):
         assert time.monotonic() < deadline, "condition not met in time"
