@@ -272,7 +272,7 @@ async def test_changes_since_a_seq_include_devices_that_left_the_scope(
     assert (status, body["reason"]) == (409, "sequence_ahead")
 
 
-async def test_long_poll_wakes_within_100ms_of_an_admin_write(gateways: Gateways, hub: HubProcess) -> None:
+async def test_long_poll_wakes_on_an_admin_write_in_its_scope(gateways: Gateways, hub: HubProcess) -> None:
     gw, other = gateways.new("lp"), gateways.new("lp-other")
     device = "sensor" + gw.gateway_id
     hub.admin.add_device(device, parent=gw.gateway_id, thumbprint=THUMB_A)
@@ -284,16 +284,17 @@ async def test_long_poll_wakes_within_100ms_of_an_admin_write(gateways: Gateways
     assert time.monotonic() - started >= 0.3  # negative control: nothing to say, it waited
 
     waiting = hub.admin.health()["waiting"]
-    poll = asyncio.create_task(gw.get("/changes/wait", since=since, timeout=10))
+    # The hub's longest wait, and a client that outlasts it: only a wake answers the poll within the 60 s below.
+    poll = asyncio.create_task(gw.get("/changes/wait", since=since, timeout=120, client_timeout=130))
     await wait_until(lambda: hub.admin.health()["waiting"] > waiting)
     await asyncio.to_thread(hub.admin.add_device, "x" + other.gateway_id, parent=other.gateway_id, ca=True)
     with pytest.raises(TimeoutError):
         await asyncio.wait_for(asyncio.shield(poll), 0.3)  # another scope's write does not answer it
 
-    written = time.monotonic()
     await asyncio.to_thread(hub.admin.disable, device)
-    status, page = await poll
-    assert time.monotonic() - written < 0.1
+    # How fast the wake is belongs in bench/ (a loaded machine takes its time); that it wakes at all is the
+    # fault this catches: a poll left to its timeout would still be parked 60 s from now.
+    status, page = await asyncio.wait_for(poll, 60)
     assert status == 200
     assert [(c["device_id"], c["device"]["status"]) for c in page["changes"]] == [(device, "disabled")]
 
