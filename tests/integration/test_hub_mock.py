@@ -52,7 +52,7 @@ class Gateway:
         *,
         as_gateway: str | None = None,
         body: Any = None,
-        client_timeout: float = 5,
+        client_timeout: float = 60,
         server_hostname: str | None = HOSTNAME,
         **params: Any,
     ) -> tuple[int, Any]:
@@ -338,10 +338,11 @@ async def test_ca_changes_travel_on_every_gateways_feed(gateways: Gateways, hub:
         return [c["thumbprint"] for c in page["cas"] if c["name"] == name]
 
     since = seq(hub)
-    waiting = asyncio.create_task(gw.get("/changes/wait", since=since, timeout=30))
-    await asyncio.sleep(0.2)
+    parked = hub.admin.health()["waiting"]
+    waiting = asyncio.create_task(gw.get("/changes/wait", since=since, timeout=120, client_timeout=130))
+    await wait_until(lambda: hub.admin.health()["waiting"] > parked)  # parked, so the CA change has to wake it
     hub.admin.add_ca(name, first.cert_pem.bytes.decode())
-    status, page = await asyncio.wait_for(waiting, 10)  # a CA change answers a long poll like a device change
+    status, page = await asyncio.wait_for(waiting, 60)  # a CA change answers a long poll like a device change
     assert status == 200
     assert page["changes"] == []
     assert mine(page) == [thumbprint_sha256(first.cert)]
@@ -425,11 +426,11 @@ async def test_c2d_send_wait_ack(gateways: Gateways, hub: HubProcess) -> None:
     hub.admin.add_device(theirs, parent=other.gateway_id, thumbprint=THUMB_A)
 
     waiting = hub.admin.health()["waiting"]
-    poll = asyncio.create_task(gw.get("/c2d/wait", after=0, timeout=10))
+    poll = asyncio.create_task(gw.get("/c2d/wait", after=0, timeout=120, client_timeout=130))
     await wait_until(lambda: hub.admin.health()["waiting"] > waiting)
     await asyncio.to_thread(hub.admin.send_c2d, theirs, b"not yours")
     seq_mine = await asyncio.to_thread(hub.admin.send_c2d, mine, b"on", {"kind": "switch"})
-    status, answer = await poll
+    status, answer = await asyncio.wait_for(poll, 60)  # woken by the send: the poll's own timeout is 120 s
     assert status == 200
     assert answer == {
         "messages": [
