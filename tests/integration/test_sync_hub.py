@@ -42,8 +42,9 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-async def wait_until(condition: Callable[[], bool], within: float = 5.0, what: str = "condition") -> float:
-    """Poll `condition` until true; returns how long it took."""
+async def wait_until(condition: Callable[[], bool], within: float = 60.0, what: str = "condition") -> float:
+    """Poll `condition` until true; returns how long it took. The bound only costs time when the condition
+    never comes: a loaded machine can stretch a sync with its TLS handshakes past a few seconds."""
     loop = asyncio.get_running_loop()
     started = loop.time()
     while not condition():
@@ -246,10 +247,10 @@ async def test_refused_and_blackholed_hub_keep_the_cache_and_changes_arrive_afte
         for fault in ("down", "blackhole"):
             cached = {d: gw.directory.lookup(d) for d in (d1, d2, d3, "new-" + gw.gateway_id)}
             await asyncio.to_thread(hub.admin.fault, fault)
-            took = await wait_until(lambda: gw.sync.state is HubState.OFFLINE, within=8.0, what=f"offline ({fault})")
+            took = await wait_until(lambda: gw.sync.state is HubState.OFFLINE, what=f"offline ({fault})")
             # Switching faults drops the listener for a moment: the first failure may read "refused".
             symptom = "refused" if fault == "down" else "did not answer"
-            await wait_until(lambda s=symptom: s in (gw.directory.status.last_error or ""), within=8.0, what=symptom)
+            await wait_until(lambda s=symptom: s in (gw.directory.status.last_error or ""), what=symptom)
             print(f"\n{fault}: offline after {took:.1f}s; last error: {gw.directory.status.last_error}")
             assert {d: gw.directory.lookup(d) for d in cached} == cached  # nothing evicted, nothing changed
             assert gw.directory.status.online is False
@@ -264,7 +265,7 @@ async def test_refused_and_blackholed_hub_keep_the_cache_and_changes_arrive_afte
             assert len(gw.revoked) == revoked  # ... change nothing here while offline
             assert {d: gw.directory.lookup(d) for d in cached} == cached
             await asyncio.to_thread(hub.admin.fault, "clear")
-            await wait_until(lambda: gw.sync.state is HubState.ONLINE, within=5.0, what="back online")
+            await wait_until(lambda: gw.sync.state is HubState.ONLINE, what="back online")
     finally:
         hub.admin.fault("clear")
     assert gw.sync.full_syncs == syncs + 2  # a full resync on every reconnect
@@ -292,7 +293,7 @@ async def test_long_polls_cut_by_a_middlebox_fall_back_to_deltas(
         (d1,) = add_devices(hub, gw.gateway_id, 1)
         await gw.start(long_poll_wait=timedelta(seconds=30), delta_interval=timedelta(seconds=0.2))
         await wait_until(lambda: gw.sync.state is HubState.ONLINE, what="online")
-        await wait_until(lambda: not gw.sync.long_poll, within=10.0, what="fallback to deltas")
+        await wait_until(lambda: not gw.sync.long_poll, what="fallback to deltas")
         assert gw.sync.state is HubState.ONLINE  # the hub is fine; only long polls do not get through
         loop = asyncio.get_running_loop()
         written = loop.time()
@@ -317,7 +318,7 @@ async def test_hub_killed_then_gateway_restarts_from_the_persisted_cache(
         try:
             await wait_until(lambda: first.sync.state is HubState.ONLINE and len(first.directory) == 5, what="synced")
             own.stop()  # killed
-            await wait_until(lambda: first.sync.state is HubState.OFFLINE, within=8.0, what="offline")
+            await wait_until(lambda: first.sync.state is HubState.OFFLINE, what="offline")
             assert all(first.directory.lookup(d) for d in ids)
         finally:
             await first.stop()
@@ -327,11 +328,11 @@ async def test_hub_killed_then_gateway_restarts_from_the_persisted_cache(
         try:
             assert {d for d in ids if second.directory.lookup(d)} == set(ids)
             assert ca.cert in second.directory.anchors().roots
-            await wait_until(lambda: second.sync.state is HubState.OFFLINE, within=8.0, what="offline after restart")
+            await wait_until(lambda: second.sync.state is HubState.OFFLINE, what="offline after restart")
             assert len(second.directory) == 5
             assert second.directory.status.offline_since is not None
             own.restart()
-            await wait_until(lambda: second.sync.state is HubState.ONLINE, within=8.0, what="online after hub restart")
+            await wait_until(lambda: second.sync.state is HubState.ONLINE, what="online after hub restart")
             assert len(second.directory) == 5
             assert second.revoked == []
         finally:
@@ -355,7 +356,7 @@ async def test_a_hub_that_lost_its_registry_is_resynced_in_full(tmp_path: Path) 
             (new,) = add_devices(own, identity.gateway_id, 1, prefix="new")
             assert own.admin.health()["sequence"] < cursor  # the hub's sequence went backwards
             assert (await gw.client.changes(cursor, 10)).reset  # the feed cannot continue from our cursor
-            await wait_until(lambda: gw.directory.get(new) is not None, within=8.0, what="resynced")
+            await wait_until(lambda: gw.directory.get(new) is not None, what="resynced")
             assert all(gw.directory.get(d) is None for d in old)
             assert sorted(r[0] for r in gw.revoked) == sorted(old)
             assert gw.directory.sequence == own.admin.health()["sequence"]
