@@ -33,8 +33,11 @@ pytestmark = pytest.mark.integration
 
 HOSTNAME = "hub.local"
 THUMB_A, THUMB_B = "aa" * 32, "bb" * 32
-# Short timeouts keep outage tests in seconds; production defaults are in RegistrySync and HubClient.
-REQUEST_TIMEOUT = 1.0
+# A short long poll keeps outage tests in seconds; production defaults are in RegistrySync and HubClient.
+# The request timeout is the hub client's default: a request's deadline includes its TLS handshake, and 1 s
+# can run out on a loaded machine, turning the error a test reads (a hostname mismatch, a refusal) into a
+# timeout, or a REJECTED gateway into an OFFLINE one and back (a second "REFUSED" line).
+REQUEST_TIMEOUT = 10.0
 LONG_POLL = timedelta(seconds=2)
 
 
@@ -82,6 +85,7 @@ class Gateway:
     hostname: str = HOSTNAME
     trust_root: Path | None = None
     api_url: str | None = None  # another way to the hub (through the chaos proxy)
+    request_timeout: float = REQUEST_TIMEOUT
     revoked: list[tuple[str, str, float]] = field(default_factory=list)
 
     async def start(self, **sync_options: object) -> Gateway:
@@ -96,7 +100,7 @@ class Gateway:
             trust_bundle_cert=self.trust_root or self.hub.hub_root,
             identity_cert=self.identity.cert,
             identity_pk=self.identity.key,
-            request_timeout=REQUEST_TIMEOUT,
+            request_timeout=self.request_timeout,
         )
         self.directory = DeviceDirectory(
             gateway_id=self.gateway_id,
@@ -238,7 +242,7 @@ async def test_the_change_feed_revokes_within_two_seconds(gateways: Callable[...
 async def test_refused_and_blackholed_hub_keep_the_cache_and_changes_arrive_after(
     gateways: Callable[..., Gateway], hub: HubProcess
 ) -> None:
-    gw = gateways("outage")
+    gw = gateways("outage", request_timeout=3.0)  # a blackholed hub is only noticed by the timeout
     d1, d2, d3 = add_devices(hub, gw.gateway_id, 3)
     await gw.start()
     await wait_until(lambda: gw.sync.state is HubState.ONLINE and len(gw.directory) == 3, what="synced")
