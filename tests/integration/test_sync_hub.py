@@ -196,11 +196,13 @@ async def test_full_sync_brings_exactly_the_device_scope(gateways: Callable[...,
 # -- revocation through the change feed ------------------------------------------------------------
 
 
-async def test_the_change_feed_revokes_within_two_seconds(gateways: Callable[..., Gateway], hub: HubProcess) -> None:
+async def test_the_change_feed_revokes_by_long_poll(gateways: Callable[..., Gateway], hub: HubProcess) -> None:
     gw = gateways("revoke")
     d_disable, d_remove, d_move, d_rotate, d_add_secondary = add_devices(hub, gw.gateway_id, 5)
     other = new_identity(hub, gw.identity.cert.parent, "other")
-    await gw.start()
+    # The hub's longest poll: a revocation that came at a poll's timeout, not by its wake, would take 120 s
+    # and fail the 60 s waits below. How fast the wake is, is printed, not asserted (bench/ measures it).
+    await gw.start(long_poll_wait=timedelta(seconds=120))
     await wait_until(lambda: gw.sync.state is HubState.ONLINE and len(gw.directory) == 5, what="synced")
     await asyncio.sleep(0.2)  # let the long poll settle on the hub
     loop = asyncio.get_running_loop()
@@ -215,18 +217,17 @@ async def test_the_change_feed_revokes_within_two_seconds(gateways: Callable[...
     for device_id, action, reason in actions:
         written = loop.time()
         await asyncio.to_thread(action)
-        await wait_until(lambda d=device_id: any(r[0] == d for r in gw.revoked), within=2.0, what=f"revoke {device_id}")
+        await wait_until(lambda d=device_id: any(r[0] == d for r in gw.revoked), what=f"revoke {device_id}")
         fired = next(r for r in gw.revoked if r[0] == device_id)
         assert fired[1] == reason
         latencies[reason if reason != "device_removed" or device_id == d_remove else "moved_out"] = fired[2] - written
     print("\nrevocation latency (admin write -> callback): "
           + ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in latencies.items()))
-    assert max(latencies.values()) < 2.0
 
     # Adding a secondary thumbprint keeps the old one valid: it arrives, and nobody is kicked for it.
     await asyncio.to_thread(hub.admin.update_device, d_add_secondary, secondary_thumbprint=THUMB_B)
     await wait_until(lambda: (r := gw.directory.lookup(d_add_secondary)) is not None
-                     and r.secondary_thumbprint == THUMB_B, within=2.0, what="secondary")
+                     and r.secondary_thumbprint == THUMB_B, what="secondary")
     assert [r[0] for r in gw.revoked] == [d_disable, d_remove, d_move, d_rotate]
     disabled = gw.directory.lookup(d_disable)
     assert disabled is not None
