@@ -77,7 +77,9 @@ class PahoDevice:
         self.connack = rc
         self._connected.set()
 
-    def connect(self, timeout: float = 10) -> int:
+    # The waits below only cost time when the answer never comes; a loaded machine can take seconds over a
+    # TLS handshake or an outbox commit, and a PUBACK that comes late would be counted as refused.
+    def connect(self, timeout: float = 30) -> int:
         """CONNACK return code (0 accepted); raises if none arrives."""
         self.client.connect("127.0.0.1", self.port, keepalive=self.keepalive)
         self.client.loop_start()
@@ -85,12 +87,12 @@ class PahoDevice:
             raise TimeoutError(f"no CONNACK for {self.client_id} within {timeout}s")
         return _V311_CODE[int(self.connack.value)]
 
-    def publish(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 5) -> bool:
+    def publish(self, topic: str, payload: bytes, qos: int = 1, timeout: float = 30) -> bool:
         info = self.client.publish(topic, payload, qos=qos)
         info.wait_for_publish(timeout)
         return info.is_published()
 
-    def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = 5) -> list[int]:
+    def subscribe(self, topic_filter: str, qos: int = 1, timeout: float = 30) -> list[int]:
         self.client.subscribe(topic_filter, qos)
         return self.subacks.get(timeout=timeout)
 

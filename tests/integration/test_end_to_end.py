@@ -67,7 +67,7 @@ def publish_numbered(dev: PahoDevice, start: int, count: int) -> list[bytes]:
     acked = []
     for n in range(start, start + count):
         payload = b"reading-%05d" % n
-        if dev.publish(f"devices/{dev.client_id}/messages/events/", payload, timeout=5):
+        if dev.publish(f"devices/{dev.client_id}/messages/events/", payload):
             acked.append(payload)
     return acked
 
