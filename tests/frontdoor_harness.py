@@ -125,7 +125,7 @@ class FrontDoorThread:
         """Run `fn(*args)` on the gateway's loop and return its result."""
         async def run() -> Any:
             return fn(*args)
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(30)
 
     def _run(self) -> None:
         asyncio.set_event_loop(self.loop)
