@@ -548,15 +548,16 @@ def test_mosquitto_pub_and_sub_as_witnesses(gw: FrontDoorThread, files: Callable
     common = ["-h", "127.0.0.1", "-p", str(gw.port), "--cafile", str(gw.pki.root_path), "--cert", str(f.cert),
               "--key", str(f.key), "--insecure", "-i", "sensor-b", "-q", "1"]
     subprocess.run(["mosquitto_pub", *common, "-t", "devices/sensor-b/messages/events/", "-m", "from mosquitto"],
-                   check=True, timeout=10)
+                   check=True, timeout=60)
     wait_for(lambda: any(m.payload == b"from mosquitto" for m in gw.sink.messages))
     sub = subprocess.Popen(["mosquitto_sub", *common, "-t", "devices/sensor-b/messages/devicebound/#", "-C", "1",
-                            "-W", "10"], stdout=subprocess.PIPE)
-    wait_for(lambda: "sensor-b" in gw.door.online)  # type: ignore[union-attr]
-    time.sleep(0.3)  # the SUBSCRIBE follows the CONNACK
+                            "-W", "60"], stdout=subprocess.PIPE)
+    # The SUBSCRIBE follows the CONNACK: wait until the broker holds it, or the message finds no subscriber.
+    wait_for(lambda: gw.call(lambda: gw.broker.broker.filters_of("sensor-b"))
+             == ("devices/sensor-b/messages/devicebound/#",), what="mosquitto_sub's subscription")
     c2d(gw, "sensor-b", b"hello sub")
-    out, _ = sub.communicate(timeout=15)
+    out, _ = sub.communicate(timeout=60)
     assert out.strip() == b"hello sub"
-    denied = subprocess.run(["mosquitto_sub", *common, "-t", "#", "-C", "1", "-W", "3"], capture_output=True,
-                            timeout=10)
+    denied = subprocess.run(["mosquitto_sub", *common, "-t", "#", "-C", "1", "-W", "60"], capture_output=True,
+                            timeout=90)
     assert b"All subscription requests were denied" in denied.stderr
