@@ -282,7 +282,7 @@ async def test_peek_keeps_to_a_byte_budget_but_always_returns_one(outbox: Outbox
 
 async def test_qos0_is_stored_the_same_way_without_a_waiter(outbox: Outbox) -> None:
     outbox.submit(msg("d", 1, qos=0))
-    await asyncio.wait_for(outbox.submit(msg("d", 2)), 2)
+    await asyncio.wait_for(outbox.submit(msg("d", 2)), 30)
     assert [(r.qos, int(r.payload)) for r in await outbox.peek(10)] == [(0, 1), (1, 2)]
 
 
@@ -692,12 +692,12 @@ async def test_a_writer_that_dies_fails_its_commit_and_is_restarted(tmp_path: Pa
 
         monkeypatch.setattr(box, "_reap", reap_once_broken)
         with pytest.raises(StorageError, match="writer failed"):
-            await asyncio.wait_for(box.submit(msg("d", 1)), 5)
+            await asyncio.wait_for(box.submit(msg("d", 1)), 30)
         health = box.supervisor.health[store.WRITER_TASK]
         assert health.failures == 1
         assert health.last_error == "RuntimeError: injected bug"
         assert box.counters.get("edgegate_task_failures_total", task=store.WRITER_TASK) == 1
-        await asyncio.wait_for(box.submit(msg("d", 2)), 5)  # committed by the restarted writer
+        await asyncio.wait_for(box.submit(msg("d", 2)), 30)  # committed by the restarted writer
         assert 2 in numbers(await box.peek(10))
         assert health.state is TaskState.RUNNING
     finally:
@@ -719,10 +719,10 @@ async def test_close_does_not_wait_out_a_failing_writers_back_off(tmp_path: Path
 
     monkeypatch.setattr(box, "_reap", broken)
     with pytest.raises(StorageError):
-        await asyncio.wait_for(box.submit(msg("d", 1)), 5)
+        await asyncio.wait_for(box.submit(msg("d", 1)), 30)
     assert box.supervisor.health[store.WRITER_TASK].state is TaskState.FAILING
     waiting = box.submit(msg("d", 2))  # queued while the writer backs off
-    await asyncio.wait_for(box.close(), 5)
+    await asyncio.wait_for(box.close(), 60)  # not the 600 s back-off
     with pytest.raises(StorageError, match="writer was failing"):
         await waiting
 
