@@ -350,7 +350,8 @@ class Gateway:
     def _memory_guard(self) -> MemoryGuard:
         door, counters = self.door, self.counters
         return MemoryGuard(limit=lambda: self.budget.resources.memory,
-                           refuse=door.short_of_memory, shed=door.shed,
+                           refuse=door.short_of_memory, shed=door.shed, cap=door.cap,
+                           connected=lambda: len(door.online),
                            hold=lambda hold: door.hold_reading(hold, "memory"), trim=self._trim_heap,
                            count=lambda level: counters.inc("edgegate_memory_pressure_total", level=level.name.lower()))
 
@@ -383,11 +384,12 @@ class Gateway:
         by_pressure = self.counters.get("edgegate_connections_refused_total", reason="memory_pressure")
         if by_pressure > self._refused_by_pressure_seen:
             used = self.memory_guard.last_used
+            ceiling = self.memory_guard.ceiling
             log.warning("refused %d device connection(s) in the last %g s: memory is near its limit (%s of %d MiB "
-                        "anonymous; gateway.service.memory_guard); %d devices connected",
+                        "anonymous; gateway.service.memory_guard); %d devices connected%s",
                         by_pressure - self._refused_by_pressure_seen, SUMMARY_EVERY,
                         "?" if used is None else f"{used // MIB}", (self.budget.resources.memory or 0) // MIB,
-                        len(self.door.online))
+                        len(self.door.online), "" if ceiling is None else f", at most {ceiling} admitted")
         self._refused_by_pressure_seen = by_pressure
         logs.log_rejection_summaries(logging.getLogger("edgegate.frontdoor"))
 
