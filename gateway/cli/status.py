@@ -212,13 +212,15 @@ def memory_line(memory: Any) -> str | None:
     if not isinstance(memory, dict) or memory.get("anonymous_mib") is None:
         return None
     used, limit = memory["anonymous_mib"], memory.get("limit_mib")
+    # The guard measures the cgroup v2 that sets the limit where one does, else the process's anonymous memory.
+    what = "in use in the cgroup (less its page cache)" if memory.get("measured") == "cgroup" else "anonymous"
     if limit is None:
-        return f"{used:.0f} MiB anonymous, no limit (no memory guard)"
+        return f"{used:.0f} MiB {what}, no limit (no memory guard)"
     pressure, ceiling = str(memory.get("pressure")), memory.get("ceiling")
     doing = {"clear": "clear",
              "refusing": "SHORT: refusing new devices",
              "holding": "SHORT: refusing new devices and holding connected devices' reads"}.get(pressure, pressure)
-    text = f"{used:.0f} of {limit:.0f} MiB anonymous ({used / limit:.0%}): {doing}"
+    text = f"{used:.0f} of {limit:.0f} MiB {what} ({used / limit:.0%}): {doing}"
     if ceiling is not None:
         text += (f"; at most {ceiling} devices admitted (memory held no more at this load: raise the memory "
                  "limit or send smaller readings)")

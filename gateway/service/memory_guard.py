@@ -9,7 +9,11 @@ fragmented by a connect storm keeps its holes. Past the limit the kernel kills t
 worst answer: every device reconnects at once, into the same wall.
 
 So every TICK the gateway reads its own anonymous memory (what the kernel cannot reclaim; file pages it
-can) and compares it with the limit:
+can) and compares it with the limit. Under a cgroup v2 memory.max (systemd's MemoryMax= on a current
+distribution, Raspberry Pi OS included) it reads that cgroup's usage less its page cache instead: v2 also
+charges the sockets' buffers and kernel memory to the cgroup, and 5,000 held devices with a window of
+readings each in their receive buffers are tens of MiB that /proc/self/statm never shows. (Under v1 the
+sockets are not charged to memory.limit_in_bytes.)
 
 - at refuse_at of the limit (Marks) it refuses new device connections at accept, before their handshakes allocate
   anything (edgegate_connections_refused_total{reason="memory_pressure"}, summarised in the log); the
@@ -110,6 +114,24 @@ def read_anonymous(statm: Path = Path("/proc/self/statm")) -> int | None:
     try:
         return anonymous_bytes(statm.read_text(), os.sysconf("SC_PAGE_SIZE"))
     except (OSError, ValueError, IndexError):
+        return None
+
+
+def cgroup_unreclaimable(current: str, stat: str) -> int:
+    """What a cgroup v2 holds that reclaim cannot free, from the text of its memory.current and memory.stat:
+    the usage less the file pages on the LRU lists and the reclaimable slab (shmem is swap-backed, and
+    stays counted)."""
+    fields = dict(line.split(maxsplit=1) for line in stat.splitlines() if " " in line)
+    reclaimable = sum(int(fields.get(name, "0")) for name in ("active_file", "inactive_file", "slab_reclaimable"))
+    return max(0, int(current) - reclaimable)
+
+
+def read_cgroup_unreclaimable(directory: Path) -> int | None:
+    """The cgroup's memory that reclaim cannot free now; None where it cannot be read."""
+    try:
+        return cgroup_unreclaimable((directory / "memory.current").read_text(),
+                                    (directory / "memory.stat").read_text())
+    except (OSError, ValueError):
         return None
 
 

@@ -16,8 +16,10 @@ from gateway.service.memory_guard import (
     MemoryGuard,
     Pressure,
     anonymous_bytes,
+    cgroup_unreclaimable,
     pressure,
     read_anonymous,
+    read_cgroup_unreclaimable,
 )
 
 CLEAR, REFUSING, HOLDING = Pressure.CLEAR, Pressure.REFUSING, Pressure.HOLDING
@@ -81,6 +83,50 @@ def test_read_anonymous_is_none_where_proc_cannot_tell(tmp_path: Path) -> None:
     assert read_anonymous(tmp_path / "missing") is None
     (tmp_path / "statm").write_text("garbage")
     assert read_anonymous(tmp_path / "statm") is None
+
+
+# A cgroup v2 memory.stat as a 6.1 kernel writes it (abridged: the fields the guard reads, and some it must not).
+V2_STAT = """anon 188743680
+file 52428800
+kernel 12582912
+kernel_stack 1638400
+pagetables 3145728
+percpu 102400
+sock 41943040
+vmalloc 0
+shmem 1048576
+file_mapped 10485760
+file_dirty 4096
+file_writeback 0
+inactive_anon 1048576
+active_anon 188743680
+inactive_file 31457280
+active_file 19922944
+unevictable 0
+slab_reclaimable 2097152
+slab_unreclaimable 5242880
+slab 7340032
+"""
+
+
+@pytest.mark.parametrize(("current", "stat", "expected", "why"), [
+    ("296000000\n", V2_STAT, 296000000 - 31457280 - 19922944 - 2097152,
+     "less the file LRU and the reclaimable slab: anon, sockets, kernel and shmem stay"),
+    ("1000\n", "anon 1000\n", 1000, "nothing reclaimable"),
+    ("1000\n", "inactive_file 5000\n", 0, "never below zero (the two files are read a moment apart)"),
+    ("0\n", "", 0, "an empty cgroup"),
+])
+def test_cgroup_unreclaimable(current: str, stat: str, expected: int, why: str) -> None:
+    assert cgroup_unreclaimable(current, stat) == expected, why
+
+
+def test_read_cgroup_unreclaimable_reads_the_cgroup_directory(tmp_path: Path) -> None:
+    (tmp_path / "memory.current").write_text("296000000\n")
+    (tmp_path / "memory.stat").write_text(V2_STAT)
+    assert read_cgroup_unreclaimable(tmp_path) == 296000000 - 31457280 - 19922944 - 2097152
+    (tmp_path / "memory.current").write_text("max\n")
+    assert read_cgroup_unreclaimable(tmp_path) is None
+    assert read_cgroup_unreclaimable(tmp_path / "gone") is None
 
 
 class Door:

@@ -114,6 +114,8 @@ def test_report_of_an_offline_cache_past_its_trust() -> None:
      "213 of 256 MiB anonymous (83%): clear"),
     ({"anonymous_mib": 231.0, "limit_mib": 256.0, "pressure": "refusing", "ceiling": None},
      "231 of 256 MiB anonymous (90%): SHORT: refusing new devices"),
+    ({"anonymous_mib": 231.0, "limit_mib": 256.0, "pressure": "refusing", "ceiling": None, "measured": "cgroup"},
+     "231 of 256 MiB in use in the cgroup (less its page cache) (90%): SHORT: refusing new devices"),
     ({"anonymous_mib": 240.0, "limit_mib": 256.0, "pressure": "holding", "ceiling": 3764},
      "240 of 256 MiB anonymous (94%): SHORT: refusing new devices and holding connected devices' reads; at most "
      "3764 devices admitted (memory held no more at this load: raise the memory limit or send smaller readings)"),
