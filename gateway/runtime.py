@@ -48,7 +48,7 @@ from gateway.service.budget import (
 )
 from gateway.service.failures import operational_sentence
 from gateway.service.heap import TRIM_EVERY, can_trim, trim_heap
-from gateway.service.memory_guard import MemoryGuard
+from gateway.service.memory_guard import MemoryGuard, read_anonymous, read_cgroup_unreclaimable
 from gateway.service.notify import Notifier
 from gateway.service.reload import reload_plan
 from gateway.service.resources import raise_open_files, read_resources
@@ -338,7 +338,8 @@ class Gateway:
             "tasks": self.supervisor.describe(),
             "limits": {"max_connections": self.budget.max_connections, "configured": self.budget.configured,
                        "limited_by": self.budget.limiter.value, "explanation": self.budget.sentence()},
-            "memory": self.memory_guard.status(),
+            "memory": self.memory_guard.status() | {
+                "measured": "process" if self.budget.resources.memory_cgroup is None else "cgroup"},
         } | ({"est": self.est.status()} if self.est is not None else {})
 
     # ---- periodic work (supervised) -------------------------------------------------------------
@@ -349,10 +350,17 @@ class Gateway:
 
     def _memory_guard(self) -> MemoryGuard:
         door, counters = self.door, self.counters
-        return MemoryGuard(limit=lambda: self.budget.resources.memory,
-                           refuse=door.short_of_memory, shed=door.shed,
+        return MemoryGuard(limit=lambda: self.budget.resources.memory, used=self._memory_used,
+                           refuse=door.short_of_memory, shed=door.shed, cap=door.cap,
+                           connected=lambda: len(door.online),
                            hold=lambda hold: door.hold_reading(hold, "memory"), trim=self._trim_heap,
                            count=lambda level: counters.inc("edgegate_memory_pressure_total", level=level.name.lower()))
+
+    def _memory_used(self) -> int | None:
+        """What the memory guard measures against the limit: the cgroup v2 that sets it, where one does (its
+        sockets and kernel memory count there too), else this process's anonymous memory."""
+        cgroup = self.budget.resources.memory_cgroup
+        return read_anonymous() if cgroup is None else read_cgroup_unreclaimable(cgroup)
 
     async def _trim_heap(self) -> None:
         if await asyncio.to_thread(trim_heap):
@@ -383,11 +391,12 @@ class Gateway:
         by_pressure = self.counters.get("edgegate_connections_refused_total", reason="memory_pressure")
         if by_pressure > self._refused_by_pressure_seen:
             used = self.memory_guard.last_used
+            ceiling = self.memory_guard.ceiling
             log.warning("refused %d device connection(s) in the last %g s: memory is near its limit (%s of %d MiB "
-                        "anonymous; gateway.service.memory_guard); %d devices connected",
+                        "anonymous; gateway.service.memory_guard); %d devices connected%s",
                         by_pressure - self._refused_by_pressure_seen, SUMMARY_EVERY,
                         "?" if used is None else f"{used // MIB}", (self.budget.resources.memory or 0) // MIB,
-                        len(self.door.online))
+                        len(self.door.online), "" if ceiling is None else f", at most {ceiling} admitted")
         self._refused_by_pressure_seen = by_pressure
         logs.log_rejection_summaries(logging.getLogger("edgegate.frontdoor"))
 

@@ -80,6 +80,7 @@ def build_report(
             "healthy": live.get("healthy") if running and live else None,
             "tasks": live.get("tasks") if running and live else None,
             "limits": live.get("limits") if running and live else None,
+            "memory": live.get("memory") if running and live else None,
         },
         "connected_devices": live.get("connected_devices") if running and live else None,
         "outbox_depth": live.get("outbox_depth") if running and live else None,
@@ -152,6 +153,9 @@ def render_text(report: dict[str, Any], now: datetime) -> str:
     limits = service.get("limits")
     if isinstance(limits, dict):
         lines.append(f"limits       {limits.get('explanation')}")
+    memory = memory_line(service.get("memory"))
+    if memory:
+        lines.append(f"memory       {memory}")
     for name, task in sorted((service.get("tasks") or {}).items()):
         if task.get("state") != "running":
             lines.append(f"task         {name} {task.get('state')} ({task.get('failures')} failures): "
@@ -200,6 +204,27 @@ def render_text(report: dict[str, Any], now: datetime) -> str:
                      f"the hub; hub {twins.get('hub')}")
     lines += outbox_lines(report.get("outbox_store"))
     return "\n".join(lines)
+
+
+def memory_line(memory: Any) -> str | None:
+    """What the memory guard reports (gateway.service.memory_guard), as one line (pure); None without a
+    measurement."""
+    if not isinstance(memory, dict) or memory.get("anonymous_mib") is None:
+        return None
+    used, limit = memory["anonymous_mib"], memory.get("limit_mib")
+    # The guard measures the cgroup v2 that sets the limit where one does, else the process's anonymous memory.
+    what = "in use in the cgroup (less its page cache)" if memory.get("measured") == "cgroup" else "anonymous"
+    if limit is None:
+        return f"{used:.0f} MiB {what}, no limit (no memory guard)"
+    pressure, ceiling = str(memory.get("pressure")), memory.get("ceiling")
+    doing = {"clear": "clear",
+             "refusing": "SHORT: refusing new devices",
+             "holding": "SHORT: refusing new devices and holding connected devices' reads"}.get(pressure, pressure)
+    text = f"{used:.0f} of {limit:.0f} MiB {what} ({used / limit:.0%}): {doing}"
+    if ceiling is not None:
+        text += (f"; at most {ceiling} devices admitted (memory held no more at this load: raise the memory "
+                 "limit or send smaller readings)")
+    return text
 
 
 def _est_lines(est: Any) -> list[str]:

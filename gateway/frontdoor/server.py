@@ -51,6 +51,7 @@ class FrontDoor:
         # gateway.service.memory_guard). Reads go on when nobody does.
         self.holders: set[str] = set()
         self.refusing: str | None = None  # why new connections are refused at accept, whatever the limits
+        self.ceiling: int | None = None  # the most connections memory was seen to hold (the memory guard's)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._server: asyncio.Server | None = None
         self.wiring = Wiring(
@@ -92,6 +93,8 @@ class FrontDoor:
     def take_slot(self, conn: DeviceConnection) -> str | None:
         if self.refusing is not None:
             return self.refusing
+        if self.ceiling is not None and len(self.connections) >= self.ceiling:
+            return "memory_pressure"
         limits = self.limits
         if len(self.connections) >= limits.max_connections:
             return "max_connections"
@@ -157,6 +160,10 @@ class FrontDoor:
         accept, before its handshake, and grant the fewest reads a turn (gateway.frontdoor.turns); or stop."""
         self.refusing = "memory_pressure" if short else None
         self.wiring.turns.scarce = short
+
+    def cap(self, ceiling: int | None) -> None:
+        """Admit no more than `ceiling` connections (None: only the limits), for the memory guard."""
+        self.ceiling = ceiling
 
     def shed(self, fraction: float) -> int:
         """Disconnect `fraction` of the admitted devices (at least one), the most recently connected first,

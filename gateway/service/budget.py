@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass
+from pathlib import Path
 
 MIB = 1024 * 1024
 
@@ -52,6 +53,9 @@ class Resources:
     open_files: int
     memory: int | None = None
     memory_source: str = "none"  # "cgroup v2 memory.max", "cgroup v1 memory.limit_in_bytes", "[limits] memory"
+    # The cgroup v2 directory whose memory.max is `memory`: the memory guard measures that cgroup's usage,
+    # sockets and kernel memory included, as its OOM killer does (gateway.service.memory_guard).
+    memory_cgroup: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)

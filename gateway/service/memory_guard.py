@@ -9,7 +9,11 @@ fragmented by a connect storm keeps its holes. Past the limit the kernel kills t
 worst answer: every device reconnects at once, into the same wall.
 
 So every TICK the gateway reads its own anonymous memory (what the kernel cannot reclaim; file pages it
-can) and compares it with the limit:
+can) and compares it with the limit. Under a cgroup v2 memory.max (systemd's MemoryMax= on a current
+distribution, Raspberry Pi OS included) it reads that cgroup's usage less its page cache instead: v2 also
+charges the sockets' buffers and kernel memory to the cgroup, and 5,000 held devices with a window of
+readings each in their receive buffers are tens of MiB that /proc/self/statm never shows. (Under v1 the
+sockets are not charged to memory.limit_in_bytes.)
 
 - at refuse_at of the limit (Marks) it refuses new device connections at accept, before their handshakes allocate
   anything (edgegate_connections_refused_total{reason="memory_pressure"}, summarised in the log); the
@@ -28,6 +32,15 @@ their waiting windows came in and the kernel killed the gateway (bench.fleet_ben
 So the guard sheds load: every SHED_AFTER seconds of such a hold it disconnects SHED_FRACTION of the
 devices, the most recently connected first. They keep their unacknowledged readings, and are refused
 while memory is short when they dial again.
+
+A shed also sets a ceiling: the devices left connected are what the memory holds at this load, and the
+front door admits no more than that, whatever memory measures. Without it the gateway flapped: memory a
+shed device freed stays mostly with Python's allocator and the C heap (shedding 218 devices lowered the
+measurement by 2 MiB), so the measurement fell only as the held devices' readings drained, the guard
+admitted again, the fleet dialled back in, and it held and shed again, every few seconds for minutes (81
+guard lines in 6.5 minutes, bench.fleet_bench --pad 2048, December 7). The ceiling rises by SHED_FRACTION
+after every RAISE_AFTER seconds that it is full and memory clear, so a load that eases is served again; a
+changed limit (a reload) lifts it.
 
 The shares leave room under the kill: the kernel also counts page cache it could not reclaim in time and
 the sockets' buffers, and at 256 MiB the gateway was killed with 247.7 MiB (96.8 %) anonymous (December 7).
@@ -57,6 +70,7 @@ TRIM_UNDER_PRESSURE = 2.0
 SETTLE = 1.0
 SHED_AFTER = 5.0
 SHED_FRACTION = 0.05
+RAISE_AFTER = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,16 +117,40 @@ def read_anonymous(statm: Path = Path("/proc/self/statm")) -> int | None:
         return None
 
 
+def cgroup_unreclaimable(current: str, stat: str) -> int:
+    """What a cgroup v2 holds that reclaim cannot free, from the text of its memory.current and memory.stat:
+    the usage less the file pages on the LRU lists and the reclaimable slab (shmem is swap-backed, and
+    stays counted)."""
+    fields = dict(line.split(maxsplit=1) for line in stat.splitlines() if " " in line)
+    reclaimable = sum(int(fields.get(name, "0")) for name in ("active_file", "inactive_file", "slab_reclaimable"))
+    return max(0, int(current) - reclaimable)
+
+
+def read_cgroup_unreclaimable(directory: Path) -> int | None:
+    """The cgroup's memory that reclaim cannot free now; None where it cannot be read."""
+    try:
+        return cgroup_unreclaimable((directory / "memory.current").read_text(),
+                                    (directory / "memory.stat").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 class MemoryGuard:
-    """Every TICK: measure, decide, and tell the front door (`refuse(bool)`, `hold(bool)` -> devices held)."""
+    """Every TICK: measure, decide, and tell the front door (`refuse(bool)`, `hold(bool)` -> devices held,
+    `shed(fraction)` -> devices disconnected, `cap(ceiling)`); `connected()` counts its devices."""
 
     def __init__(self, *, limit: Callable[[], int | None], refuse: Callable[[bool], None],
-                 hold: Callable[[bool], int], trim: Callable[[], Awaitable[object]],
+                 hold: Callable[[bool], int], trim: Callable[[], Awaitable[object]], connected: Callable[[], int],
                  shed: Callable[[float], int] = lambda _: 0, count: Callable[[Pressure], None] = lambda _: None,
+                 cap: Callable[[int | None], None] = lambda _: None,
                  used: Callable[[], int | None] = read_anonymous, marks: Marks = MARKS, tick: float = TICK) -> None:
         self.limit, self.used, self.refuse, self.hold, self.trim = limit, used, refuse, hold, trim
-        self.shed, self.count, self.marks, self.tick = shed, count, marks, tick
+        self.shed, self.count, self.connected, self.cap = shed, count, connected, cap
+        self.marks, self.tick = marks, tick
         self.shed_total = 0  # devices disconnected to make room
+        self.ceiling: int | None = None  # the most devices admitted, since a shed showed what memory holds
+        self._ceiling_limit: int | None = None  # the limit the ceiling was learnt under
+        self._ceiling_at = 0.0  # when the ceiling was set or last raised
         self.state = Pressure.CLEAR
         self.last_used: int | None = None
         self._since = 0.0  # when the current state began (loop time)
@@ -124,7 +162,7 @@ class MemoryGuard:
         limit, used = self.limit(), self.last_used
         return {"anonymous_mib": None if used is None else round(used / MIB, 1),
                 "limit_mib": None if limit is None else round(limit / MIB, 1),
-                "pressure": self.state.name.lower()}
+                "pressure": self.state.name.lower(), "ceiling": self.ceiling}
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -146,6 +184,9 @@ class MemoryGuard:
         if used is None:
             return False
         self.last_used = used
+        if self.ceiling is not None and limit != self._ceiling_limit:
+            self._set_ceiling(None, now)
+            log.info("the memory limit changed: the ceiling on connected devices is lifted")
         before = self.state
         after = Pressure.CLEAR if limit is None else pressure(before, used, limit, self.marks)
         if after >= before:
@@ -158,6 +199,8 @@ class MemoryGuard:
         if after == before:
             if after is Pressure.HOLDING and limit is not None and now - self._shed_at >= SHED_AFTER:
                 self._shed(now, used, limit)
+            elif after is Pressure.CLEAR and limit is not None:
+                self._raise_ceiling(now, used, limit)
             return False
         self._lower_since = None
         if after is Pressure.HOLDING:
@@ -170,12 +213,38 @@ class MemoryGuard:
 
     def _shed(self, now: float, used: int, limit: int) -> None:
         self._shed_at = now
+        connected = self.connected()
         gone = self.shed(SHED_FRACTION)
         self.shed_total += gone
+        left = max(1, connected - gone)
+        self._set_ceiling(left if self.ceiling is None else min(self.ceiling, left), now)
+        self._ceiling_limit = limit
         log.warning("memory still at %.0f MiB of the %.0f MiB limit (%.0f%%) after %.0f s of held reads: "
-                    "disconnected %d devices, the most recently connected, to make room (they keep their "
-                    "unacknowledged readings and are refused until memory falls; edgegate_memory_shed_total)",
-                    used / MIB, limit / MIB, 100 * used / limit, now - self._since, gone)
+                    "disconnected %d of %d devices, the most recently connected, to make room (they keep their "
+                    "unacknowledged readings; edgegate_memory_shed_total), and admitting at most %d from now on, "
+                    "%.0f KiB of memory a device at this load; raised after every %.0f s it is full and memory "
+                    "clear. To serve more, give the gateway more memory ([limits] memory or the service's "
+                    "MemoryMax=) or its devices smaller readings",
+                    used / MIB, limit / MIB, 100 * used / limit, now - self._since, gone, connected,
+                    self.ceiling, used / max(1, connected) / 1024, RAISE_AFTER)
+
+    def _raise_ceiling(self, now: float, used: int, limit: int) -> None:
+        """Raise the ceiling a step once it has been full, with memory clear, for RAISE_AFTER seconds."""
+        ceiling = self.ceiling
+        if ceiling is None or now - max(self._ceiling_at, self._since) < RAISE_AFTER:
+            return
+        if self.connected() < ceiling:
+            self._ceiling_at = now  # not full: memory clear says nothing about more devices
+            return
+        self._set_ceiling(ceiling + max(1, round(ceiling * SHED_FRACTION)), now)
+        log.info("memory at %.0f MiB of the %.0f MiB limit (%.0f%%) for %.0f s with the ceiling of %d devices "
+                 "full: admitting up to %d", used / MIB, limit / MIB, 100 * used / limit, RAISE_AFTER, ceiling,
+                 self.ceiling)
+
+    def _set_ceiling(self, ceiling: int | None, now: float) -> None:
+        self.ceiling = ceiling
+        self._ceiling_at = now
+        self.cap(ceiling)
 
     def _act(self, before: Pressure, after: Pressure) -> int:
         if (before >= Pressure.REFUSING) != (after >= Pressure.REFUSING):

@@ -54,17 +54,23 @@ def parse_limit(text: str) -> int | None:
 
 def tightest_limit(path: str, read: Callable[[PurePosixPath], str | None]) -> int | None:
     """The smallest limit on `path` and its ancestors (a parent's limit binds its children too)."""
-    found: list[int] = []
+    found = tightest_cgroup(path, read)
+    return found[0] if found else None
+
+
+def tightest_cgroup(path: str, read: Callable[[PurePosixPath], str | None]) -> tuple[int, PurePosixPath] | None:
+    """The smallest limit on `path` and its ancestors, and the cgroup that sets it (the nearest of equals)."""
+    found: tuple[int, PurePosixPath] | None = None
     current = PurePosixPath(path)
     while True:
         text = read(current)
         limit = parse_limit(text) if text is not None else None
-        if limit is not None:
-            found.append(limit)
+        if limit is not None and (found is None or limit < found[0]):
+            found = (limit, current)
         if current == current.parent:
             break
         current = current.parent
-    return min(found) if found else None
+    return found
 
 
 def _reader(base: Path, name: str) -> Callable[[PurePosixPath], str | None]:
@@ -76,28 +82,30 @@ def _reader(base: Path, name: str) -> Callable[[PurePosixPath], str | None]:
     return read
 
 
-def cgroup_memory_limit(root: Path = CGROUP_ROOT, proc: Path = Path("/proc/self/cgroup")) -> tuple[int | None, str]:
-    """The memory limit of this process's cgroup (v2 first, then v1) and where it came from."""
+def cgroup_memory_limit(root: Path = CGROUP_ROOT, proc: Path = Path("/proc/self/cgroup")
+                        ) -> tuple[int | None, str, Path | None]:
+    """The memory limit of this process's cgroup (v2 first, then v1), where it came from, and (v2) the
+    directory of the cgroup that sets it."""
     try:
         v2, v1 = cgroup_paths(proc.read_text())
     except OSError:
-        return None, "none"
+        return None, "none", None
     if v2 is not None and (root / "cgroup.controllers").exists():
-        limit = tightest_limit(v2, _reader(root, "memory.max"))
-        if limit is not None:
-            return limit, "cgroup v2 memory.max"
+        found = tightest_cgroup(v2, _reader(root, "memory.max"))
+        if found is not None:
+            return found[0], "cgroup v2 memory.max", root / str(found[1]).lstrip("/")
     if v1 is not None:
         limit = tightest_limit(v1, _reader(root / "memory", "memory.limit_in_bytes"))
         if limit is not None:
-            return limit, "cgroup v1 memory.limit_in_bytes"
-    return None, "none"
+            return limit, "cgroup v1 memory.limit_in_bytes", None
+    return None, "none", None
 
 
 def read_resources(configured_memory: int | None) -> Resources:
     """The open-files limit in force now and the memory budget: the smaller of the cgroup's and the
     configured `[limits] memory`."""
     soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
-    limit, source = cgroup_memory_limit()
+    limit, source, cgroup = cgroup_memory_limit()
     if configured_memory is not None and (limit is None or configured_memory < limit):
-        limit, source = configured_memory, "[limits] memory"
-    return Resources(open_files=int(soft), memory=limit, memory_source=source)
+        limit, source, cgroup = configured_memory, "[limits] memory", None
+    return Resources(open_files=int(soft), memory=limit, memory_source=source, memory_cgroup=cgroup)

@@ -19,6 +19,7 @@ from gateway.frontdoor import turns as read_turns
 from gateway.frontdoor.server import FrontDoorLimits
 from gateway.mqtt import codec
 from gateway.pki import IssuedCert, self_signed_device_cert
+from gateway.service import memory_guard
 from gateway.service.budget import MEMORY_PER_CONNECTION, MEMORY_PER_OPENSSL_CONNECTION
 from gateway.service.memory_guard import MIB, MemoryGuard, Pressure
 from tests import certmatrix
@@ -295,15 +296,16 @@ def test_memory_pressure_refuses_new_devices_then_holds_reads_and_loses_nothing(
         return None
 
     guard = MemoryGuard(limit=lambda: 100 * MIB, used=lambda: used[0], trim=no_trim,
-                        refuse=door.short_of_memory,
+                        refuse=door.short_of_memory, shed=door.shed, cap=door.cap,
+                        connected=lambda: len(door.online),
                         hold=lambda hold: door.hold_reading(hold, "memory"))
 
     clock = [0.0]
 
-    def measure(mib: int) -> Pressure:
+    def measure(mib: int, later: float = 1.0) -> Pressure:
         """One measurement, a (fake) second after the last: a release needs a second below its mark."""
         used[0] = mib * MIB
-        clock[0] += 1.0
+        clock[0] += later
         gw.call(guard.step, clock[0])
         return guard.state
 
@@ -336,14 +338,33 @@ def test_memory_pressure_refuses_new_devices_then_holds_reads_and_loses_nothing(
         assert [m.payload for m in gw.sink.messages[sent:]] == [b"held"]
         assert b.connect() == 0
 
-        # Shedding: the most recently connected device goes first.
-        assert gw.call(lambda: door.shed(0.01)) == 1
+        # A hold that memory does not end sheds the most recently connected device, and what is left is the
+        # ceiling: with memory clear again, b is refused at accept all the same.
+        assert measure(95) is Pressure.HOLDING
+        while guard.shed_total == 0:
+            assert measure(95) is Pressure.HOLDING
         assert b.disconnected.wait(30)
+        b.close()  # paho would dial again by itself
         assert not a.disconnected.is_set()
+        assert guard.ceiling == 1
+        assert measure(80) is Pressure.HOLDING
+        assert measure(80) is Pressure.CLEAR
         assert a.publish("devices/sensor-a/messages/events/", b"after the shed")
+        refused = gw.call(lambda: door.counters.get("edgegate_connections_refused_total", reason="memory_pressure"))
+        with pytest.raises((OSError, ssl.SSLError)):
+            tls_socket(gw, files(B, "b")).close()
+        assert gw.call(lambda: door.counters.get("edgegate_connections_refused_total",
+                                                 reason="memory_pressure")) > refused
+        # A minute full with memory clear raises it, and b is admitted.
+        assert measure(80, later=memory_guard.RAISE_AFTER) is Pressure.CLEAR
+        assert guard.ceiling == 2
+        b = device(gw, files(B, "b"), "sensor-b")
+        assert b.connect() == 0
+        assert b.publish("devices/sensor-b/messages/events/", b"under the raised ceiling")
     finally:
         gw.call(lambda: door.short_of_memory(False))
         gw.call(lambda: door.hold_reading(False, "memory"))
+        gw.call(lambda: door.cap(None))
         a.close()
         b.close()
 

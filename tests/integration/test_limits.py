@@ -5,6 +5,8 @@ forwarder and the status writer keep working; every acknowledged reading reaches
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -61,6 +63,12 @@ def storm(gw: ServiceGateway, hub: HubProcess, fleet_dir: Path, dialling: int, a
             assert memory["limit_mib"] == memory_limit / MIB  # type: ignore[index]
             assert 30 < memory["anonymous_mib"] < 0.9 * memory_limit / MIB  # type: ignore[index,operator]
             assert memory["pressure"] == "clear"  # type: ignore[index]
+            # ... and `edgegate status` says so, to an operator asking why devices are refused.
+            shown = subprocess.run([sys.executable, "-m", "gateway.cli.main", "status", "-c", str(gw.config_path)],
+                                   capture_output=True, text=True, timeout=60, check=False)
+            line = next(ln for ln in shown.stdout.splitlines() if ln.startswith("memory "))
+            assert f"of {memory_limit // MIB} MiB anonymous" in line, line
+            assert line.endswith("): clear"), line
     finally:
         fleet.stop()
     assert gw.proc is not None

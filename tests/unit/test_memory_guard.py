@@ -16,8 +16,10 @@ from gateway.service.memory_guard import (
     MemoryGuard,
     Pressure,
     anonymous_bytes,
+    cgroup_unreclaimable,
     pressure,
     read_anonymous,
+    read_cgroup_unreclaimable,
 )
 
 CLEAR, REFUSING, HOLDING = Pressure.CLEAR, Pressure.REFUSING, Pressure.HOLDING
@@ -83,6 +85,50 @@ def test_read_anonymous_is_none_where_proc_cannot_tell(tmp_path: Path) -> None:
     assert read_anonymous(tmp_path / "statm") is None
 
 
+# A cgroup v2 memory.stat as a 6.1 kernel writes it (abridged: the fields the guard reads, and some it must not).
+V2_STAT = """anon 188743680
+file 52428800
+kernel 12582912
+kernel_stack 1638400
+pagetables 3145728
+percpu 102400
+sock 41943040
+vmalloc 0
+shmem 1048576
+file_mapped 10485760
+file_dirty 4096
+file_writeback 0
+inactive_anon 1048576
+active_anon 188743680
+inactive_file 31457280
+active_file 19922944
+unevictable 0
+slab_reclaimable 2097152
+slab_unreclaimable 5242880
+slab 7340032
+"""
+
+
+@pytest.mark.parametrize(("current", "stat", "expected", "why"), [
+    ("296000000\n", V2_STAT, 296000000 - 31457280 - 19922944 - 2097152,
+     "less the file LRU and the reclaimable slab: anon, sockets, kernel and shmem stay"),
+    ("1000\n", "anon 1000\n", 1000, "nothing reclaimable"),
+    ("1000\n", "inactive_file 5000\n", 0, "never below zero (the two files are read a moment apart)"),
+    ("0\n", "", 0, "an empty cgroup"),
+])
+def test_cgroup_unreclaimable(current: str, stat: str, expected: int, why: str) -> None:
+    assert cgroup_unreclaimable(current, stat) == expected, why
+
+
+def test_read_cgroup_unreclaimable_reads_the_cgroup_directory(tmp_path: Path) -> None:
+    (tmp_path / "memory.current").write_text("296000000\n")
+    (tmp_path / "memory.stat").write_text(V2_STAT)
+    assert read_cgroup_unreclaimable(tmp_path) == 296000000 - 31457280 - 19922944 - 2097152
+    (tmp_path / "memory.current").write_text("max\n")
+    assert read_cgroup_unreclaimable(tmp_path) is None
+    assert read_cgroup_unreclaimable(tmp_path / "gone") is None
+
+
 class Door:
     """What the guard drives: the front door's refusal and hold, recorded."""
 
@@ -109,7 +155,8 @@ def guard_with(door: Door, readings: list[int | None], limit: int | None = LIMIT
         door.calls.append("trim")
 
     return MemoryGuard(limit=lambda: limit, used=lambda: next(values), refuse=door.refuse, hold=door.hold,
-                       trim=trim, count=(counted.append if counted is not None else lambda _: None))
+                       trim=trim, connected=lambda: 7,
+                       count=(counted.append if counted is not None else lambda _: None))
 
 
 def test_each_change_acts_once_and_only_on_what_changed(caplog: pytest.LogCaptureFixture) -> None:
@@ -152,7 +199,7 @@ def test_a_hold_memory_does_not_end_sheds_the_newest_devices_every_few_seconds(
         return 12
 
     guard = MemoryGuard(limit=lambda: LIMIT, used=lambda: next(readings), refuse=door.refuse, hold=door.hold,
-                        trim=asyncio.sleep, shed=shed_some)
+                        trim=asyncio.sleep, shed=shed_some, connected=lambda: 240)
     caplog.set_level(logging.WARNING, "edgegate.service")
     for t in times:
         guard.step(t)
@@ -162,7 +209,95 @@ def test_a_hold_memory_does_not_end_sheds_the_newest_devices_every_few_seconds(
     assert guard.state is CLEAR  # memory fell at t=12 and stayed down a second
     lines = [r.getMessage() for r in caplog.records if "disconnected" in r.getMessage()]
     assert lines[0].startswith("memory still at 950 MiB of the 1000 MiB limit (95%) after 6 s of held reads: "
-                               "disconnected 12 devices, the most recently connected")
+                               "disconnected 12 of 240 devices, the most recently connected")
+
+
+class Fleet:
+    """The connected devices as the guard sees them: shed from, and capped."""
+
+    def __init__(self, connected: int) -> None:
+        self.connected = connected
+        self.caps: list[int | None] = []
+
+    def shed(self, fraction: float) -> int:
+        gone = max(1, int(self.connected * fraction))
+        self.connected -= gone
+        return gone
+
+    def cap(self, ceiling: int | None) -> None:
+        self.caps.append(ceiling)
+
+
+def ceiling_guard(door: Door, fleet: Fleet, readings: list[int], limit: list[int | None] | None = None
+                  ) -> MemoryGuard:
+    values = iter(readings)
+    limits = limit if limit is not None else [LIMIT]
+    return MemoryGuard(limit=lambda: limits[0], used=lambda: next(values), refuse=door.refuse, hold=door.hold,
+                       trim=asyncio.sleep, shed=fleet.shed, cap=fleet.cap, connected=lambda: fleet.connected)
+
+
+def test_a_shed_sets_a_ceiling_at_what_is_left_and_a_second_shed_lowers_it(
+        caplog: pytest.LogCaptureFixture) -> None:
+    door, fleet = Door(), Fleet(4000)
+    guard = ceiling_guard(door, fleet, [950 * MIB] * 4)
+    caplog.set_level(logging.WARNING, "edgegate.service")
+    for t in (0.0, 5.0, 6.0, 10.0):
+        guard.step(t)
+    assert fleet.connected == 4000 - 200 - 190
+    assert fleet.caps == [3800, 3610]
+    assert guard.ceiling == 3610
+    assert guard.status()["ceiling"] == 3610
+    line = next(r.getMessage() for r in caplog.records if "disconnected" in r.getMessage())
+    assert "disconnected 200 of 4000 devices" in line
+    assert "admitting at most 3800 from now on, 243 KiB of memory a device at this load" in line
+    assert "give the gateway more memory ([limits] memory or the service's MemoryMax=)" in line
+
+
+@pytest.mark.parametrize(("story", "expected", "why"), [
+    ([(0, 950), (5, 950), (6, 800), (7, 800), (67, 800)], [3800, 3990],
+     "clear from t=7 and full for a minute: raised by a twentieth"),
+    ([(0, 950), (5, 950), (6, 800), (7, 800), (66, 800)], [3800],
+     "clear and full for 59 s: not yet"),
+    ([(0, 950), (5, 950), (6, 800), (7, 800), (67, 800), (127, 800), (187, 800)], [3800, 3990, 4190, 4400],
+     "still clear a minute after each raise: raised again each minute"),
+    ([(0, 950), (5, 950), (6, 800), (7, 800), (40, 905), (50, 800), (51, 800), (100, 800), (111, 800)],
+     [3800, 3990], "refusing at t=40 started the clear minute over: raised at t=111, not at t=67"),
+    ([(0, 950), (5, 950), (6, 870), (7, 870), (100, 870)], [3800],
+     "still refusing (above admit_below): never raised"),
+])
+def test_the_ceiling_rises_after_a_minute_full_with_memory_clear(story: list[tuple[float, int]],
+                                                                 expected: list[int], why: str) -> None:
+    door, fleet = Door(), Fleet(4000)
+    guard = ceiling_guard(door, fleet, [mib * MIB for _, mib in story])
+    for t, _ in story:
+        fleet.connected = guard.ceiling or fleet.connected  # the fleet dials in as far as it is let
+        guard.step(float(t))
+    assert fleet.caps == expected, why
+
+
+def test_a_ceiling_nobody_reaches_is_not_raised() -> None:
+    door, fleet = Door(), Fleet(4000)
+    guard = ceiling_guard(door, fleet, [950 * MIB, 950 * MIB, 800 * MIB, 800 * MIB, 800 * MIB, 800 * MIB])
+    for t in (0.0, 5.0, 6.0, 7.0):
+        guard.step(t)
+    fleet.connected = 3000  # devices went away: memory clear says nothing about 3,800 and more
+    guard.step(67.0)
+    guard.step(200.0)
+    assert fleet.caps == [3800]
+
+
+def test_a_changed_limit_lifts_the_ceiling(caplog: pytest.LogCaptureFixture) -> None:
+    door, fleet, limit = Door(), Fleet(4000), [LIMIT]
+    guard = ceiling_guard(door, fleet, [950 * MIB, 950 * MIB, 800 * MIB], limit=limit)
+    guard.step(0.0)
+    guard.step(5.0)
+    assert guard.ceiling == 3800
+    limit[0] = 2 * LIMIT  # a reload gave [limits] memory more
+    caplog.set_level(logging.INFO, "edgegate.service")
+    guard.step(6.0)
+    assert guard.ceiling is None
+    assert fleet.caps == [3800, None]
+    assert "the ceiling on connected devices is lifted" in caplog.text
 
 
 def test_no_limit_no_pressure_and_a_lifted_limit_lets_go() -> None:
@@ -172,7 +307,7 @@ def test_no_limit_no_pressure_and_a_lifted_limit_lets_go() -> None:
     limit: list[int | None] = [LIMIT]
     values = iter([990 * MIB, 990 * MIB])
     guard = MemoryGuard(limit=lambda: limit[0], used=lambda: next(values), refuse=door.refuse, hold=door.hold,
-                        trim=asyncio.sleep)
+                        connected=lambda: 7, trim=asyncio.sleep)
     guard.step(0.0)
     assert door.refusing
     assert door.holding
@@ -208,7 +343,7 @@ def test_run_trims_when_memory_tightens_and_again_while_it_stays_tight_and_lets_
             trims.put_nowait(guard._trimmed)
 
         guard = MemoryGuard(limit=lambda: LIMIT, used=lambda: next(readings), refuse=door.refuse, hold=door.hold,
-                            trim=trim, tick=0.001)
+                            connected=lambda: 7, trim=trim, tick=0.001)
         task = asyncio.create_task(guard.run())
         first = await asyncio.wait_for(trims.get(), 10)
         assert guard.state is HOLDING

@@ -31,7 +31,7 @@ from gateway.service.exposition import parse_key, render
 from gateway.service.failures import operational_sentence
 from gateway.service.notify import Notifier, socket_address, watchdog_interval
 from gateway.service.reload import reload_plan
-from gateway.service.resources import cgroup_paths, parse_limit, tightest_limit
+from gateway.service.resources import cgroup_memory_limit, cgroup_paths, parse_limit, tightest_cgroup, tightest_limit
 from gateway.service.supervisor import Supervisor, TaskState
 from gateway.service.unit import UnitSettings
 from gateway.service.unit import render as render_unit
@@ -102,6 +102,27 @@ def test_the_tightest_limit_of_a_cgroup_and_its_parents_binds() -> None:
     assert tightest_limit("/a/b/c", lambda p: files.get(str(p))) == 256 * MIB
     assert tightest_limit("/x", lambda p: None) is None
     assert tightest_limit("/", lambda p: {"/": "1000000"}.get(str(PurePosixPath(p)))) == 1000000
+    assert tightest_cgroup("/a/b/c", lambda p: files.get(str(p))) == (256 * MIB, PurePosixPath("/a"))
+    same = {"/a/b": str(256 * MIB), "/a": str(256 * MIB)}
+    assert tightest_cgroup("/a/b", lambda p: same.get(str(p))) == (256 * MIB, PurePosixPath("/a/b"))
+
+
+def test_a_cgroup_v2_limit_names_the_cgroup_to_measure(tmp_path: Path) -> None:
+    root, proc = tmp_path / "cgroup", tmp_path / "self-cgroup"
+    service = root / "system.slice" / "edgegate.service"
+    service.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpu memory pids\n")
+    (root / "system.slice" / "memory.max").write_text("max\n")
+    (service / "memory.max").write_text(f"{256 * MIB}\n")
+    proc.write_text("0::/system.slice/edgegate.service\n")
+    assert cgroup_memory_limit(root, proc) == (256 * MIB, "cgroup v2 memory.max", service)
+    (service / "memory.max").write_text("max\n")
+    assert cgroup_memory_limit(root, proc) == (None, "none", None)
+    proc.write_text("9:memory:/docker/abc\n")
+    v1 = root / "memory" / "docker" / "abc"
+    v1.mkdir(parents=True)
+    (v1 / "memory.limit_in_bytes").write_text(f"{128 * MIB}\n")
+    assert cgroup_memory_limit(root, proc) == (128 * MIB, "cgroup v1 memory.limit_in_bytes", None)
 
 
 # ---- logs ------------------------------------------------------------------------------------------

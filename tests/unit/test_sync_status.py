@@ -14,7 +14,7 @@ import pytest
 from gateway.cache.records import CacheSummary, SyncStatus
 from gateway.cache.repository import CacheRepository
 from gateway.cli.main import main
-from gateway.cli.status import STATUS_STALE_AFTER, build_report, render_text
+from gateway.cli.status import STATUS_STALE_AFTER, build_report, memory_line, render_text
 from gateway.db.engine import head_revision, open_engine
 from gateway.records import AuthType, DeviceRecord
 from gateway.service.status_file import read_status, write_status
@@ -103,6 +103,38 @@ def test_report_of_an_offline_cache_past_its_trust() -> None:
     assert "failed: connection refused" in text
     assert "TOO OLD" in text
     assert "offline (as of the last run) since 2026-11-14T12:00:00Z (192h ago)" in text
+
+
+@pytest.mark.parametrize(("memory", "expected"), [
+    (None, None),
+    ({"anonymous_mib": None, "limit_mib": 256.0, "pressure": "clear", "ceiling": None}, None),
+    ({"anonymous_mib": 61.4, "limit_mib": None, "pressure": "clear", "ceiling": None},
+     "61 MiB anonymous, no limit (no memory guard)"),
+    ({"anonymous_mib": 212.7, "limit_mib": 256.0, "pressure": "clear", "ceiling": None},
+     "213 of 256 MiB anonymous (83%): clear"),
+    ({"anonymous_mib": 231.0, "limit_mib": 256.0, "pressure": "refusing", "ceiling": None},
+     "231 of 256 MiB anonymous (90%): SHORT: refusing new devices"),
+    ({"anonymous_mib": 231.0, "limit_mib": 256.0, "pressure": "refusing", "ceiling": None, "measured": "cgroup"},
+     "231 of 256 MiB in use in the cgroup (less its page cache) (90%): SHORT: refusing new devices"),
+    ({"anonymous_mib": 240.0, "limit_mib": 256.0, "pressure": "holding", "ceiling": 3764},
+     "240 of 256 MiB anonymous (94%): SHORT: refusing new devices and holding connected devices' reads; at most "
+     "3764 devices admitted (memory held no more at this load: raise the memory limit or send smaller readings)"),
+])
+def test_memory_line(memory: object, expected: str | None) -> None:
+    assert memory_line(memory) == expected
+
+
+def test_the_report_carries_the_memory_guard_to_the_text() -> None:
+    live = {"written_at": (NOW - timedelta(seconds=3)).isoformat(), "pid": 4242, "connected_devices": 3764,
+            "outbox_depth": 0, "memory": {"anonymous_mib": 220.0, "limit_mib": 256.0, "pressure": "clear",
+                                          "ceiling": 3764}}
+    report = build_report(database="d", revision="r", head="r", summary=None, live=live, now=NOW,
+                          offline_trust=None)
+    text = render_text(report, NOW)
+    assert "memory       220 of 256 MiB anonymous (86%): clear; at most 3764 devices admitted" in text
+    stale = live | {"written_at": (NOW - STATUS_STALE_AFTER - timedelta(seconds=1)).isoformat()}
+    report = build_report(database="d", revision="r", head="r", summary=None, live=stale, now=NOW, offline_trust=None)
+    assert "memory" not in render_text(report, NOW)
 
 
 @pytest.fixture
