@@ -173,6 +173,11 @@ class DeviceSession:
         framer = self._framer
         framer.feed(data)
         try:
+            if self.state is ConnState.AWAITING_CONNECT and framer.first_type not in (None, PacketType.CONNECT):
+                # Known from the first byte: waiting for the rest of a packet that is not a CONNECT would
+                # only hold the connection open until the deadline (Mosquitto closes at once too).
+                raise ProtocolError("connect_expected",
+                                    f"first packet was type {framer.first_type}, not CONNECT")
             while packets := framer.take():
                 if not self._consume(packets):
                     break

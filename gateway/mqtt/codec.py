@@ -52,6 +52,11 @@ class Framer:
     def buffered(self) -> int:
         return len(self._buf)
 
+    @property
+    def first_type(self) -> int | None:
+        """The packet type of the next packet, known from its first byte before the rest arrives."""
+        return self._buf[0] >> 4 if self._buf else None
+
     def next_packet(self) -> RawPacket | None:
         """The next whole packet, or None until more bytes arrive."""
         buf = self._buf

@@ -148,13 +148,18 @@ def test_garbage_instead_of_tls_is_closed_and_counted(gw: FrontDoorThread) -> No
     wait_for(lambda: gw.door.counters.get("edgegate_tls_failures_total", stage="handshake") == before + 1)  # type: ignore[union-attr]
 
 
-def test_tls_then_garbage_instead_of_connect_is_closed(quick: FrontDoorThread, files: Callable) -> None:
-    # The garbage reads as the start of a 127-byte packet, so the gateway waits for the rest: it is the
-    # handshake deadline (the CONNECT's too) that closes the connection.
-    with tls_socket(quick, files(A, "a")) as sock:
+def test_tls_then_garbage_instead_of_connect_is_closed_at_once(gw: FrontDoorThread, files: Callable) -> None:
+    # The garbage announces a 127-byte packet, but its first byte is no CONNECT's: the gateway closes at
+    # once, as a protocol violation, not at this gateway's 60 s handshake deadline.
+    assert gw.door is not None
+    door = gw.door
+    before = gw.call(lambda: door.counters.get("edgegate_protocol_violations_total", reason="connect_expected"))
+    with tls_socket(gw, files(A, "a")) as sock:
         sock.sendall(b"\x00\xff" * 50)
-        data, _ = read_until_closed(sock, 30)  # raises if the gateway keeps it open
+        data, _ = read_until_closed(sock, 30)  # raises if the gateway keeps it open (its deadline is 60 s)
     assert data == b""
+    assert gw.call(lambda: door.counters.get("edgegate_protocol_violations_total",
+                                             reason="connect_expected")) == before + 1
 
 
 def test_silent_tcp_connection_is_closed_at_the_handshake_timeout(quick: FrontDoorThread) -> None:

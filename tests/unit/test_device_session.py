@@ -194,6 +194,29 @@ def test_first_packet_must_be_connect() -> None:
     assert pair.of(ev.Close)
 
 
+@pytest.mark.parametrize(("first", "why"), [
+    (b"\x00", "type 0 is reserved"),
+    (b"\x30", "a PUBLISH before any CONNECT"),
+    (b"\xc0", "a PINGREQ before any CONNECT"),
+    (b"\x00\xff", "garbage announcing a 127-byte packet: the gateway must not wait for the rest"),
+])
+def test_a_first_byte_that_cannot_start_a_connect_closes_at_once(first: bytes, why: str) -> None:
+    pair = Pair()
+    pair.handshake()
+    pair.feed(first)
+    assert pair.of(ev.ProtocolViolation)[0].reason == "connect_expected", why
+    assert pair.of(ev.Close), why
+    assert pair.session.state is ConnState.CLOSING, why
+
+
+def test_a_connect_byte_by_byte_is_not_mistaken_for_garbage() -> None:
+    pair = Pair()
+    pair.handshake()
+    pair.feed(connect_packet(), bytewise=True)
+    assert not pair.of(ev.ProtocolViolation)
+    assert pair.of(ev.LookupDevice)
+
+
 def test_answers_after_close_are_ignored() -> None:
     pair = Pair()
     pair.handshake()
