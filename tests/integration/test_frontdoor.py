@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import array
 import asyncio
+import fcntl
 import shutil
 import socket
 import ssl
 import subprocess
+import termios
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -38,6 +41,14 @@ B = self_signed_device_cert("sensor-b", now=NOW)
 LIMITS = FrontDoorLimits(max_connections=20, max_packet_size=4096, handshake_timeout=60.0)
 # Longer than a TLS handshake takes on a loaded machine, which test_connect_never_sent_... must finish first.
 QUICK_HANDSHAKE = 5.0
+
+
+def unread_bytes(conn: object) -> int:
+    """Bytes waiting in a gateway connection's socket, not yet read (FIONREAD)."""
+    sock = conn.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+    count = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    return count[0]
 
 
 def wait_for(cond: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
@@ -402,7 +413,10 @@ def test_reads_past_the_turn_budget_wait_in_line_and_lose_nothing(gw: FrontDoorT
         for i in range(30):
             infos.append(a.client.publish("devices/sensor-a/messages/events/", b"a%d" % i, qos=1))
             infos.append(b.client.publish("devices/sensor-b/messages/events/", b"b%d" % i, qos=1))
-        time.sleep(0.5)  # paho's threads write them; the gateway cannot read yet
+        # paho's threads write them; the gateway cannot read yet. Wait until both devices' bytes sit in the
+        # gateway's sockets (the loop is blocked, so its connections can be looked at from here).
+        online = [gw.door.online["sensor-a"], gw.door.online["sensor-b"]]
+        wait_for(lambda: all(unread_bytes(conn) > 0 for conn in online), what="both devices' bytes at the gateway")
         held.set()
         for info in infos:
             info.wait_for_publish(30)
