@@ -99,6 +99,12 @@ class BrokerPort:
         """Wait briefly for session handlers to finish, stop the broker's loops, then shut it down."""
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=5)
+        # A session handler still running after that is cut off, not left pending for the loop's close to
+        # destroy ("Task was destroyed but it is pending!", and its finally blocks never run).
+        leftover = list(self._tasks) + list(self._sending)
+        for task in leftover:
+            task.cancel()
+        await asyncio.gather(*leftover, return_exceptions=True)
         for task in self._loops:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
@@ -118,6 +124,11 @@ class BrokerPort:
 
     async def forget_session(self, device_id: str) -> None:
         await self.broker._delete_session(device_id)
+
+    @property
+    def sessions_running(self) -> int:
+        """Broker session handlers still running: one per attached device, none once it is gone."""
+        return len(self._tasks)
 
     def filters_held(self, device_id: str) -> int:
         """How many topic filters the device's (resumed) session already holds."""

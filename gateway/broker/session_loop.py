@@ -11,6 +11,13 @@ disconnect future calls it when it is done: the loop sleeps on one future and, e
 handles what is there with amqtt's own handlers, so every reply and table change is amqtt's: the
 SUBSCRIBEs, the UNSUBSCRIBEs, the messages, and the disconnect last (amqtt's loop ends a session before
 answering a SUBSCRIBE that arrived with its DISCONNECT).
+
+The loop also ends when the handler's reader has stopped. amqtt 0.12.1's handler starts its reader before
+it makes the disconnect future: a device whose stream ends at once (a CONNECT and a malformed packet in
+one read, or a device gone while it was being admitted) has its end-of-stream read, and reported to no
+future, before the future exists; the future made next is never completed, and its session loop, with the
+session's handler, waited for ever. The fuzz test left 61 of them behind (tests/hostile/test_fuzz.py), and
+a gateway whose devices flap would have gathered them for months.
 """
 
 from __future__ import annotations
@@ -69,6 +76,7 @@ async def serve_session(broker: SessionBroker, session: Session, handler: Broker
     unsubscriptions = _sparse(handler._pending_unsubscriptions)
     published = _sparse(session.delivered_message_queue)
     disconnect: asyncio.Future[Any] | None = handler._disconnect_waiter
+    reader: asyncio.Task[Any] | None = getattr(handler, "_reader_task", None)
     wake: asyncio.Future[None] = loop.create_future()
 
     def wake_up(*_: Any) -> None:
@@ -81,6 +89,8 @@ async def serve_session(broker: SessionBroker, session: Session, handler: Broker
         queue.on_put = wake_up
     if disconnect is not None:
         disconnect.add_done_callback(wake_up)
+    if reader is not None:
+        reader.add_done_callback(wake_up)
     try:
         while True:
             # A fresh future before looking: whatever is put from here on wakes the await below.
@@ -95,6 +105,10 @@ async def serve_session(broker: SessionBroker, session: Session, handler: Broker
             if disconnect is None or disconnect.done():
                 await broker._handle_disconnect(session, handler, disconnect or _Gone())
                 return
+            if reader is not None and reader.done():
+                # The stream ended before the disconnect future was made: nothing will complete it.
+                await broker._handle_disconnect(session, handler, _Gone())
+                return
             await wake
     except asyncio.CancelledError:
         return  # as amqtt's loop does: a cancelled session loop ends quietly
@@ -104,3 +118,5 @@ async def serve_session(broker: SessionBroker, session: Session, handler: Broker
                 queue.on_put = None
         if disconnect is not None:
             disconnect.remove_done_callback(wake_up)
+        if reader is not None:
+            reader.remove_done_callback(wake_up)

@@ -136,6 +136,36 @@ async def test_a_handler_without_a_disconnect_waiter_ends_at_once_with_none() ->
 
 
 @pytest.mark.asyncio
+async def test_a_reader_that_stopped_before_the_disconnect_waiter_was_made_ends_it() -> None:
+    # amqtt's handler starts its reader before it makes the disconnect future: a stream that ends at once
+    # is read to its end, and reported to no future, before the future the loop waits on exists.
+    broker, session, handler = Recorder(), Session(), Handler()
+
+    async def read_to_eof() -> None:
+        return None
+
+    handler._reader_task = asyncio.create_task(read_to_eof())  # type: ignore[attr-defined]
+    await handler._reader_task  # type: ignore[attr-defined]
+    await asyncio.wait_for(serve_session(broker, session, handler), 5)  # type: ignore[arg-type]
+    assert broker.events == [("disconnect", None)]
+    assert handler._disconnect_waiter is not None
+    assert not handler._disconnect_waiter.done()  # the orphan: nothing but the reader's end tells
+
+
+@pytest.mark.asyncio
+async def test_a_reader_that_stops_while_the_loop_waits_ends_it() -> None:
+    broker, session, handler = Recorder(), Session(), Handler()
+    stop = asyncio.Event()
+    handler._reader_task = asyncio.create_task(stop.wait())  # type: ignore[attr-defined]
+    loop_task = asyncio.create_task(serve_session(broker, session, handler))  # type: ignore[arg-type]
+    await settle()
+    assert not loop_task.done()  # a live reader: the loop waits
+    stop.set()
+    await asyncio.wait_for(loop_task, 5)
+    assert broker.events == [("disconnect", None)]
+
+
+@pytest.mark.asyncio
 async def test_cancelling_it_ends_it_quietly_and_unhooks_it() -> None:
     broker, session, handler = Recorder(), Session(), Handler()
     loop_task = asyncio.create_task(serve_session(broker, session, handler))  # type: ignore[arg-type]
