@@ -105,6 +105,7 @@ class Gateway:
         self.state_problems: list[str] = []
         self.counters = Counters()
         self.supervisor = Supervisor(self.counters)
+        self._status_due = asyncio.Event()  # status.json now, not at the next STATUS_EVERY (the hub came or went)
         self.notifier = Notifier()
         self.endpoint: HealthEndpoint | None = None
         self.addresses: list[tuple[str, int]] = []
@@ -227,6 +228,7 @@ class Gateway:
         self.forwarder: Forwarder | None = None
         if self.hub_client is not None:
             self.sync = RegistrySync(self.directory, self.hub_client, clock=self.clock,
+                                     on_state=lambda _: self._status_due.set(),
                                      full_resync_interval=config.sync.full_resync_interval,
                                      delta_interval=config.sync.delta_interval, supervisor=self.supervisor)
             log.info("serving %d cached devices (cursor %s); syncing with the hub at %s",
@@ -253,7 +255,7 @@ class Gateway:
             if self.est.edge_ca is not None:
                 self.est.edge_ca.adopt = est_adopt.edge_ca(self.keeper)
             supervise.loop("est-renewal", self.est.run)
-        supervise.every("status-writer", STATUS_EVERY, self._write_status)
+        supervise.every("status-writer", STATUS_EVERY, self._write_status, sooner=self._status_due)
         supervise.every("log-summaries", SUMMARY_EVERY, self._log_summaries)
         if can_trim():
             supervise.every("heap-trim", TRIM_EVERY, self._trim_heap)

@@ -72,6 +72,7 @@ class RegistrySync:
         backoff_cap: float = BACKOFF_CAP,
         jitter: Callable[[], float] = random.random,
         supervisor: Supervisor | None = None,
+        on_state: Callable[[HubState], None] = lambda _: None,
     ) -> None:
         self.directory = directory
         self.client = client
@@ -84,6 +85,7 @@ class RegistrySync:
         self.backoff_cap = backoff_cap
         self.jitter = jitter
         self.state = HubState.STARTING
+        self.on_state = on_state  # told each change of state (the status writer writes at once)
         self.full_syncs = 0
         self.long_poll = True
         self._task: asyncio.Task[None] | None = None
@@ -220,7 +222,9 @@ class RegistrySync:
             full_sync=full_sync,
             cached_devices=len(self.directory),
         )
-        self.state = step.state
+        changed, self.state = step.state is not self.state, step.state
+        if changed:
+            self.on_state(step.state)
         if step.announcement is not None:
             log.log(step.level, "%s", step.announcement)
         elif error is not None:

@@ -76,9 +76,11 @@ class Supervisor:
         """Run `factory()` for ever: restart it with back-off whenever it raises or returns."""
         self._start(name, self._loop(name, factory))
 
-    def every(self, name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
-        """Run `step()` every `interval` seconds; a failing step is retried with back-off instead."""
-        self._start(name, self._every(name, interval, step))
+    def every(self, name: str, interval: float, step: Callable[[], Awaitable[None]],
+              sooner: asyncio.Event | None = None) -> None:
+        """Run `step()` every `interval` seconds, or as soon as `sooner` is set; a failing step is retried
+        with back-off instead."""
+        self._start(name, self._every(name, interval, step, sooner))
 
     def owned(self, name: str, factory: Callable[[], Awaitable[None]],
               finished: Callable[[], bool] = lambda: False) -> asyncio.Task[None]:
@@ -153,8 +155,11 @@ class Supervisor:
                     return
                 await asyncio.sleep(wait)
 
-    async def _every(self, name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+    async def _every(self, name: str, interval: float, step: Callable[[], Awaitable[None]],
+                     sooner: asyncio.Event | None) -> None:
         while True:
+            if sooner is not None:
+                sooner.clear()  # before the step: what is set during it asks for the next one
             try:
                 await step()
             except asyncio.CancelledError:
@@ -163,7 +168,11 @@ class Supervisor:
                 await asyncio.sleep(self.failed(name, exc))
                 continue
             self.recovered(name)
-            await asyncio.sleep(interval)
+            if sooner is None:
+                await asyncio.sleep(interval)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(sooner.wait(), interval)
 
     async def stop(self) -> None:
         """Cancel every task but the owned ones and wait for each to end; a task that fails while ending is

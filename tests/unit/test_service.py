@@ -353,6 +353,29 @@ async def test_a_failing_step_is_logged_once_counted_and_recovers(caplog: pytest
     assert supervisor.health["status-writer"].state is TaskState.STOPPED
 
 
+async def test_a_step_runs_again_as_soon_as_it_is_asked_for_not_only_every_interval() -> None:
+    supervisor = Supervisor(Counters())
+    sooner = asyncio.Event()
+    runs: list[float] = []
+    ran = asyncio.Event()
+
+    async def step() -> None:
+        runs.append(asyncio.get_running_loop().time())
+        ran.set()
+
+    supervisor.every("status-writer", 3600.0, step, sooner=sooner)
+    try:
+        await asyncio.wait_for(ran.wait(), 30)
+        ran.clear()
+        sooner.set()  # hours before the interval
+        await asyncio.wait_for(ran.wait(), 30)
+        assert len(runs) == 2
+        await asyncio.sleep(0.05)
+        assert len(runs) == 2  # asked once, ran once: the interval again after that
+    finally:
+        await supervisor.stop()
+
+
 async def test_a_loop_that_dies_is_restarted_and_shows_as_failing() -> None:
     supervisor = Supervisor(Counters(), jitter=lambda: 0.0)
     runs = []

@@ -14,6 +14,7 @@ import pytest
 from gateway.cache.directory import DeviceDirectory
 from gateway.cache.repository import CacheRepository
 from gateway.db.engine import DatabaseThread, open_engine, upgrade
+from gateway.errors import HubUnavailable
 from gateway.hub.registry_sync import RegistrySync
 from gateway.hub.sync_state import HubState
 from gateway.hub.wire import ChangePage, FeedChange, ScopePage
@@ -112,3 +113,16 @@ async def test_an_unexpected_error_does_not_end_syncing(
     await eventually(lambda: sync.state is HubState.ONLINE)
     assert directory.get("a") == dev("a", 1)
     assert "registry sync failed unexpectedly" in caplog.text
+
+
+async def test_each_change_of_state_is_told_once(rig: tuple[ScriptedHub, DeviceDirectory, RegistrySync]) -> None:
+    # The status writer writes status.json when told, so `edgegate status` shows the hub come and go at once.
+    hub, _directory, sync = rig
+    told: list[HubState] = []
+    sync.on_state = told.append
+    hub.scope, hub.sequence = [dev("a", 1)], 1
+    hub.scope_errors = [HubUnavailable("the hub did not answer")]
+    sync.start()
+    await eventually(lambda: sync.state is HubState.ONLINE)
+    await asyncio.sleep(0.2)  # a few quiet long polls: still online, nothing more to tell
+    assert told == [HubState.OFFLINE, HubState.ONLINE]
