@@ -20,7 +20,8 @@ from gateway.config import HubConfig
 from gateway.errors import PKIError
 from gateway.pki import verify_chain
 from gateway.pki.edge_ca import server_cert_problem
-from gateway.service.budget import ConnectionBudget
+from gateway.service.budget import MIB, ConnectionBudget, Resources
+from gateway.service.memory_guard import MARKS, TICK
 
 # iotedge check warns when a certificate has less than a week left.
 WARN_DAYS = 7
@@ -289,6 +290,21 @@ def connection_budget(budget: ConnectionBudget) -> CheckResult:
     if budget.capped:
         return warn(title, budget.sentence())
     return ok(title, budget.sentence())
+
+
+def memory_guard(resources: Resources) -> CheckResult:
+    """What the memory guard will measure, against which limit (gateway.service.memory_guard); ⚠ without a
+    limit, where nothing stands between a surge of devices and the kernel's OOM killer."""
+    title = "memory guard (refuses devices before the kernel would kill the gateway)"
+    if resources.memory is None:
+        return warn(title, "no memory limit (no cgroup memory.max or memory.limit_in_bytes, no [limits] memory), "
+                           "so no guard: set MemoryMax= in the unit or [limits] memory, and past it devices are "
+                           "refused instead of the gateway being killed")
+    measured = ("its own anonymous memory" if resources.memory_cgroup is None
+                else f"the cgroup {resources.memory_cgroup} (usage less its page cache, sockets included)")
+    return ok(title, f"measures {measured} against {resources.memory // MIB} MiB ({resources.memory_source}) "
+                     f"every {TICK:g} s: refuses new devices at {MARKS.refuse_at:.0%}, also holds their reads at "
+                     f"{MARKS.hold_at:.0%}, sheds the newest if that does not free it")
 
 
 # ---- state directory and outbox ------------------------------------------------------------------

@@ -58,7 +58,7 @@ def run_checks(path: Path, now: datetime) -> list[CheckResult]:
     ob = config.outbox
     results.append(checks.outbox_promise(ob.time_to_live, ob.durability, ob.max_bytes))
     results.append(_clock(config, now))
-    results.append(_capacity(config))
+    results += _capacity(config)
     return results
 
 
@@ -70,8 +70,9 @@ def _clock(config: Config, now: datetime) -> CheckResult:
     return checks.system_clock(verdict.state.value, verdict.sentence)
 
 
-def _capacity(config: Config) -> CheckResult:
-    """What `edgegate run` will allow: it raises its soft open-files limit to the hard one first."""
+def _capacity(config: Config) -> list[CheckResult]:
+    """What `edgegate run` will allow (it raises its soft open-files limit to the hard one first), and what
+    its memory guard will watch."""
     import resource
 
     from gateway.service.budget import connection_budget
@@ -81,7 +82,8 @@ def _capacity(config: Config) -> CheckResult:
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard != resource.RLIM_INFINITY:
         found = replace(found, open_files=int(hard))
-    return checks.connection_budget(connection_budget(config.limits.max_connections, found))
+    return [checks.connection_budget(connection_budget(config.limits.max_connections, found)),
+            checks.memory_guard(found)]
 
 
 # ---- files -------------------------------------------------------------------------------------

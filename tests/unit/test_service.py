@@ -450,9 +450,29 @@ def test_check_shows_the_connection_budget(tmp_path: Path) -> None:
     assert "capped from 10000 to 896 by open_files" in capped.detail
     fits = checks.connection_budget(connection_budget(100, Resources(1024)))
     assert fits.status is Status.OK
-    result = _capacity(parse_config('hostname = "gw.local"\n[limits]\nmax_connections = 50\n',  # type: ignore[arg-type]
-                                    source=tmp_path / "c.toml"))
+    result, guard = _capacity(parse_config('hostname = "gw.local"\n[limits]\nmax_connections = 50\nmemory = "128M"\n',  # type: ignore[arg-type]
+                                           source=tmp_path / "c.toml"))
     assert result.detail.startswith("max_connections 50 fits")
+    assert guard.status is Status.OK
+    assert "against 128 MiB ([limits] memory)" in guard.detail
+
+
+@pytest.mark.parametrize(("resources", "status", "says"), [
+    (Resources(1024), "WARN", "no memory limit"),
+    (Resources(1024, 256 * MIB, "[limits] memory"),
+     "OK", "measures its own anonymous memory against 256 MiB ([limits] memory) every 0.25 s: refuses new "
+           "devices at 90%, also holds their reads at 93%"),
+    (Resources(1024, 256 * MIB, "cgroup v1 memory.limit_in_bytes"), "OK", "its own anonymous memory"),
+    (Resources(1024, 256 * MIB, "cgroup v2 memory.max", Path("/sys/fs/cgroup/system.slice/edgegate.service")),
+     "OK", "the cgroup /sys/fs/cgroup/system.slice/edgegate.service (usage less its page cache, sockets included)"),
+])
+def test_check_names_what_the_memory_guard_watches(resources: Resources, status: str, says: str) -> None:
+    from gateway import checks
+    from gateway.checks import Status
+
+    result = checks.memory_guard(resources)
+    assert result.status is Status[status]
+    assert says in result.detail
 
 
 def test_alembic_chatter_is_debug(tmp_path: Path) -> None:
