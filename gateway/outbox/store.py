@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import itertools
 import json
 import logging
 import time
@@ -47,7 +48,7 @@ from gateway.outbox.bounds import (
 )
 from gateway.outbox.committer import MAX_BATCH, MAX_BATCH_BYTES, FairQueue, worth_lingering
 from gateway.outbox.dead_letters import DeadLetters, NewDeadLetter
-from gateway.outbox.log import Durability, NewMessage, SegmentLog, WritePlan
+from gateway.outbox.log import Durability, NewMessage, Segment, SegmentLog, WritePlan
 from gateway.outbox.queueclock import CLOCK_EVERY, is_expired, resumed
 from gateway.outbox.segment import Removal
 from gateway.outbox.space import DiskSpace, disk_space, effective_reserve, segment_size, space_refusal
@@ -67,6 +68,13 @@ PAUSE_PENDING_BYTES = 256 * 1024
 # commit_interval: it is held back by its own in-flight window (paho and mosquitto_pub keep 20), so
 # the commit goes now. A fleet's trickle (one message per device per commit) still lingers.
 EAGER_PENDING = 8
+# What a commit stores is kept in memory for the forwarder's next peek, so that a forwarder keeping up with
+# the stream never reads back from disk what it was handed a moment before (bench.forward_micro: the
+# reader thread's pread and decode were about a third of the forwarder's CPU per message). Counted as
+# payload plus FRESH_OVERHEAD a message (the QueuedMessage and its dict entry); past FRESH_BYTES (a
+# forwarder behind: the hub away) commits are not kept and the forwarder reads them from disk as before.
+FRESH_BYTES = 2 * 1024 * 1024
+FRESH_OVERHEAD = 256
 # Removals alone (no new message to ride along with) are written after at most this long, unsynced:
 # a removal lost to a power cut only means a resend, which the hub deduplicates.
 REMOVAL_EVERY = 1.0
@@ -158,6 +166,8 @@ class Outbox:
         self._loop: asyncio.AbstractEventLoop  # set by open()
         self._sweeper: asyncio.Task[None] | None = None
         self._inflight: list[_Pending] = []  # the batch of the commit under way
+        self._fresh: dict[int, QueuedMessage] = {}  # by seq, in seq order: committed, not yet peeked
+        self._fresh_bytes = 0
         self._waiting_since = 0.0  # loop time at which the oldest message waiting for a commit arrived
         self._closing = False
         self._clock = resumed(0.0, monotonic())
@@ -454,9 +464,9 @@ class Outbox:
         self._waiting_since = asyncio.get_running_loop().time()  # what is left (past max_batch) waits anew
         self._wake_room_waiters()  # taken into a commit: no longer waiting in memory for one
         removals, self._removals = self._removals, {}
+        messages = [m for p in batch for m in p.messages]
         try:
-            plan = self.log.prepare([m for p in batch for m in p.messages], removals, self._clock.now(self.monotonic()),
-                                    self.wallclock())
+            plan = self.log.prepare(messages, removals, self._clock.now(self.monotonic()), self.wallclock())
             self._space = await self._writer.run(self._write, plan)
         except OSError as exc:
             self._on_failed(batch, removals, exc)
@@ -472,6 +482,7 @@ class Outbox:
             log.warning("the outbox writes again after %d failed attempts", self._failures)
         self._failures, self._disk_failed = 0, None
         self.log.apply(plan)
+        self._keep_fresh(plan.segment, plan.seqs, messages)
         await self._reap()
         if not batch:
             return
@@ -549,18 +560,53 @@ class Outbox:
             await self.expire()
             wanted = self.log.live(after, limit, max_bytes)
         wanted = [(s, i) for s, i in wanted if not is_expired(s.queued[i], now, ttl)]
+        if not wanted:
+            return []
+        found = self._take_fresh([s.first_seq + i for s, i in wanted])
+        if len(found) == len(wanted):
+            return list(found.values())  # all kept since their commit: no await, nothing was removed meanwhile
+        missing = [(s, i) for s, i in wanted if s.first_seq + i not in found]
         with storage_errors("reading the outbox", str(self.directory)):
-            records = await self._reader.run(self.log.read, wanted)
-        out = []
+            records = await self._reader.run(self.log.read, missing)
         for segment, index, r in records:
             seq = segment.first_seq + index
-            if not segment.live[index]:
-                continue  # removed while the read ran
-            out.append(QueuedMessage(seq, r.message_id or segment.message_id(seq), segment.texts[r.device],
-                                     segment.texts[r.kind], segment.texts[r.topic],
-                                     json.loads(r.properties) if r.properties else {},
-                                     r.payload, r.qos, r.enqueued_at))
-        return out
+            found[seq] = QueuedMessage(seq, r.message_id or segment.message_id(seq), segment.texts[r.device],
+                                       segment.texts[r.kind], segment.texts[r.topic],
+                                       json.loads(r.properties) if r.properties else {},
+                                       r.payload, r.qos, r.enqueued_at)
+        # In commit order; one removed while the read ran is left out.
+        return [found[s.first_seq + i] for s, i in wanted if s.live[i] and s.first_seq + i in found]
+
+    def _keep_fresh(self, segment: Segment, seqs: list[int], messages: list[NewMessage]) -> None:
+        """Keep what a commit stored for the forwarder's next peek, while there is room (FRESH_BYTES)."""
+        if self._fresh_bytes >= FRESH_BYTES:
+            return
+        fresh = self._fresh
+        size = 0
+        for seq, m in zip(seqs, messages, strict=True):
+            fresh[seq] = QueuedMessage(seq, m.message_id or segment.message_id(seq), m.device_id, m.kind, m.topic,
+                                       json.loads(m.properties) if m.properties else {}, m.payload, m.qos,
+                                       m.enqueued_at)
+            size += len(m.payload) + FRESH_OVERHEAD
+        self._fresh_bytes += size
+
+    def _take_fresh(self, seqs: list[int]) -> dict[int, QueuedMessage]:
+        """Those of `seqs` (ascending) kept since their commit, taken out (a POST that fails reads them from
+        disk next time). Anything kept from before the first of them is gone (delivered, removed or expired)
+        or was passed over (a peek `after`): forgotten too, so nothing is kept for ever."""
+        fresh = self._fresh
+        found: dict[int, QueuedMessage] = {}
+        if not fresh:
+            return found
+        first = seqs[0]
+        for seq in list(itertools.takewhile(first.__gt__, fresh)):
+            self._fresh_bytes -= len(fresh.pop(seq).payload) + FRESH_OVERHEAD
+        for seq in seqs:
+            message = fresh.pop(seq, None)
+            if message is not None:
+                self._fresh_bytes -= len(message.payload) + FRESH_OVERHEAD
+                found[seq] = message
+        return found
 
     async def remove(self, messages: Sequence[QueuedMessage], why: Removal = Removal.DELIVERED) -> int:
         """Forget messages (the hub has them, or they are dead letters); returns how many were still here.

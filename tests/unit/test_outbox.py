@@ -269,6 +269,85 @@ async def test_rows_read_back_in_order_with_unique_stable_ids(tmp_path: Path) ->
         await again.close()
 
 
+# -- what a commit stored, kept for the forwarder's next peek ------------------------------------------
+
+
+class CountedReads:
+    """Wraps SegmentLog.read: which seqs the forwarder's peeks had to read back from disk."""
+
+    def __init__(self, box: Outbox) -> None:
+        self.seqs: list[int] = []
+        self._read = box.log.read
+        box.log.read = self  # type: ignore[method-assign]
+
+    def __call__(self, wanted: list[tuple[segment_log.Segment, int]]) -> Any:
+        self.seqs += [s.first_seq + i for s, i in wanted]
+        return self._read(wanted)
+
+
+def fields(rows: list[store.QueuedMessage]) -> list[tuple[Any, ...]]:
+    return [(r.seq, r.message_id, r.device_id, r.kind, r.topic, r.properties, r.payload, r.qos, r.enqueued_at)
+            for r in rows]
+
+
+async def test_a_forwarder_keeping_up_reads_nothing_back_and_gets_what_the_disk_holds(tmp_path: Path) -> None:
+    box = make(tmp_path / "ob")
+    await box.open()
+    reads = CountedReads(box)
+    await asyncio.gather(*(box.submit(msg(f"d{i % 3}", i)) for i in range(20)),
+                         box.submit(InboundMessage("d0", "telemetry", "devices/d0/messages/events/", b"bare", 0, (),
+                                                   T0 + 0.123456)))
+    kept = await box.peek(100)
+    assert reads.seqs == []
+    assert len(kept) == 21
+    assert not box._fresh
+    await box.close()
+    again = make(tmp_path / "ob")  # the same messages, read back from disk after a restart
+    await again.open()
+    try:
+        assert fields(await again.peek(100)) == fields(kept)
+    finally:
+        await again.close()
+
+
+async def test_a_post_that_failed_peeks_the_same_messages_again_from_disk(outbox: Outbox) -> None:
+    await asyncio.gather(*(outbox.submit(msg("d", i)) for i in range(5)))
+    reads = CountedReads(outbox)
+    first = await outbox.peek(100)
+    second = await outbox.peek(100)  # the forwarder's retry: nothing was removed
+    assert fields(second) == fields(first)
+    assert reads.seqs == [r.seq for r in first]
+
+
+async def test_past_its_bound_the_forwarder_reads_from_disk_in_commit_order(tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store, "FRESH_BYTES", 3 * (10 + store.FRESH_OVERHEAD))
+    box = make(tmp_path / "ob", OutboxLimits())
+    await box.open()
+    try:
+        reads = CountedReads(box)
+        for i in range(8):  # a commit each: the first three are kept, then there is no room
+            await box.submit(msg("d", i))
+        assert len(box._fresh) == 3
+        rows = await box.peek(100)
+        assert numbers(rows) == list(range(8))
+        assert reads.seqs == [r.seq for r in rows[3:]]
+        assert box._fresh == {}
+        assert box._fresh_bytes == 0
+    finally:
+        await box.close()
+
+
+async def test_kept_messages_removed_or_passed_over_are_never_handed_out_or_kept(outbox: Outbox) -> None:
+    await asyncio.gather(*(outbox.submit(msg("d", i)) for i in range(6)))
+    rows = await outbox.peek(100)
+    await outbox.remove(rows[:2])
+    await asyncio.gather(*(outbox.submit(msg("d", 10 + i)) for i in range(3)))
+    assert numbers(await outbox.peek(2, after=rows[-1].seq)) == [10, 11]  # the narrowing's peek past a batch
+    assert list(outbox._fresh) == [rows[-1].seq + 3]  # what came before the first it wanted is forgotten
+    assert numbers(await outbox.peek(100)) == [2, 3, 4, 5, 10, 11, 12]
+
+
 @pytest.mark.parametrize(
     ("max_bytes", "expected"),
     [(None, [0, 1, 2, 3]), (10_000, [0, 1, 2, 3]), (250, [0, 1]), (299, [0, 1]), (300, [0, 1, 2]), (5, [0])],
