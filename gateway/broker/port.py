@@ -79,6 +79,8 @@ class BrokerPort:
     """The amqtt broker behind the front door; its two background loops (broadcast, session expiry) run
     under `supervisor` (the gateway's own, so status shows them)."""
 
+    stop_grace = 5.0  # seconds `stop` lets session handlers finish before it cancels them
+
     def __init__(self, supervisor: Supervisor | None = None) -> None:
         check_version()
         session_states.install()
@@ -86,7 +88,7 @@ class BrokerPort:
         self.tokens = AdmissionTokens()
         self.broker = EdgeBroker(broker_config(self.tokens))
         self.supervisor = supervisor or Supervisor(Counters())
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._sessions: dict[asyncio.Task[None], BrokerReader] = {}  # each running session handler, its input
         self._sending: set[asyncio.Task[Any]] = set()
         self._loops: list[asyncio.Task[None]] = []
 
@@ -96,12 +98,15 @@ class BrokerPort:
                        self.supervisor.owned("broker-session-expiry", self.broker.expire_sessions_forever)]
 
     async def stop(self) -> None:
-        """Wait briefly for session handlers to finish, stop the broker's loops, then shut it down."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=5)
+        """End every session still attached (end-of-stream, as if its device had gone), wait briefly for
+        their handlers to finish, stop the broker's loops, then shut it down."""
+        for reader in self._sessions.values():
+            reader.feed_eof()  # the front door has closed its links already, unless its own stop failed
+        if self._sessions:
+            await asyncio.wait(list(self._sessions), timeout=self.stop_grace)
         # A session handler still running after that is cut off, not left pending for the loop's close to
         # destroy ("Task was destroyed but it is pending!", and its finally blocks never run).
-        leftover = list(self._tasks) + list(self._sending)
+        leftover = list(self._sessions) + list(self._sending)
         for task in leftover:
             task.cancel()
         await asyncio.gather(*leftover, return_exceptions=True)
@@ -128,7 +133,7 @@ class BrokerPort:
     @property
     def sessions_running(self) -> int:
         """Broker session handlers still running: one per attached device, none once it is gone."""
-        return len(self._tasks)
+        return len(self._sessions)
 
     def filters_held(self, device_id: str) -> int:
         """How many topic filters the device's (resumed) session already holds."""
@@ -145,9 +150,12 @@ class BrokerPort:
                                          username=device_id, password=token.encode()))
         writer = BrokerWriter(output.send, output.drain_waiter, output.broker_closed, peer)
         task = asyncio.get_running_loop().create_task(self._run_session(reader, writer))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._sessions[task] = reader
+        task.add_done_callback(self._session_done)
         return BrokerLink(reader)
+
+    def _session_done(self, task: asyncio.Task[None]) -> None:
+        self._sessions.pop(task, None)
 
     async def _run_session(self, reader: BrokerReader, writer: BrokerWriter) -> None:
         try:

@@ -63,6 +63,20 @@ async def test_connack_comes_from_the_broker_and_c2d_reaches_the_subscriber() ->
 
 
 @pytest.mark.asyncio
+async def test_stop_ends_a_session_still_attached_instead_of_waiting_it_out() -> None:
+    # The front door closes its links before the broker stops; if its own stop failed, the broker's
+    # stop still ends each session as a device leaving would (end-of-stream), not by cancelling it
+    # after a 5 s wait.
+    port = BrokerPort()
+    port.stop_grace = 600  # waited out, it would outlast the wait_for below
+    await port.start()
+    await open_device(port, "dev-a", ["devices/dev-a/messages/devicebound/#"])
+    assert port.sessions_running == 1
+    await asyncio.wait_for(port.stop(), 60)
+    assert port.sessions_running == 0
+
+
+@pytest.mark.asyncio
 async def test_a_connect_offers_retained_messages_for_its_own_filters_only() -> None:
     port = BrokerPort()
     await port.start()
