@@ -167,6 +167,7 @@ class Outbox:
         self._sweeper: asyncio.Task[None] | None = None
         self._inflight: list[_Pending] = []  # the batch of the commit under way
         self._fresh: dict[int, QueuedMessage] = {}  # by seq, in seq order: committed, not yet peeked
+        self._peeked = False  # nothing is kept for a reader that never came (a gateway with no [hub])
         self._fresh_bytes = 0
         self._waiting_since = 0.0  # loop time at which the oldest message waiting for a commit arrived
         self._closing = False
@@ -550,6 +551,7 @@ class Outbox:
     async def peek(self, limit: int, after: int = 0, max_bytes: int | None = None) -> list[QueuedMessage]:
         """The oldest unexpired messages with seq > `after`, in commit order: at most `limit`, and no more
         payload bytes than `max_bytes` (but always the first one)."""
+        self._peeked = True
         wanted = self.log.live(after, limit, max_bytes)
         if not wanted:
             return []
@@ -578,8 +580,9 @@ class Outbox:
         return [found[s.first_seq + i] for s, i in wanted if s.live[i] and s.first_seq + i in found]
 
     def _keep_fresh(self, segment: Segment, seqs: list[int], messages: list[NewMessage]) -> None:
-        """Keep what a commit stored for the forwarder's next peek, while there is room (FRESH_BYTES)."""
-        if self._fresh_bytes >= FRESH_BYTES:
+        """Keep what a commit stored for the forwarder's next peek, while there is room (FRESH_BYTES), once
+        there is a forwarder (it has peeked)."""
+        if not self._peeked or self._fresh_bytes >= FRESH_BYTES:
             return
         fresh = self._fresh
         size = 0

@@ -294,6 +294,7 @@ async def test_a_forwarder_keeping_up_reads_nothing_back_and_gets_what_the_disk_
     box = make(tmp_path / "ob")
     await box.open()
     reads = CountedReads(box)
+    assert await box.peek(100) == []  # the forwarder starts before anything arrives
     await asyncio.gather(*(box.submit(msg(f"d{i % 3}", i)) for i in range(20)),
                          box.submit(InboundMessage("d0", "telemetry", "devices/d0/messages/events/", b"bare", 0, (),
                                                    T0 + 0.123456)))
@@ -311,6 +312,7 @@ async def test_a_forwarder_keeping_up_reads_nothing_back_and_gets_what_the_disk_
 
 
 async def test_a_post_that_failed_peeks_the_same_messages_again_from_disk(outbox: Outbox) -> None:
+    assert await outbox.peek(100) == []
     await asyncio.gather(*(outbox.submit(msg("d", i)) for i in range(5)))
     reads = CountedReads(outbox)
     first = await outbox.peek(100)
@@ -326,6 +328,7 @@ async def test_past_its_bound_the_forwarder_reads_from_disk_in_commit_order(tmp_
     await box.open()
     try:
         reads = CountedReads(box)
+        assert await box.peek(100) == []
         for i in range(8):  # a commit each: the first three are kept, then there is no room
             await box.submit(msg("d", i))
         assert len(box._fresh) == 3
@@ -338,7 +341,15 @@ async def test_past_its_bound_the_forwarder_reads_from_disk_in_commit_order(tmp_
         await box.close()
 
 
+async def test_nothing_is_kept_for_a_forwarder_that_never_peeks(outbox: Outbox) -> None:
+    # A gateway with no [hub] has no forwarder: its outbox must not hold 2 MiB for nobody.
+    await asyncio.gather(*(outbox.submit(msg("d", i)) for i in range(5)))
+    assert outbox._fresh == {}
+    assert outbox._fresh_bytes == 0
+
+
 async def test_kept_messages_removed_or_passed_over_are_never_handed_out_or_kept(outbox: Outbox) -> None:
+    assert await outbox.peek(100) == []
     await asyncio.gather(*(outbox.submit(msg("d", i)) for i in range(6)))
     rows = await outbox.peek(100)
     await outbox.remove(rows[:2])
