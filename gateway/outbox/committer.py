@@ -38,6 +38,46 @@ def worth_lingering(waiting: Iterable[str], last_commit: Collection[str]) -> boo
     return any(device_id not in last_commit for device_id in waiting)
 
 
+# After a linger that gathered nothing, this many commits (doubling with each fruitless linger in a row)
+# are written without one; the first linger that gathers a message ends the back-off.
+LINGER_SKIP_MAX = 32
+
+
+@dataclass(slots=True)
+class LingerPolicy:
+    """Whether the writer waits for others to share this commit: `worth_lingering`, and then only while
+    lingering has been gathering anything.
+
+    A linger that gathers nobody only delays the devices waiting. Devices that each wait for their PUBACK
+    before they send again, taking turns (two sensors polled in turn; a site's few devices reporting
+    back to back), were never in the commit before their own, so `worth_lingering` alone made every one of
+    their messages wait the whole commit_interval: two of them alternating got about 33 messages a second
+    through between them, at one fdatasync a message anyway. A fleet's trickle keeps every linger
+    fruitful and is unchanged. Plain state, no clock: store.py calls `decide` before each commit and
+    `lingered` after each linger it waited out.
+    """
+
+    skip: int = 0  # commits left to write without lingering
+    fruitless: int = 0  # lingers in a row that gathered nothing
+
+    def decide(self, waiting: Iterable[str], last_commit: Collection[str]) -> bool:
+        """Linger before this commit? (A commit that skips its linger uses up one skip.)"""
+        if not worth_lingering(waiting, last_commit):
+            return False
+        if self.skip:
+            self.skip -= 1
+            return False
+        return True
+
+    def lingered(self, gathered: int) -> None:
+        """A linger was waited out and `gathered` messages arrived during it."""
+        if gathered > 0:
+            self.fruitless = self.skip = 0
+        else:
+            self.fruitless += 1
+            self.skip = min(2 ** (self.fruitless - 1), LINGER_SKIP_MAX)
+
+
 @dataclass(slots=True)
 class _Lane(Generic[T]):
     items: deque[tuple[T, int, int]] = field(default_factory=deque)  # (item, payload bytes, messages)

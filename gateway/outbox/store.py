@@ -46,7 +46,7 @@ from gateway.outbox.bounds import (
     memory_refusal,
     refusal,
 )
-from gateway.outbox.committer import MAX_BATCH, MAX_BATCH_BYTES, FairQueue, worth_lingering
+from gateway.outbox.committer import MAX_BATCH, MAX_BATCH_BYTES, FairQueue, LingerPolicy
 from gateway.outbox.dead_letters import DeadLetters, NewDeadLetter
 from gateway.outbox.log import Durability, NewMessage, Segment, SegmentLog, WritePlan
 from gateway.outbox.queueclock import CLOCK_EVERY, is_expired, resumed
@@ -161,6 +161,7 @@ class Outbox:
         self._closed = asyncio.Event()
         self._eager = asyncio.Event()
         self._last_devices: frozenset[str] = frozenset()  # who was in the last commit (worth_lingering)
+        self._linger_policy = LingerPolicy()
         self._room_waiters: dict[str, list[asyncio.Future[None]]] = {}
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop  # set by open()
@@ -187,6 +188,8 @@ class Outbox:
         self._props_cache: dict[tuple[tuple[str, str], ...], bytes] = {}
         self.commits = 0
         self.largest_batch = 0
+        self.lingers = 0  # lingers waited out (commit_interval), and of those the ones that gathered nothing
+        self.lingers_fruitless = 0
         self.dead_letter_count = 0
         self.requeue_waiting = 0
 
@@ -412,7 +415,7 @@ class Outbox:
                     if self._queue:
                         continue
             elif (self.commit_interval > 0 and not self._closing
-                  and worth_lingering(self._queue.devices(), self._last_devices)):
+                  and self._linger_policy.decide(self._queue.devices(), self._last_devices)):
                 await self._linger()
             if self._failures and not self._closing:
                 await self._sleep(next_backoff(self._failures - 1, 0.5, base=RETRY_BASE, cap=RETRY_CAP))
@@ -442,8 +445,14 @@ class Outbox:
         # it: one that came in while the last commit was being written has waited that long already.
         left = self.commit_interval - (asyncio.get_running_loop().time() - self._waiting_since)
         if left > 0:
+            waiting = len(self._queue)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._eager.wait(), left)
+            self.lingers += 1
+            gathered = len(self._queue) - waiting
+            if gathered <= 0:
+                self.lingers_fruitless += 1
+            self._linger_policy.lingered(gathered)
         self._eager.clear()
 
     async def _sleep(self, seconds: float) -> None:
@@ -711,6 +720,8 @@ class Outbox:
             "dead_letters": self.dead_letter_count,
             "requeue_waiting": self.requeue_waiting,
             "commits": self.commits,
+            "lingers": self.lingers,
+            "lingers_fruitless": self.lingers_fruitless,
             "fdatasyncs": self.log.fdatasyncs,
         }
 

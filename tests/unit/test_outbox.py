@@ -137,6 +137,24 @@ async def test_the_linger_lets_a_trickle_share_one_commit(tmp_path: Path) -> Non
         await asyncio.gather(first, second)
         assert box.commits == 1
         assert box.log.fdatasyncs == 2  # the new segment file and its directory
+        assert (box.lingers, box.lingers_fruitless) == (1, 0)
+    finally:
+        await box.close()
+
+
+async def test_devices_taking_turns_are_not_held_back_by_lingers_that_gather_nobody(tmp_path: Path) -> None:
+    """Two devices that each wait for their PUBACK, taking turns: neither was in the commit before its own,
+    so each message looked worth a linger, and every one waited the whole commit_interval for nobody.
+    After a fruitless linger the next commits skip theirs, doubling."""
+    box = make(tmp_path / "ob", OutboxLimits(), commit_interval=0.2)
+    await box.open()
+    try:
+        for i in range(20):
+            await asyncio.wait_for(box.submit(msg("ab"[i % 2], i)), 10)
+        assert box.commits == 20
+        assert (box.lingers, box.lingers_fruitless) == (5, 5)  # before messages 1, 3, 6, 11 and 20
+        status = box.status()
+        assert (status["lingers"], status["lingers_fruitless"]) == (5, 5)
     finally:
         await box.close()
 
@@ -183,6 +201,40 @@ def test_worth_lingering(waiting: list[str], last_commit: list[str], linger: boo
     from gateway.outbox.committer import worth_lingering
 
     assert worth_lingering(waiting, frozenset(last_commit)) is linger
+
+
+@pytest.mark.parametrize(
+    ("gathered", "decisions"),
+    [
+        # what each linger gathered -> whether each commit, all worth lingering, lingered ("L") or not (".")
+        ([1, 1, 1], "LLL"),  # a fleet's trickle: every linger gathers, every commit lingers
+        ([0, 0, 0, 0], "L.L..L....L"),  # nobody, ever: skip 1, 2, 4 ...
+        ([0, 3, 0], "L.LL."),  # one linger that gathers ends the back-off at once
+        ([0] * 8, "L" + "".join("." * min(2**n, 32) + "L" for n in range(7))),  # capped at LINGER_SKIP_MAX
+    ],
+)
+def test_linger_policy_backs_off_after_lingers_that_gather_nothing(gathered: list[int], decisions: str) -> None:
+    from gateway.outbox.committer import LINGER_SKIP_MAX, LingerPolicy
+
+    assert LINGER_SKIP_MAX == 32
+    policy = LingerPolicy()
+    seen = ""
+    results = iter(gathered)
+    while len(seen) < len(decisions):
+        lingers = policy.decide(["z"], frozenset(["a"]))
+        seen += "L" if lingers else "."
+        if lingers:
+            policy.lingered(next(results))
+    assert seen == decisions
+
+
+def test_linger_policy_never_lingers_where_worth_lingering_says_no() -> None:
+    from gateway.outbox.committer import LingerPolicy
+
+    policy = LingerPolicy()
+    policy.lingered(0)  # skip the next one
+    assert not policy.decide(["a"], frozenset(["a"]))  # in step with its own commits: no skip used up
+    assert policy.skip == 1
 
 
 async def test_a_flooding_device_cannot_delay_another_past_one_commit(tmp_path: Path) -> None:
