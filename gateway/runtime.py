@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Coroutine
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,8 +26,8 @@ from gateway.cache.repository import CacheRepository
 from gateway.clock_watch import ClockWatch
 from gateway.config import Config, load_config
 from gateway.db.engine import DatabaseThread, open_engine, redacted
-from gateway.db.guard import history_problems, state_dir_problem, write_note
-from gateway.db.migrate import migrate
+from gateway.db.guard import OUTBOX_DIR, history_problems, state_dir_problem, write_note
+from gateway.db.migrate import Migration, migrate
 from gateway.errors import ConfigError, EdgegateError
 from gateway.est import adopt as est_adopt
 from gateway.est.keeper import EstKeeper
@@ -35,7 +36,7 @@ from gateway.hub.client import HubClient
 from gateway.hub.registry_sync import RegistrySync
 from gateway.hub.sync_state import HubState
 from gateway.metrics import Counters, Gauge
-from gateway.outbox.wiring import OUTBOX_DIR, outbox_from_config
+from gateway.outbox.wiring import outbox_from_config
 from gateway.pki import load_certs
 from gateway.pki.keeper import ServerCertKeeper, describe_chain, load_edge_ca, server_cert
 from gateway.records import DeviceRecord
@@ -99,8 +100,9 @@ class CacheDirectory:
 class Gateway:
     """A running gateway; `await Gateway.start(config)`, then `await gateway.stop()`."""
 
-    def __init__(self, config: Config, clock: Callable[[], datetime]) -> None:
+    def __init__(self, config: Config, clock: Callable[[], datetime], migration: Migration | None = None) -> None:
         self.config, self.clock = config, clock
+        self.migration = migration  # begun by `edgegate run` before its imports (gateway.db.migrate)
         self.outbox_dir = config.state_dir / OUTBOX_DIR
         self.state_problems: list[str] = []
         self.counters = Counters()
@@ -114,8 +116,9 @@ class Gateway:
         self._deferred_seen = 0  # reads that waited for a turn (gateway.frontdoor.turns), already counted
 
     @classmethod
-    async def start(cls, config: Config, *, clock: Callable[[], datetime] = utcnow) -> Gateway:
-        gateway = cls(config, clock)
+    async def start(cls, config: Config, *, clock: Callable[[], datetime] = utcnow,
+                    migration: Migration | None = None) -> Gateway:
+        gateway = cls(config, clock, migration)
         try:
             await gateway._start()
         except BaseException:
@@ -176,7 +179,8 @@ class Gateway:
         trust_bundle_path = config.trust_bundle_cert or self.keeper.edge.trust_bundle_path
 
         url = config.storage.url
-        revision = await asyncio.to_thread(migrate, url)
+        migration = self.migration
+        revision = await asyncio.to_thread(migration.result if migration is not None else partial(migrate, url))
         log.info("database %s at migration %s", redacted(url), revision)
         self.engine = open_engine(url)
         repository = CacheRepository(self.engine)
@@ -470,9 +474,9 @@ class Gateway:
             (self.config.state_dir / STATUS_FILE_NAME).unlink(missing_ok=True)
 
 
-async def serve(config: Config, *, ready_file: Path | None = None) -> int:
-    """Run until SIGTERM/SIGINT; returns the process exit status."""
-    gateway = await Gateway.start(config)
+async def serve(config: Config, *, ready_file: Path | None = None, migration: Migration | None = None) -> int:
+    """Run until SIGTERM/SIGINT; returns the process exit status. `migration`: the database's, if begun already."""
+    gateway = await Gateway.start(config, migration=migration)
     # Everything built so far (modules, the device cache, SQLAlchemy's tables) lives as long as the
     # process: keep it out of the collector's full passes, which otherwise walk it again and again as
     # devices connect (in a 2,000-device reconnect storm those passes took a fifth of the event loop's

@@ -22,6 +22,8 @@ from sqlalchemy.exc import ArgumentError
 log = logging.getLogger("edgegate.store")
 
 STATE_NOTE = "state.json"
+# The outbox's segment log, under state_dir.
+OUTBOX_DIR = "outbox"
 
 
 def state_dir_problem(path: Path) -> str | None:

@@ -6,12 +6,16 @@ gateway would keep for nothing. So `migrate` first compares the database's revis
 cannot be read that way) does it run `gateway.db.engine.upgrade` in a short-lived child process, which
 answers one line of JSON on stdout, logs to the inherited stderr, and whose StorageError becomes ours.
 
+`edgegate run` begins the migration (`Migration(url)`) before it imports the gateway: on a first start
+the child's Alembic run (0.6-0.9 s here) and the parent's imports (about as long) overlap.
+
     python -m gateway.db.migrate LOG_LEVEL   (the database URL on stdin, never on the command line)
 """
 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import logging
 import os
@@ -31,10 +35,30 @@ _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 def migrate(url: str) -> str:
     """Bring the database at `url` to the newest migration; returns that revision."""
-    head = script_head()
-    if head is not None and database_revision(url) == head:
-        return head
-    return upgrade_in_child(url)
+    return Migration(url).result()
+
+
+class Migration:
+    """`migrate(url)` begun at construction and answered by `result()`: a database already at head is
+    answered at once; otherwise the child runs meanwhile. `close()` waits for a child nobody asked
+    (a start that failed elsewhere), so an upgrade is never left half-run or unreaped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        head = script_head()
+        self._revision = head if head is not None and database_revision(url) == head else None
+        self._child = None if self._revision is not None else upgrade_in_child(url)
+
+    def result(self) -> str:
+        """The revision the database is at once migrated (StorageError: the migration failed)."""
+        if self._revision is None:
+            assert self._child is not None
+            self._revision = _answer(self.url, *_finish(self._child))
+        return self._revision
+
+    def close(self) -> None:
+        if self._child is not None and self._child.returncode is None:
+            _finish(self._child)
 
 
 def script_head(versions: Path = MIGRATIONS_DIR / "versions") -> str | None:
@@ -86,17 +110,37 @@ def database_revision(url: str) -> str | None:
     return rows[0] if len(rows) == 1 else None
 
 
-def upgrade_in_child(url: str) -> str:
-    """`upgrade(url)` in a child process; returns the revision the database is now at."""
+def upgrade_in_child(url: str) -> subprocess.Popen[str]:
+    """`upgrade(url)` started in a child process; `Migration.result` reads its answer."""
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")])))
-    child = subprocess.run([sys.executable, "-m", "gateway.db.migrate", level], input=url, env=env,
-                           stdout=subprocess.PIPE, text=True, check=False)
     try:
-        answer = json.loads(child.stdout)
+        child = subprocess.Popen([sys.executable, "-m", "gateway.db.migrate", level], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, env=env, text=True)
+    except OSError as exc:
+        raise StorageError(f"migrating {redacted(url)} failed: cannot start the migration process: {exc}") from exc
+    assert child.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # a child that died at once: its exit status says so
+        child.stdin.write(url)
+    with contextlib.suppress(BrokenPipeError):
+        child.stdin.close()
+    return child
+
+
+def _finish(child: subprocess.Popen[str]) -> tuple[str, int]:
+    """The child's answer (all it wrote to stdout) and its exit status, once it has exited."""
+    assert child.stdout is not None
+    with child.stdout:
+        output = child.stdout.read()
+    return output, child.wait()
+
+
+def _answer(url: str, output: str, status: int) -> str:
+    try:
+        answer = json.loads(output)
     except ValueError:
         raise StorageError(f"migrating {redacted(url)} failed: the migration process exited with status "
-                           f"{child.returncode}") from None
+                           f"{status}") from None
     if "error" in answer:
         raise StorageError(answer["error"])
     return str(answer["revision"])

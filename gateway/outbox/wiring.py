@@ -16,9 +16,6 @@ from gateway.outbox.log import Durability
 from gateway.outbox.store import Outbox
 from gateway.service.supervisor import Supervisor
 
-# The segment log's directory under state_dir.
-OUTBOX_DIR = "outbox"
-
 
 def outbox_from_config(config: Config, directory: Path, engine: Engine, counters: Counters,
                        wallclock: Callable[[], float] = time.time, supervisor: Supervisor | None = None) -> Outbox:

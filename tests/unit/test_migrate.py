@@ -41,3 +41,41 @@ def test_child_errors_come_back_as_storage_errors(tmp_path: Path) -> None:
     (tmp_path / "edgegate.db").write_text("not a database")
     with pytest.raises(StorageError, match="migrating the database failed"):
         m.migrate(f"sqlite:///{tmp_path}/edgegate.db")
+
+
+def test_a_migration_begun_early_is_answered_later(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/edgegate.db"
+    migration = m.Migration(url)  # a new database: the child runs while this process goes on
+    assert migration._child is not None
+    assert migration.result() == head_revision()
+    assert migration._child.returncode == 0  # reaped
+    assert migration_status(url) == (head_revision(), head_revision())
+    assert m.Migration(url)._child is None  # at head: answered without a child
+
+
+def test_closing_a_migration_nobody_asked_lets_it_finish(tmp_path: Path) -> None:
+    """A start that fails elsewhere never leaves an upgrade half-run or its process unreaped."""
+    url = f"sqlite:///{tmp_path}/edgegate.db"
+    migration = m.Migration(url)
+    migration.close()
+    assert migration._child is not None
+    assert migration._child.returncode == 0
+    assert migration_status(url) == (head_revision(), head_revision())
+
+
+def test_edgegate_run_begins_the_migration_early_only_on_a_state_directory_it_may_touch(tmp_path: Path) -> None:
+    from gateway.cli.run import _migrate_early
+    from gateway.config import load_config
+    from gateway.db.guard import write_note
+
+    state = tmp_path / "state"
+    config_path = tmp_path / "edgegate.toml"
+    config_path.write_text(f'hostname = "edgegateway.local"\nstate_dir = "{state}"\n')
+    config = load_config(config_path)
+    early = _migrate_early(config)
+    assert early is not None
+    assert early.result() == head_revision()
+    write_note(state, config.storage.url, state / "outbox")
+    (state / "edgegate.db").unlink()  # lost between two starts: the gateway must see that before anything
+    assert _migrate_early(config) is None  # creates the database again
+    assert not (state / "edgegate.db").exists()
