@@ -53,10 +53,10 @@ def _migrate_early(config: Config) -> Migration | None:
     None where the state directory must be looked at first (the gateway refuses it, or reports what it
     lost, and then migrates), or where the check itself fails (the gateway then says why, as before)."""
     state_dir = config.state_dir
-    if state_dir_problem(state_dir) is not None or history_problems(state_dir, config.storage.url,
-                                                                    state_dir / OUTBOX_DIR):
-        return None
     try:
+        if state_dir_problem(state_dir) is not None or history_problems(state_dir, config.storage.url,
+                                                                        state_dir / OUTBOX_DIR):
+            return None
         return Migration(config.storage.url)
-    except StorageError:
+    except (OSError, StorageError):  # the gateway meets the same failure in its own start and says why there
         return None

@@ -79,3 +79,27 @@ def test_edgegate_run_begins_the_migration_early_only_on_a_state_directory_it_ma
     (state / "edgegate.db").unlink()  # lost between two starts: the gateway must see that before anything
     assert _migrate_early(config) is None  # creates the database again
     assert not (state / "edgegate.db").exists()
+
+
+def test_a_failure_while_beginning_early_is_left_to_the_gateways_own_start(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beginning early is an optimisation: whatever goes wrong there, the start meets again and reports."""
+    from gateway.cli import run
+    from gateway.config import load_config
+
+    config_path = tmp_path / "edgegate.toml"
+    config_path.write_text(f'hostname = "edgegateway.local"\nstate_dir = "{tmp_path / "state"}"\n')
+    config = load_config(config_path)
+
+    def unreadable(*_args: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(run, "history_problems", unreadable)
+    assert run._migrate_early(config) is None
+
+    def no_process(_url: str) -> None:
+        raise StorageError("migrating failed: cannot start the migration process")
+
+    monkeypatch.undo()
+    monkeypatch.setattr(m, "upgrade_in_child", no_process)
+    assert run._migrate_early(config) is None
