@@ -10,6 +10,9 @@ costs on top.
 
     python -m bench.sync_floor [--publishers 1] [--messages 50000] [--runs 3] [--no-sync] [--extra-us 0] [--inline]
 
+The floor runs as a process of its own (`python -m bench.sync_floor serve ...`, started by the above), so
+its CPU is measured as the brokers' is: the process's, over the messages sent.
+
 `--no-sync` appends without the fdatasync (the `process` durability's guarantee); `--extra-us N` holds each
 commit N µs longer (a slower disk; or a broker's own work per commit); `--inline` commits on the event
 loop's own thread, with no hand-off (and no reads while the disk syncs).
@@ -20,9 +23,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import contextlib
+import json
 import os
+import signal
 import ssl
 import struct
+import sys
 import tempfile
 import threading
 import time
@@ -30,9 +37,9 @@ from pathlib import Path
 
 import uvloop
 
-from bench.load import ensure_device_files, publish_rate
+from bench.load import ensure_device_files, publish_rate, publish_rate_and_cpu
 from bench.pki import BenchPKI
-from bench.targets import Target, free_port
+from bench.targets import Target
 
 
 class _Committer:
@@ -129,67 +136,91 @@ class _Device(asyncio.Protocol):
             self.transport.write(data)
 
 
-class _FloorTarget(Target):
-    """The floor broker on a thread of this process, which otherwise only waits for mosquitto_pub."""
+STATS_EVERY = 0.5  # how often the serving process writes its commit sizes for the driver
 
-    def __init__(self, pki: BenchPKI, work: Path, sync: bool, extra: float, inline: bool) -> None:
+
+class _FloorTarget(Target):
+    """The floor broker as a process of its own, like the brokers it is compared with."""
+
+    def __init__(self, pki: BenchPKI, work: Path, options: list[str]) -> None:
         super().__init__("sync-floor", pki, work)
-        self.sync, self.extra_s, self.inline = sync, extra, inline
-        self.port = free_port()
-        self.sizes: collections.Counter[int] = collections.Counter()
-        started = threading.Event()
-        threading.Thread(target=self._serve, args=(started,), daemon=True).start()
-        if not started.wait(10):
-            raise SystemExit("the floor broker did not start listening")
+        self.options = options
+        self.stats = work / "floor-stats.json"
 
     def command(self) -> list[str]:
-        raise NotImplementedError("the floor broker runs in this process")
+        return [sys.executable, "-m", "bench.sync_floor", "serve", "--port", str(self.port),
+                "--cert", str(self.pki.server_chain), "--key", str(self.pki.server_key),
+                "--stats", str(self.stats), *self.options]
 
-    def _serve(self, started: threading.Event) -> None:
-        async def main() -> None:
-            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-            ctx.load_cert_chain(self.pki.server_chain, self.pki.server_key)
-            committer = _Committer(self.workdir / "floor.log", self.sync, self.extra_s, asyncio.get_running_loop(),
-                                   self.inline)
-            self.sizes = committer.sizes
-            await asyncio.get_running_loop().create_server(lambda: _Device(committer), "127.0.0.1", self.port,
-                                                           ssl=ctx)
-            started.set()
-            await asyncio.Event().wait()
+    def sizes(self) -> collections.Counter[int]:
+        """Commits by their number of messages, so far (as of the serving process's last write)."""
+        time.sleep(2 * STATS_EVERY)
+        return collections.Counter({int(k): v for k, v in json.loads(self.stats.read_text()).items()})
 
-        uvloop.run(main())
+
+def serve(args: argparse.Namespace) -> None:
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(args.cert, args.key)
+        committer = _Committer(args.stats.with_suffix(".log"), not args.no_sync, args.extra_us / 1e6, loop,
+                               args.inline)
+        await loop.create_server(lambda: _Device(committer), "127.0.0.1", args.port, ssl=ctx)
+        stop = asyncio.Event()
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        while not stop.is_set():
+            tmp = args.stats.with_suffix(".tmp")
+            tmp.write_text(json.dumps(dict(committer.sizes)))
+            tmp.replace(args.stats)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), STATS_EVERY)
+
+    uvloop.run(main())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--messages", type=int, default=50_000)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--publishers", type=int, default=1)
     parser.add_argument("--no-sync", action="store_true")
     parser.add_argument("--extra-us", type=float, default=0.0)
-    parser.add_argument("--publishers", type=int, default=1)
     parser.add_argument("--inline", action="store_true", help="commit on the event loop's thread (no hand-off)")
+    if sys.argv[1:2] == ["serve"]:
+        parser.add_argument("serve")
+        parser.add_argument("--port", type=int, required=True)
+        parser.add_argument("--cert", type=Path, required=True)
+        parser.add_argument("--key", type=Path, required=True)
+        parser.add_argument("--stats", type=Path, required=True)
+        serve(parser.parse_args())
+        return
     args = parser.parse_args()
+    options = [*(["--no-sync"] if args.no_sync else []), *(["--inline"] if args.inline else []),
+               "--extra-us", str(args.extra_us)]
     with tempfile.TemporaryDirectory(prefix="edgegate-floor-") as tmp:
         work = Path(tmp)
         pki = BenchPKI.create(work / "pki")
         ensure_device_files(pki, args.publishers)
         publishers = list(range(args.publishers))
-        target = _FloorTarget(pki, work, not args.no_sync, args.extra_us / 1e6, args.inline)
-        publish_rate(target, publishers, 2_000, 1)  # warm up
-        for _ in range(args.runs):
-            target.sizes.clear()
-            cpu = time.process_time()  # this process: the floor broker; the rest of it only waits
-            rate = publish_rate(target, publishers, args.messages, 1)
-            cpu = (time.process_time() - cpu) / args.messages * 1e6
-            commits = sum(target.sizes.values())
-            common = ", ".join(f"{size}: {n}" for size, n in target.sizes.most_common(4))
-            how = "no fdatasync" if args.no_sync else "fdatasync"
-            how += ", on the loop" if args.inline else ", on a thread"
-            if args.extra_us:
-                how += f", +{args.extra_us:.0f} µs"
-            print(f"sync floor, {args.publishers} mosquitto_pub -l ({how}): {rate:,.0f} msg/s, {cpu:.1f} µs CPU per "
-                  f"message, {args.messages / max(1, commits):.1f} messages per commit (commits by size: {common})",
-                  flush=True)
+        target = _FloorTarget(pki, work, options)
+        target.start()
+        try:
+            publish_rate(target, publishers, 2_000, 1)  # warm up
+            for _ in range(args.runs):
+                before = target.sizes()
+                rate, cpu = publish_rate_and_cpu(target, publishers, args.messages, 1)
+                sizes = target.sizes() - before
+                commits = sum(sizes.values())
+                common = ", ".join(f"{size}: {n}" for size, n in sizes.most_common(4))
+                how = "no fdatasync" if args.no_sync else "fdatasync"
+                how += ", on the loop" if args.inline else ", on a thread"
+                if args.extra_us:
+                    how += f", +{args.extra_us:.0f} µs"
+                print(f"sync floor, {args.publishers} mosquitto_pub -l ({how}): {rate:,.0f} msg/s, {cpu:.1f} µs CPU "
+                      f"per message, {args.messages / max(1, commits):.1f} messages per commit (commits by size: "
+                      f"{common})", flush=True)
+        finally:
+            target.stop()
 
 
 if __name__ == "__main__":
