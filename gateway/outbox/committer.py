@@ -59,6 +59,8 @@ class LingerPolicy:
 
     skip: int = 0  # commits left to write without lingering
     fruitless: int = 0  # lingers in a row that gathered nothing
+    lingers: int = 0  # lingers waited out in all (status.json), and of those the ones that gathered nothing
+    lingers_fruitless: int = 0
 
     def decide(self, waiting: Iterable[str], last_commit: Collection[str]) -> bool:
         """Linger before this commit? (A commit that skips its linger uses up one skip.)"""
@@ -71,9 +73,11 @@ class LingerPolicy:
 
     def lingered(self, gathered: int) -> None:
         """A linger was waited out and `gathered` messages arrived during it."""
+        self.lingers += 1
         if gathered > 0:
             self.fruitless = self.skip = 0
         else:
+            self.lingers_fruitless += 1
             self.fruitless += 1
             self.skip = min(2 ** (self.fruitless - 1), LINGER_SKIP_MAX)
 

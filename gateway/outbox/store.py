@@ -188,8 +188,6 @@ class Outbox:
         self._props_cache: dict[tuple[tuple[str, str], ...], bytes] = {}
         self.commits = 0
         self.largest_batch = 0
-        self.lingers = 0  # lingers waited out (commit_interval), and of those the ones that gathered nothing
-        self.lingers_fruitless = 0
         self.dead_letter_count = 0
         self.requeue_waiting = 0
 
@@ -448,11 +446,7 @@ class Outbox:
             waiting = len(self._queue)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._eager.wait(), left)
-            self.lingers += 1
-            gathered = len(self._queue) - waiting
-            if gathered <= 0:
-                self.lingers_fruitless += 1
-            self._linger_policy.lingered(gathered)
+            self._linger_policy.lingered(len(self._queue) - waiting)
         self._eager.clear()
 
     async def _sleep(self, seconds: float) -> None:
@@ -720,8 +714,8 @@ class Outbox:
             "dead_letters": self.dead_letter_count,
             "requeue_waiting": self.requeue_waiting,
             "commits": self.commits,
-            "lingers": self.lingers,
-            "lingers_fruitless": self.lingers_fruitless,
+            "lingers": self._linger_policy.lingers,
+            "lingers_fruitless": self._linger_policy.lingers_fruitless,
             "fdatasyncs": self.log.fdatasyncs,
         }
 
